@@ -1,0 +1,710 @@
+"""GaussianDiffusion: the forward process, the true posterior, the reverse step and loop, the DDIM loop, the loss.
+
+Equation numbers refer to Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (DDPM) unless marked
+DDIM (Song et al. 2021) or IDDPM (Nichol & Dhariwal 2021). Method names follow the teaching notes
+(``q_sample``, ``q_posterior``, ``predict_start_from_noise``, ``p_sample``, ``p_sample_loop``, ``sample``,
+``p_losses``). diffusers' ``DDPMScheduler`` / ``DDIMScheduler`` are the numerical reference: with the same
+``torch.Generator``, the loops here draw the same random numbers in the same order (initial noise first, then one
+draw per step) and reproduce DDPMPipeline and DDIMScheduler.
+
+Shapes: samples are ``[B x C x H x W]`` (any trailing dims work) in [-1, 1]; ``t`` is a LongTensor ``[B]`` of
+indices into this diffusion's schedule (a Python int is broadcast over the batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .schedule import NoiseSchedule
+from .timesteps import SPACINGS, inference_timesteps
+
+Tensor = torch.Tensor
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned_range")
+
+# Keys of a diffusers scheduler config and what we do with them. Keys starting with "_" are metadata.
+_CONFIG_KEYS = {
+    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "variance_type",
+    "clip_sample", "clip_sample_range", "prediction_type", "thresholding", "dynamic_thresholding_ratio",
+    "sample_max_value", "timestep_spacing", "steps_offset", "rescale_betas_zero_snr",
+    "set_alpha_to_one",  # DDIMScheduler: the alpha used after the last step
+}
+# Keys of early diffusers releases: ``timesteps`` was the old name of ``num_train_timesteps`` and ``tensor_format``
+# chose numpy/torch (it has no effect on the maths).
+_OLD_KEYS = {"timesteps": "num_train_timesteps", "tensor_format": None}
+
+
+@dataclass
+class StepOutput:
+    """One reverse step: ``x_t`` -> ``prev_sample`` (x_{t-1}), with the model's predicted x_0.
+
+    ``index`` counts the loop's steps from 0; ``timestep`` is the original training timestep t the model saw.
+    Tensors are ``[B x C x H x W]``.
+    """
+
+    prev_sample: Tensor
+    pred_original_sample: Tensor
+    index: int = -1
+    timestep: int = -1
+    x_t: Tensor | None = None
+
+
+def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Standard normal noise drawn as diffusers' ``randn_tensor`` draws it (on the generator's device, then moved)."""
+    rand_device = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
+
+
+def _model_device_dtype(model: Any) -> tuple[torch.device | None, torch.dtype | None]:
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device, p.dtype
+    return None, None
+
+
+def call_model(model: Callable, x: Tensor, timesteps: Tensor) -> Tensor:
+    """``model(x [B x C x H x W], timesteps [B])`` -> Tensor; unwraps diffusers' ``.sample`` and tuples."""
+    out = model(x, timesteps)
+    if hasattr(out, "sample"):
+        out = out.sample
+    elif isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"the model returned {type(out).__name__}, expected a tensor or an object with .sample")
+    return out
+
+
+class GaussianDiffusion:
+    """DDPM on a :class:`NoiseSchedule`, numerically equal to diffusers' DDPMScheduler / DDIMScheduler.
+
+    Args:
+        schedule: the noise schedule (T steps).
+        prediction_type: what the network predicts: ``epsilon`` (eq. 11), ``sample`` (x_0) or ``v_prediction``
+            (v = sqrt(abar) eps - sqrt(1 - abar) x_0, Salimans & Ho 2022).
+        variance_type: the reverse-step variance: ``fixed_small`` = the true posterior's beta~_t (eq. 7),
+            ``fixed_large`` = beta_t (the paper's other choice, sigma_t^2 = beta_t; sec. 3.2), ``learned_range``
+            (IDDPM eq. 15: the model outputs 2C channels, the second half v in [-1, 1] interpolating
+            log beta~_t and log beta_t). ``fixed_small_log`` is diffusers' name for fixed_small via logs.
+        clip_sample / clip_sample_range: clamp the predicted x_0 to +-range before the posterior step.
+        thresholding / dynamic_thresholding_ratio / sample_max_value: Imagen's dynamic thresholding of x_0
+            (wins over clip_sample, as in diffusers).
+        timestep_spacing / steps_offset: how fewer inference steps are chosen (see :mod:`ddpm_core.timesteps`).
+        set_alpha_to_one: DDIM only: abar after the final step is 1 (else abar_0).
+        timestep_map: for a respaced diffusion, the original training timestep of each index (``[T']``).
+    """
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        prediction_type: str = "epsilon",
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        clip_sample_range: float = 1.0,
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        set_alpha_to_one: bool = True,
+        timestep_map: Sequence[int] | Tensor | None = None,
+    ):
+        if not isinstance(schedule, NoiseSchedule):
+            raise ValueError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
+        if variance_type not in VARIANCE_TYPES:
+            raise ValueError(f"unknown or unsupported variance_type {variance_type!r}; choose one of {VARIANCE_TYPES}")
+        if timestep_spacing not in SPACINGS:
+            raise ValueError(f"unknown timestep_spacing {timestep_spacing!r}; choose one of {SPACINGS}")
+        if not clip_sample_range > 0:
+            raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}")
+        if not 0 < dynamic_thresholding_ratio <= 1:
+            raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio}")
+        if not sample_max_value >= 1:
+            raise ValueError(f"sample_max_value must be >= 1, got {sample_max_value}")
+        self.schedule = schedule
+        self.num_timesteps = schedule.num_timesteps
+        self.prediction_type = prediction_type
+        self.variance_type = "fixed_small" if variance_type == "fixed_small_log" else variance_type
+        self.clip_sample = bool(clip_sample)
+        self.clip_sample_range = float(clip_sample_range)
+        self.thresholding = bool(thresholding)
+        self.dynamic_thresholding_ratio = float(dynamic_thresholding_ratio)
+        self.sample_max_value = float(sample_max_value)
+        self.timestep_spacing = timestep_spacing
+        self.steps_offset = int(steps_offset)
+        self.set_alpha_to_one = bool(set_alpha_to_one)
+        if timestep_map is None:
+            timestep_map = torch.arange(self.num_timesteps)
+        self.timestep_map = torch.as_tensor(timestep_map, dtype=torch.long).cpu()
+        if self.timestep_map.shape != (self.num_timesteps,):
+            raise ValueError("timestep_map must have one entry per timestep")
+        self._tables: dict[str, Tensor] = dict(schedule.as_dict())
+        # Derived tables used by the reverse step (float64, computed once).
+        self._tables["log_betas"] = schedule.betas.log()
+        self._tables["posterior_std"] = (0.5 * schedule.posterior_log_variance_clipped).exp()
+        self._tables["sqrt_betas"] = schedule.betas.sqrt()
+        self._tables["timestep_map"] = self.timestep_map
+        self._cache: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
+        self._respaced: dict[tuple[int, ...], GaussianDiffusion] = {}
+
+    # ------------------------------------------------------------------ config
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | str, **overrides: Any) -> "GaussianDiffusion":
+        """Build from a diffusers DDPMScheduler / DDIMScheduler config (a dict or a ``scheduler_config.json`` path).
+
+        Every DDPMScheduler key is honoured; unknown keys or unsupported values raise ``ValueError`` naming them.
+        ``overrides`` replace config values (e.g. ``variance_type="fixed_small"``).
+        """
+        if isinstance(config, (str, bytes)) or hasattr(config, "__fspath__"):
+            import json
+            from pathlib import Path
+
+            try:
+                config = json.loads(Path(config).read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"cannot read scheduler config {str(config)!r}: {err}") from err
+        if not isinstance(config, Mapping):
+            raise ValueError(f"a scheduler config must be a mapping, got {type(config).__name__}")
+        cfg: dict[str, Any] = {}
+        for key, value in {**config, **overrides}.items():
+            if key.startswith("_"):
+                continue
+            if key in _OLD_KEYS:
+                new = _OLD_KEYS[key]
+                if new is None:
+                    continue
+                if new in config and config[new] != value:
+                    raise ValueError(f"config has both {key}={value!r} and {new}={config[new]!r}")
+                key = new
+            if key not in _CONFIG_KEYS:
+                raise ValueError(f"unsupported scheduler config key {key!r} (value {value!r})")
+            cfg[key] = value
+        T = cfg.get("num_train_timesteps", 1000)
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise ValueError(f"num_train_timesteps must be a positive integer, got {T!r}")
+        vt = cfg.get("variance_type", "fixed_small")
+        if vt not in VARIANCE_TYPES:
+            raise ValueError(f"unsupported variance_type {vt!r}; supported: {VARIANCE_TYPES}")
+        trained = cfg.get("trained_betas")
+        if trained is not None and len(trained) != T:
+            # diffusers takes len(trained_betas) as T silently; a mismatch is almost always a config error.
+            raise ValueError(f"trained_betas has {len(trained)} entries but num_train_timesteps is {T}")
+        try:
+            schedule = NoiseSchedule.make(
+                cfg.get("beta_schedule", "linear"),
+                num_timesteps=T,
+                beta_start=float(cfg.get("beta_start", 1e-4)),
+                beta_end=float(cfg.get("beta_end", 0.02)),
+                trained_betas=trained,
+                rescale_betas_zero_snr=bool(cfg.get("rescale_betas_zero_snr", False)),
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"bad schedule in scheduler config: {err}") from err
+        return cls(
+            schedule,
+            prediction_type=cfg.get("prediction_type", "epsilon"),
+            variance_type=vt,
+            clip_sample=cfg.get("clip_sample", True),
+            clip_sample_range=cfg.get("clip_sample_range", 1.0),
+            thresholding=cfg.get("thresholding", False),
+            dynamic_thresholding_ratio=cfg.get("dynamic_thresholding_ratio", 0.995),
+            sample_max_value=cfg.get("sample_max_value", 1.0),
+            timestep_spacing=cfg.get("timestep_spacing", "leading"),
+            steps_offset=cfg.get("steps_offset", 0) or 0,
+            set_alpha_to_one=cfg.get("set_alpha_to_one", True),
+        )
+
+    def to_config(self) -> dict[str, Any]:
+        """A DDPMScheduler config dict that rebuilds this diffusion (custom schedules as ``trained_betas``)."""
+        name = self.schedule.name
+        zero_snr = name.endswith("+zero_snr")
+        base = name.removesuffix("+zero_snr")
+        named = base in ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid") and self.schedule.beta_start is not None
+        if self.timestep_map.numel() != self.num_timesteps or not torch.equal(self.timestep_map, torch.arange(self.num_timesteps)):
+            raise ValueError("a respaced diffusion has no scheduler config; save the full diffusion's config")
+        return {
+            "num_train_timesteps": self.num_timesteps,
+            "beta_start": self.schedule.beta_start if named else 1e-4,
+            "beta_end": self.schedule.beta_end if named else 0.02,
+            "beta_schedule": base if named else "linear",
+            "trained_betas": None if named else self.schedule.betas.tolist(),
+            "variance_type": self.variance_type,
+            "clip_sample": self.clip_sample,
+            "clip_sample_range": self.clip_sample_range,
+            "prediction_type": self.prediction_type,
+            "thresholding": self.thresholding,
+            "dynamic_thresholding_ratio": self.dynamic_thresholding_ratio,
+            "sample_max_value": self.sample_max_value,
+            "timestep_spacing": self.timestep_spacing,
+            "steps_offset": self.steps_offset,
+            "rescale_betas_zero_snr": zero_snr and named,
+        }
+
+    # ------------------------------------------------------------------ tensors
+    def _coef(self, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """A schedule table cast once to ``device``/``dtype`` and cached (no per-step host work)."""
+        key = (name, torch.device(device), dtype)
+        table = self._cache.get(key)
+        if table is None:
+            table = self._tables[name].to(device=device, dtype=dtype)
+            self._cache[key] = table
+        return table
+
+    def _extract(self, name: str, t: Tensor, x: Tensor) -> Tensor:
+        """``table[t]`` reshaped to ``[B, 1, 1, ...]`` to broadcast against ``x`` ([B x ...])."""
+        table = self._coef(name, x.device, x.dtype)
+        return table[t].reshape(t.shape[0], *([1] * (x.ndim - 1)))
+
+    def _timesteps(self, t: int | Tensor, x: Tensor) -> Tensor:
+        """Validate ``t`` (int or LongTensor ``[B]``) against the schedule and ``x``; return it as ``[B]`` on x.device."""
+        if x.ndim < 2:
+            raise ValueError(f"samples must be [B x C x ...], got shape {tuple(x.shape)}")
+        B = x.shape[0]
+        if isinstance(t, bool):
+            raise ValueError("t must be an integer timestep or a LongTensor of shape [B]")
+        if isinstance(t, (int, np.integer)):
+            t = torch.full((B,), int(t), dtype=torch.long, device=x.device)
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"t must be an int or a LongTensor, got {type(t).__name__}")
+        if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+            raise ValueError(f"t must hold integers, got dtype {t.dtype}")
+        if t.ndim == 0:
+            t = t.expand(B)
+        if t.shape != (B,):
+            raise ValueError(f"t must have shape [{B}] to match the batch, got {tuple(t.shape)}")
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= self.num_timesteps:
+            raise ValueError(f"timestep out of range: got t in [{lo}, {hi}], allowed [0, {self.num_timesteps - 1}]")
+        return t.to(device=x.device, dtype=torch.long)
+
+    @staticmethod
+    def _same_shape(a: Tensor, b: Tensor, what: str) -> None:
+        if a.shape != b.shape:
+            raise ValueError(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+
+    # ------------------------------------------------------------------ forward process
+    def q_mean_variance(self, x_start: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q(x_t | x_0) (eq. 4): mean sqrt(abar_t) x_0 ``[B x C x H x W]``, variance and log-variance ``[B x 1 x 1 x 1]``."""
+        t = self._timesteps(t, x_start)
+        mean = self._extract("sqrt_alphas_cumprod", t, x_start) * x_start
+        return mean, 1.0 - self._extract("alphas_cumprod", t, x_start), self._extract("log_one_minus_alphas_cumprod", t, x_start)
+
+    def q_sample(
+        self, x_start: Tensor, t: int | Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Sample x_t ~ q(x_t | x_0) in one shot (eq. 4): x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
+
+        ``x_start``, ``noise`` and the result are ``[B x C x H x W]``; equals ``DDPMScheduler.add_noise``.
+        """
+        t = self._timesteps(t, x_start)
+        if noise is None:
+            noise = _randn(x_start.shape, generator, x_start.device, x_start.dtype)
+        self._same_shape(x_start, noise, "q_sample(x_start, noise)")
+        return self._q_sample(x_start, t, noise)
+
+    def _q_sample(self, x_start: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        return (
+            self._extract("sqrt_alphas_cumprod", t, x_start) * x_start
+            + self._extract("sqrt_one_minus_alphas_cumprod", t, x_start) * noise
+        )
+
+    def q_posterior(self, x_start: Tensor, x_t: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The *true* posterior q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I), eq. 6-7.
+
+        It is "true" because, given x_0, it is exactly computable from the forward process; it is the distribution
+        the reverse step would ideally sample from. At sampling time x_0 is unknown, so the model's predicted x_0
+        stands in for it (``p_mean_variance``). Returns the mean ``[B x C x H x W]``, the variance and the
+        clipped log-variance ``[B x 1 x 1 x 1]``.
+        """
+        self._same_shape(x_start, x_t, "q_posterior(x_start, x_t)")
+        t = self._timesteps(t, x_t)
+        return (
+            self._posterior_mean(x_start, x_t, t),
+            self._extract("posterior_variance", t, x_t),
+            self._extract("posterior_log_variance_clipped", t, x_t),
+        )
+
+    def _posterior_mean(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        # eq. 7: mu~_t = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t
+        return self._extract("posterior_mean_coef1", t, x_t) * x_start + self._extract("posterior_mean_coef2", t, x_t) * x_t
+
+    # ------------------------------------------------------------------ parameterisations
+    def predict_start_from_noise(self, x_t: Tensor, t: int | Tensor, noise: Tensor) -> Tensor:
+        """x_0 from x_t and eps, eq. 4 solved for x_0 (used in eq. 15): (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
+        self._same_shape(x_t, noise, "predict_start_from_noise(x_t, noise)")
+        return self._start_from_noise(x_t, self._timesteps(t, x_t), noise)
+
+    def _start_from_noise(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        # The division form stays finite where abar_t is tiny and matches diffusers' float32 arithmetic.
+        return (x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * eps) / self._extract("sqrt_alphas_cumprod", t, x_t)
+
+    def predict_start_from_v(self, x_t: Tensor, t: int | Tensor, v: Tensor) -> Tensor:
+        """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v (Salimans & Ho 2022, sec. 4)."""
+        self._same_shape(x_t, v, "predict_start_from_v(x_t, v)")
+        t = self._timesteps(t, x_t)
+        return self._extract("sqrt_alphas_cumprod", t, x_t) * x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * v
+
+    def predict_noise_from_start(self, x_t: Tensor, t: int | Tensor, x_start: Tensor) -> Tensor:
+        """eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t)."""
+        self._same_shape(x_t, x_start, "predict_noise_from_start(x_t, x_start)")
+        return self._noise_from_start(x_t, self._timesteps(t, x_t), x_start)
+
+    def _noise_from_start(self, x_t: Tensor, t: Tensor, x_start: Tensor) -> Tensor:
+        return (x_t - self._extract("sqrt_alphas_cumprod", t, x_t) * x_start) / self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
+
+    def get_v(self, x_start: Tensor, noise: Tensor, t: int | Tensor) -> Tensor:
+        """The v-prediction target v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (== DDPMScheduler.get_velocity)."""
+        self._same_shape(x_start, noise, "get_v(x_start, noise)")
+        t = self._timesteps(t, x_start)
+        return self._extract("sqrt_alphas_cumprod", t, x_start) * noise - self._extract("sqrt_one_minus_alphas_cumprod", t, x_start) * x_start
+
+    def _threshold(self, x0: Tensor) -> Tensor:
+        """Clip or dynamically threshold x_0 ``[B x ...]`` (Saharia et al. 2022, sec. 2.3), as diffusers does."""
+        if self.thresholding:
+            dtype, B = x0.dtype, x0.shape[0]
+            flat = x0.reshape(B, -1)
+            if dtype not in (torch.float32, torch.float64):
+                flat = flat.float()  # quantile is not implemented in half precision
+            s = torch.quantile(flat.abs(), self.dynamic_thresholding_ratio, dim=1)
+            s = s.clamp(min=1, max=self.sample_max_value).unsqueeze(1)
+            return (flat.clamp(-s, s) / s).reshape(x0.shape).to(dtype)
+        if self.clip_sample:
+            return x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+        return x0
+
+    def _split_output(self, model_output: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Split a ``learned_range`` model's ``[B x 2C x ...]`` output into (prediction, variance values v)."""
+        C = x.shape[1]
+        if self.variance_type == "learned_range":
+            if model_output.shape[1] != 2 * C or model_output.shape[2:] != x.shape[2:]:
+                raise ValueError(
+                    f"variance_type='learned_range' needs a model output of {2 * C} channels (prediction and variance), "
+                    f"got shape {tuple(model_output.shape)} for samples {tuple(x.shape)}"
+                )
+            return model_output[:, :C], model_output[:, C:]
+        if model_output.shape != x.shape:
+            hint = " (a learned-variance model: use variance_type='learned_range')" if model_output.shape[1] == 2 * C else ""
+            raise ValueError(f"model output shape {tuple(model_output.shape)} does not match samples {tuple(x.shape)}{hint}")
+        return model_output, None
+
+    def _pred_start(self, pred: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        if self.prediction_type == "epsilon":
+            return self._start_from_noise(x_t, t, pred)  # eq. 15
+        if self.prediction_type == "sample":
+            return pred
+        return self._extract("sqrt_alphas_cumprod", t, x_t) * x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * pred
+
+    # ------------------------------------------------------------------ reverse process
+    def model_output(self, model: Callable, x_t: Tensor, t: int | Tensor) -> Tensor:
+        """Run ``model`` on ``x_t`` with the original training timesteps of indices ``t`` (respacing-aware)."""
+        t = self._timesteps(t, x_t)
+        return call_model(model, x_t, self._coef("timestep_map", x_t.device, torch.long)[t])
+
+    def p_mean_variance(
+        self, model: Callable | None, x_t: Tensor, t: int | Tensor, model_output: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """p_theta(x_{t-1} | x_t) = N(mu_theta, Sigma_theta) (eq. 1), with mu from the true posterior at the predicted x_0.
+
+        Returns ``mean`` and ``pred_xstart`` ``[B x C x H x W]``, ``variance`` and ``log_variance`` (``[B x 1 x 1 x 1]``
+        for fixed variances, ``[B x C x H x W]`` for ``learned_range``), and the raw ``model_output``.
+        """
+        t = self._timesteps(t, x_t)
+        if model_output is None:
+            if model is None:
+                raise ValueError("p_mean_variance needs a model or a model_output")
+            model_output = call_model(model, x_t, self._coef("timestep_map", x_t.device, torch.long)[t])
+        return self._p_mean_variance(model_output, x_t, t)
+
+    def _p_mean_variance(self, model_output: Tensor, x_t: Tensor, t: Tensor) -> dict[str, Tensor]:
+        pred, v = self._split_output(model_output, x_t)
+        # 1. predicted x_0 (eq. 15 for epsilon), then clip or threshold it
+        pred_xstart = self._threshold(self._pred_start(pred, x_t, t))
+        # 2. the posterior mean at the predicted x_0 (eq. 7)
+        mean = self._posterior_mean(pred_xstart, x_t, t)
+        # 3. the variance choice
+        if self.variance_type == "fixed_small":
+            log_var = self._extract("posterior_log_variance_clipped", t, x_t)
+            std = self._extract("posterior_std", t, x_t)
+        elif self.variance_type == "fixed_large":
+            log_var = self._extract("log_betas", t, x_t)
+            std = self._extract("sqrt_betas", t, x_t)
+        else:  # learned_range, IDDPM eq. 15
+            frac = (v + 1) / 2
+            log_var = frac * self._extract("log_betas", t, x_t) + (1 - frac) * self._extract("posterior_log_variance_clipped", t, x_t)
+            std = torch.exp(0.5 * log_var)
+        return {"mean": mean, "variance": std * std, "log_variance": log_var, "std": std, "pred_xstart": pred_xstart, "model_output": model_output}
+
+    def p_sample(
+        self,
+        model: Callable | None,
+        x_t: Tensor,
+        t: int | Tensor,
+        generator: torch.Generator | None = None,
+        model_output: Tensor | None = None,
+        noise: Tensor | None = None,
+    ) -> StepOutput:
+        """One reverse step x_t -> x_{t-1} ~ p_theta(x_{t-1} | x_t) (Algorithm 2, line 4). Equals DDPMScheduler.step.
+
+        Noise is added only where the original timestep is > 0 (the last step returns the mean). Pass
+        ``model_output`` to skip the model call, ``noise`` to fix the draw.
+        """
+        t = self._timesteps(t, x_t)
+        out = self.p_mean_variance(model, x_t, t, model_output)
+        orig_t = self._coef("timestep_map", x_t.device, torch.long)[t]
+        if noise is None and bool((orig_t > 0).any()):
+            noise = _randn(out["mean"].shape, generator, x_t.device, x_t.dtype)
+        return StepOutput(self._add_noise(out, orig_t, noise), out["pred_xstart"])
+
+    @staticmethod
+    def _add_noise(out: dict[str, Tensor], orig_t: Tensor, noise: Tensor | None) -> Tensor:
+        if noise is None:
+            return out["mean"]
+        mask = (orig_t > 0).to(noise.dtype).reshape(-1, *([1] * (noise.ndim - 1)))
+        return out["mean"] + mask * out["std"] * noise
+
+    # ------------------------------------------------------------------ respacing
+    def respace(self, timesteps: Sequence[int] | np.ndarray | Tensor) -> "GaussianDiffusion":
+        """This diffusion restricted to ``timesteps`` (original indices), as IDDPM's SpacedDiffusion.
+
+        The result has ``len(timesteps)`` steps; its index i maps to the i-th smallest kept timestep, which is
+        what the model receives. The full chain returns ``self``.
+        """
+        ts = torch.as_tensor(np.asarray(timesteps), dtype=torch.long).flatten().sort().values
+        key = tuple(ts.tolist())
+        if len(key) == self.num_timesteps and key == tuple(range(self.num_timesteps)):
+            return self
+        cached = self._respaced.get(key)
+        if cached is None:
+            cached = GaussianDiffusion(
+                self.schedule.respace(ts),
+                prediction_type=self.prediction_type,
+                variance_type=self.variance_type,
+                clip_sample=self.clip_sample,
+                clip_sample_range=self.clip_sample_range,
+                thresholding=self.thresholding,
+                dynamic_thresholding_ratio=self.dynamic_thresholding_ratio,
+                sample_max_value=self.sample_max_value,
+                timestep_spacing=self.timestep_spacing,
+                steps_offset=self.steps_offset,
+                set_alpha_to_one=self.set_alpha_to_one,
+                timestep_map=self.timestep_map[ts],
+            )
+            if len(self._respaced) > 32:
+                self._respaced.clear()
+            self._respaced[key] = cached
+        return cached
+
+    def inference_timesteps(self, num_inference_steps: int | None = None) -> np.ndarray:
+        """The descending original timesteps an ``N``-step run visits (this diffusion's spacing and offset)."""
+        return inference_timesteps(self.num_timesteps, num_inference_steps, self.timestep_spacing, self.steps_offset)
+
+    def _loop_setup(self, model, shape, noise, generator, device, dtype, timesteps):
+        m_device, m_dtype = _model_device_dtype(model)
+        if noise is not None:
+            device, dtype = noise.device, noise.dtype
+            if shape is not None and tuple(shape) != tuple(noise.shape):
+                raise ValueError(f"noise shape {tuple(noise.shape)} does not match shape {tuple(shape)}")
+        device = torch.device(device) if device is not None else (m_device or torch.device("cpu"))
+        dtype = dtype or m_dtype or torch.float32
+        if noise is None:
+            if shape is None or len(shape) < 2 or any(int(s) < 1 for s in shape):
+                raise ValueError(f"shape must be [B, C, ...] with positive sizes, got {shape}")
+            noise = _randn(shape, generator, device, dtype)
+        ts = np.asarray(timesteps, dtype=np.int64)
+        if ts.ndim != 1 or ts.size < 1 or (np.diff(ts) >= 0).any() or ts[-1] < 0 or ts[0] >= self.num_timesteps:
+            raise ValueError(f"timesteps must be strictly descending within [0, {self.num_timesteps - 1}]")
+        return noise, self.respace(ts), ts
+
+    def p_sample_loop_progressive(
+        self,
+        model: Callable,
+        shape: Sequence[int] | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        timesteps: Sequence[int] | None = None,
+    ) -> Iterator[StepOutput]:
+        """Yield a :class:`StepOutput` after every reverse step of Algorithm 2, from x_T = ``noise`` (or fresh noise).
+
+        ``num_inference_steps=None`` runs all T steps; fewer steps use this diffusion's ``timestep_spacing`` and
+        respaced betas; ``timesteps`` (descending original timesteps) overrides both, e.g. to start from x_t.
+        """
+        if timesteps is None:
+            timesteps = self.inference_timesteps(num_inference_steps)
+        x, spaced, ts = self._loop_setup(model, shape, noise, generator, device, dtype, timesteps)
+        B = x.shape[0]
+        with torch.inference_mode():
+            for step, t_orig in enumerate(ts.tolist()):
+                i = len(ts) - 1 - step  # index into the respaced schedule
+                t = torch.full((B,), i, dtype=torch.long, device=x.device)
+                t_model = torch.full((B,), t_orig, dtype=torch.long, device=x.device)
+                out = spaced._p_mean_variance(call_model(model, x, t_model), x, t)
+                noise_t = _randn(x.shape, generator, x.device, x.dtype) if t_orig > 0 else None
+                x_prev = out["mean"] if noise_t is None else out["mean"] + out["std"] * noise_t
+                yield StepOutput(x_prev, out["pred_xstart"], step, t_orig, x)
+                x = x_prev
+
+    def p_sample_loop(
+        self,
+        model: Callable,
+        shape: Sequence[int] | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        timesteps: Sequence[int] | None = None,
+        callback: Callable[[StepOutput], None] | None = None,
+    ) -> Tensor:
+        """Algorithm 2 of DDPM: from x_T ~ N(0, I) ``[B x C x H x W]`` down to x_0; returns x_0 (not clamped).
+
+        With the same generator this reproduces DDPMPipeline (its ``output_type="np"`` is ``(x_0 / 2 + 0.5).clamp(0, 1)``).
+        ``callback`` sees every :class:`StepOutput` (t, x_t, x_{t-1}, predicted x_0).
+        """
+        x = None
+        for out in self.p_sample_loop_progressive(model, shape, num_inference_steps, generator, noise, device, dtype, timesteps):
+            if callback is not None:
+                callback(out)
+            x = out.prev_sample
+        return x
+
+    def sample(self, model: Callable, image_size: int, batch_size: int = 16, channels: int = 3, **kwargs: Any) -> Tensor:
+        """``p_sample_loop`` for ``batch_size`` square images: returns ``[batch_size x channels x image_size x image_size]``."""
+        return self.p_sample_loop(model, (batch_size, channels, image_size, image_size), **kwargs)
+
+    # ------------------------------------------------------------------ DDIM
+    def ddim_sample_loop_progressive(
+        self,
+        model: Callable,
+        shape: Sequence[int] | None = None,
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        timesteps: Sequence[int] | None = None,
+        use_clipped_model_output: bool = False,
+    ) -> Iterator[StepOutput]:
+        """DDIM (Song et al. 2021, eq. 12) over the kept timesteps; ``eta=0`` is deterministic, ``eta=1`` is DDPM-like.
+
+        x_{prev} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z, with
+        sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev) (eq. 16). After the last step
+        abar_prev is 1 (``set_alpha_to_one``) or abar_0. The previous timestep is the next kept one; diffusers
+        instead uses t - T // N, which agrees for ``leading`` spacing and for N dividing T.
+        """
+        if not 0 <= float(eta) <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        if timesteps is None:
+            timesteps = self.inference_timesteps(num_inference_steps)
+        x, spaced, ts = self._loop_setup(model, shape, noise, generator, device, dtype, timesteps)
+        tables = spaced._ddim_tables(float(eta), self.schedule.alphas_cumprod[0], x.device, x.dtype)
+        B = x.shape[0]
+        with torch.inference_mode():
+            for step, t_orig in enumerate(ts.tolist()):
+                i = len(ts) - 1 - step
+                t = torch.full((B,), i, dtype=torch.long, device=x.device)
+                pred, _ = spaced._split_output(call_model(model, x, torch.full((B,), t_orig, dtype=torch.long, device=x.device)), x)
+                x0, eps = spaced._ddim_predictions(pred, x, t)
+                x0 = spaced._threshold(x0)
+                if use_clipped_model_output:
+                    eps = spaced._noise_from_start(x, t, x0)
+                x_prev = tables["sqrt_abar_prev"][i] * x0 + tables["dir_coef"][i] * eps
+                if eta > 0:
+                    x_prev = x_prev + tables["sigma"][i] * _randn(x.shape, generator, x.device, x.dtype)
+                yield StepOutput(x_prev, x0, step, t_orig, x)
+                x = x_prev
+
+    def ddim_sample_loop(self, model: Callable, shape: Sequence[int] | None = None, num_inference_steps: int = 50,
+                         eta: float = 0.0, callback: Callable[[StepOutput], None] | None = None, **kwargs: Any) -> Tensor:
+        """Run :meth:`ddim_sample_loop_progressive` to the end; returns x_0 ``[B x C x H x W]``."""
+        x = None
+        for out in self.ddim_sample_loop_progressive(model, shape, num_inference_steps, eta, **kwargs):
+            if callback is not None:
+                callback(out)
+            x = out.prev_sample
+        return x
+
+    def _ddim_predictions(self, pred: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(x0_hat, eps_hat) from the model output, for each prediction type (DDIM eq. 12 ingredients)."""
+        if self.prediction_type == "epsilon":
+            return self._start_from_noise(x_t, t, pred), pred
+        if self.prediction_type == "sample":
+            return pred, self._noise_from_start(x_t, t, pred)
+        a, b = self._extract("sqrt_alphas_cumprod", t, x_t), self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
+        return a * x_t - b * pred, a * pred + b * x_t
+
+    def _ddim_tables(self, eta: float, abar_0: Tensor, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        """Per-index DDIM coefficients in float64, cast once: sqrt(abar_prev), the direction coefficient, sigma."""
+        abar = self.schedule.alphas_cumprod
+        abar_prev = self.schedule.alphas_cumprod_prev.clone()
+        if not self.set_alpha_to_one:
+            abar_prev[0] = abar_0
+        sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).clamp(min=0).sqrt()
+        return {
+            "sqrt_abar_prev": abar_prev.sqrt().to(device, dtype),
+            "dir_coef": (1 - abar_prev - sigma**2).clamp(min=0).sqrt().to(device, dtype),
+            "sigma": sigma.to(device, dtype),
+        }
+
+    # ------------------------------------------------------------------ training
+    def p_losses(
+        self,
+        model: Callable,
+        x_start: Tensor,
+        t: int | Tensor | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        snr_gamma: float | None = None,
+    ) -> Tensor:
+        """The simplified objective L_simple (eq. 14) for this diffusion's prediction type; returns a scalar.
+
+        Draws ``t`` uniformly from [0, T-1] and ``noise`` ~ N(0, I) unless given. The target is eps (``epsilon``),
+        x_0 (``sample``) or v (``v_prediction``). ``snr_gamma`` applies Min-SNR-gamma weighting (Hang et al. 2023):
+        per-sample weights min(SNR, gamma) / SNR for eps, min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x_0.
+        """
+        if x_start.ndim < 2:
+            raise ValueError(f"x_start must be [B x C x ...], got shape {tuple(x_start.shape)}")
+        if self.variance_type == "learned_range":
+            raise ValueError("p_losses trains fixed-variance models; learned_range needs IDDPM's L_vlb term, not implemented here")
+        B = x_start.shape[0]
+        if t is None:
+            t = torch.randint(0, self.num_timesteps, (B,), generator=generator, device=generator.device if generator else x_start.device).to(x_start.device)
+        t = self._timesteps(t, x_start)
+        if noise is None:
+            noise = _randn(x_start.shape, generator, x_start.device, x_start.dtype)
+        self._same_shape(x_start, noise, "p_losses(x_start, noise)")
+        x_t = self._q_sample(x_start, t, noise)
+        out = call_model(model, x_t, self._coef("timestep_map", x_t.device, torch.long)[t])
+        self._same_shape(out, x_start, "p_losses(model output, x_start)")
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "sample":
+            target = x_start
+        else:
+            target = self._extract("sqrt_alphas_cumprod", t, x_start) * noise - self._extract("sqrt_one_minus_alphas_cumprod", t, x_start) * x_start
+        per_sample = F.mse_loss(out.float(), target.float(), reduction="none").flatten(1).mean(1)
+        if snr_gamma is not None:
+            if not snr_gamma > 0:
+                raise ValueError(f"snr_gamma must be > 0, got {snr_gamma}")
+            snr = self._coef("snr", x_start.device, torch.float32)[t]
+            weight = torch.minimum(snr, torch.full_like(snr, float(snr_gamma)))
+            if self.prediction_type == "epsilon":
+                weight = weight / snr
+            elif self.prediction_type == "v_prediction":
+                weight = weight / (snr + 1)
+            per_sample = per_sample * weight
+        return per_sample.mean()
+
+    def __repr__(self) -> str:
+        return (f"GaussianDiffusion({self.schedule!r}, prediction_type={self.prediction_type!r}, "
+                f"variance_type={self.variance_type!r}, clip_sample={self.clip_sample})")

@@ -1,0 +1,206 @@
+"""Safe image decoding and conversions between PIL images and model tensors in [-1, 1].
+
+Uploads are hostile by default: every failure to decode becomes a ``ValueError`` with a message a user can act
+on, and nothing is decoded past the limits below (decompression bombs are refused before pixels are allocated).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+
+#: Limits on what is decoded. 6000x4000 (24 MP) photos pass; a 1x100000 strip or a 100k x 100k bomb does not.
+MAX_FILE_BYTES = int(os.environ.get("DDPM_MAX_UPLOAD_BYTES", 30 * 1024 * 1024))
+MAX_PIXELS = 40_000_000
+MAX_ASPECT = 32
+MAX_SIDE_DEFAULT = 512
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own bomb guard, as a second line behind the check in load_image
+
+
+def _describe(source) -> str:
+    return Path(source).name if isinstance(source, (str, os.PathLike)) else type(source).__name__
+
+
+def load_image(source, mode: str = "RGB", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode ``source`` (a path, bytes, a PIL image or an ``[H x W (x C)]`` array) into an 8-bit ``mode`` image.
+
+    Handles EXIF rotation, transparency (composited on white), palettes, 16-bit and float images, CMYK and the
+    first frame of animations. Raises ``ValueError`` for empty, corrupt, truncated, non-image, non-finite,
+    oversized (> ``max_pixels``) or extremely elongated (aspect > 32:1) inputs.
+    """
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
+    if isinstance(source, np.ndarray):
+        img = _from_array(source)
+    elif isinstance(source, Image.Image):
+        img = source
+    else:
+        data = _read_bytes(source)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+                _check_size(img.size, max_pixels)
+                img.seek(0)
+                img.load()
+        except ValueError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ValueError(f"image refused: too many pixels (decompression bomb?): {err}") from err
+        except UnidentifiedImageError as err:
+            raise ValueError(
+                f"{_describe(source)} is not an image that can be read (PNG, JPEG, WebP, GIF, BMP, TIFF are; SVG and HTML are not)"
+            ) from err
+        except (OSError, SyntaxError, EOFError, IndexError, TypeError, Image.DecompressionBombError) as err:
+            raise ValueError(f"{_describe(source)} is corrupt or truncated and cannot be decoded ({err})") from err
+    _check_size(img.size, max_pixels)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not lose the image itself
+        pass
+    return _to_8bit(img, mode)
+
+
+def _read_bytes(source) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError as err:
+            raise ValueError(f"cannot read {path.name}: {err.strerror or err}") from err
+        if size > MAX_FILE_BYTES:
+            raise ValueError(f"{path.name} is {size / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB")
+        data = path.read_bytes()
+    else:
+        raise ValueError(f"cannot read an image from {type(source).__name__}")
+    if not data:
+        raise ValueError("the file is empty (0 bytes)")
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB")
+    return data
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    w, h = size
+    if w < 1 or h < 1:
+        raise ValueError(f"image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise ValueError(f"image is {w}x{h} = {w * h / 1e6:.0f} MP; the limit is {max_pixels / 1e6:.0f} MP")
+    if max(w, h) / min(w, h) > MAX_ASPECT:
+        raise ValueError(f"image is {w}x{h}: an aspect ratio over {MAX_ASPECT}:1 is not supported")
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {a.shape}")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.dtype != np.uint8:
+        a = _scale_to_uint8(a.astype(np.float64))
+    return Image.fromarray(a)
+
+
+def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
+    if not np.isfinite(a).all():
+        raise ValueError("image contains NaN or infinite values")
+    lo, hi = float(a.min()), float(a.max())
+    if 0.0 <= lo and hi <= 1.0 and hi > 0:
+        a = a * 255.0  # float images in [0, 1]
+    elif hi > 255:
+        a = (a - lo) * (255.0 / max(hi - lo, 1e-12))
+    return np.clip(np.round(a), 0, 255).astype(np.uint8)
+
+
+def _to_8bit(img: Image.Image, mode: str) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257.0).round().astype(np.uint8))
+    elif img.mode in ("I", "F"):
+        img = Image.fromarray(_scale_to_uint8(np.asarray(img, dtype=np.float64)))
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert(mode)
+
+
+def fit_longest_side(img: Image.Image, max_side: int = MAX_SIDE_DEFAULT) -> Image.Image:
+    """Downscale (never upscale) so that the longest side is at most ``max_side``, keeping the aspect ratio."""
+    w, h = img.size
+    scale = max_side / max(w, h)
+    if scale >= 1:
+        return img
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+
+
+def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
+    """Centre-crop to a square and resize to ``size`` x ``size`` (the model's input)."""
+    return ImageOps.fit(img, (size, size), Image.Resampling.LANCZOS)
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """8-bit PIL image -> float32 ``[1 x C x H x W]`` in [-1, 1] (C = 1 for mode L, 3 for RGB)."""
+    a = np.asarray(img, dtype=np.float32)
+    a = a[..., None] if a.ndim == 2 else a
+    return torch.from_numpy(a / 127.5 - 1.0).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """``[B x C x H x W]`` or ``[C x H x W]`` in [-1, 1] -> uint8 ``[B x H x W x C]`` / ``[H x W x C]`` (clamped)."""
+    x = ((x.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return (x.permute(0, 2, 3, 1) if x.ndim == 4 else x.permute(1, 2, 0)).numpy()
+
+
+def tensor_to_pil(x: torch.Tensor) -> list[Image.Image]:
+    """``[B x C x H x W]`` in [-1, 1] -> B PIL images (mode L for one channel)."""
+    arr = to_uint8(x if x.ndim == 4 else x.unsqueeze(0))
+    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
+
+
+def noise_to_pil(noise: torch.Tensor) -> Image.Image:
+    """Show N(0, I) noise ``[1 x C x H x W]``: +-3 sigma mapped onto the 8-bit range."""
+    return tensor_to_pil((noise / 3).clamp(-1, 1))[0]
+
+
+def make_grid(images: Sequence[Image.Image], ncols: int | None = None, labels: Sequence[str] | None = None,
+              pad: int = 2, scale: int = 1) -> Image.Image:
+    """Tile images (all the same size) into a grid, optionally upscaled (nearest) and labelled underneath."""
+    if not images:
+        raise ValueError("make_grid needs at least one image")
+    w, h = images[0].size
+    w, h = w * scale, h * scale
+    n = len(images)
+    ncols = ncols or n
+    nrows = (n + ncols - 1) // ncols
+    label_h = 16 if labels else 0
+    grid = Image.new("RGB", (ncols * (w + pad) + pad, nrows * (h + pad + label_h) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for k, im in enumerate(images):
+        r, c = divmod(k, ncols)
+        x0, y0 = pad + c * (w + pad), pad + r * (h + pad + label_h)
+        grid.paste(im.convert("RGB").resize((w, h), Image.Resampling.NEAREST), (x0, y0))
+        if labels:
+            draw.text((x0 + 2, y0 + h + 2), labels[k], fill=(40, 40, 40))
+    return grid
+
+
+def save_animation(frames: Iterable[Image.Image], path: str | Path, duration_ms: int = 60, last_hold_ms: int = 1200) -> Path:
+    """Write frames as a looping GIF (or WebP by suffix); the final frame is held so the result can be seen."""
+    frames = [f.convert("RGB") for f in frames]
+    if not frames:
+        raise ValueError("no frames to animate")
+    durations = [duration_ms] * (len(frames) - 1) + [last_hold_ms]
+    path = Path(path)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=False)
+    return path

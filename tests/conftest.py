@@ -1,0 +1,47 @@
+"""Shared test setup. The environment must be set before gradio / huggingface_hub are imported."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+os.environ.setdefault("MPLCONFIGDIR", "/tmp/ddpm-explorer-mpl")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_unet(out_channels: int = 3, sample_size: int = 8, seed: int = 0, in_channels: int = 3):
+    """A randomly initialised 2-level UNet2DModel with attention: milliseconds per call, real diffusers code."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    ).eval()
+
+
+@pytest.fixture(scope="session")
+def unet3():
+    return tiny_unet(3)
+
+
+@pytest.fixture(scope="session")
+def unet6():
+    return tiny_unet(6, seed=1)
