@@ -1,0 +1,482 @@
+"""DDPM Explorer: the Gradio Space. UI only: every computation is ddpm_core's; handlers validate and format.
+
+Run: ``python app.py`` (serves on 0.0.0.0:7860, or GRADIO_SERVER_NAME / GRADIO_SERVER_PORT).
+"""
+
+from __future__ import annotations
+
+import os
+
+try:  # ZeroGPU: `spaces` must be imported before torch initialises CUDA; off Spaces spaces.GPU is a no-op.
+    import spaces
+except ImportError:  # pragma: no cover - spaces is in requirements.txt
+    spaces = None
+
+import functools
+import math
+import random
+import tempfile
+import uuid
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import torch
+
+from ddpm_core import SCHEDULES, GaussianDiffusion, NoiseSchedule
+from ddpm_core.checkpoints import BUNDLED_DEFAULT, HUB_MODELS, bundled_models, load_checkpoint
+from ddpm_core.explore import CURVES, curves, forward_views, strip_timesteps
+from ddpm_core.imaging import (
+    MAX_SIDE_DEFAULT, center_crop_resize, fit_longest_side, load_image, make_grid, noise_to_pil, pil_to_tensor,
+    save_animation, tensor_to_pil, to_uint8,
+)
+from ddpm_core.sampling import SamplingCancelled, generate, pick_device
+from ui_text import LANGS, TEXT
+
+HERE = Path(__file__).resolve().parent
+EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*.png"))
+DEFAULT_IMAGE = str(HERE / "examples" / "sunset.png") if (HERE / "examples" / "sunset.png").is_file() else None
+OUT_DIR = Path(tempfile.gettempdir()) / "ddpm-explorer"
+
+# Limits a public Space needs (also documented in the README's security section).
+T_MIN, T_MAX = 10, 1000
+MAX_BATCH = 16
+MAX_SEEDS = 8
+SCHEDULE_CHOICES = list(SCHEDULES)
+VARIANCE_CHOICES = ["model default", "fixed_small", "fixed_large", "learned_range"]
+SAMPLER_CHOICES = ["DDPM (all T steps)", "DDPM (fewer steps)", "DDIM"]
+DEVICE, DTYPE = pick_device()
+ON_CPU = DEVICE.type == "cpu"
+DEFAULT_STEPS = 100 if ON_CPU else 1000
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
+
+
+def gpu(duration: int):
+    """``spaces.GPU`` on ZeroGPU (a no-op elsewhere); identity when spaces is unavailable."""
+    return spaces.GPU(duration=duration) if spaces is not None else (lambda fn: fn)
+
+
+def user_errors(fn):
+    """Turn the library's ValueErrors and resource failures into messages the user sees; the app stays up."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        except SamplingCancelled as err:
+            raise gr.Error("Sampling was cancelled.") from err
+        except (torch.cuda.OutOfMemoryError, MemoryError) as err:
+            raise gr.Error("Out of memory: try a smaller batch, fewer seeds or a smaller model.") from err
+        except RuntimeError as err:
+            if "out of memory" in str(err).lower():
+                raise gr.Error("Out of memory: try a smaller batch, fewer seeds or a smaller model.") from err
+            raise
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- components that leave decoding to ddpm_core
+class UploadImage(gr.Image):
+    """An image upload that passes the raw file path on: ddpm_core.imaging decodes it safely (gradio would open it
+    with PIL first, turning corrupt files and bombs into an opaque error)."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.path is None:
+            raise gr.Error("The upload did not arrive as a file; please upload it again.")
+        return payload.path
+
+
+class StrictNumber(gr.Number):
+    """A number input whose API value is checked for type and finiteness before gradio's own bounds check."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if isinstance(payload, bool) or not isinstance(payload, (int, float)) or not math.isfinite(payload):
+            raise gr.Error(f"{self.label or 'value'} must be a finite number, got {payload!r}")
+        return super().preprocess(payload)
+
+
+class StrictSlider(gr.Slider):
+    is_template = True
+
+    def preprocess(self, payload):
+        if isinstance(payload, bool) or not isinstance(payload, (int, float)) or not math.isfinite(payload):
+            raise gr.Error(f"{self.label or 'value'} must be a finite number, got {payload!r}")
+        return super().preprocess(payload)
+
+
+def _int(value, name: str, lo: int, hi: int) -> int:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value}")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, got {int(value)}")
+    return int(value)
+
+
+def _seed(value) -> int:
+    return _int(value, "seed", 0, 2**32 - 1)
+
+
+# ---------------------------------------------------------------- shared helpers
+@functools.lru_cache(maxsize=64)
+def _diffusion(schedule: str, T: int) -> GaussianDiffusion:
+    return GaussianDiffusion(NoiseSchedule.make(schedule, T))
+
+
+def _schedule_args(schedule, T) -> tuple[str, int]:
+    if schedule not in SCHEDULE_CHOICES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULE_CHOICES)}")
+    return schedule, _int(T, "T", T_MIN, T_MAX)
+
+
+@functools.lru_cache(maxsize=8)
+def _decoded(path: str, mtime: float, size: int, mode: str, max_side: int | None, crop: int | None) -> torch.Tensor:
+    img = load_image(path, mode=mode)
+    img = center_crop_resize(img, crop) if crop else fit_longest_side(img, max_side)
+    return pil_to_tensor(img)
+
+
+def _image_tensor(path, mode: str = "RGB", max_side: int | None = MAX_SIDE_DEFAULT, crop: int | None = None) -> torch.Tensor:
+    """Decode an upload once (cached by path and modification time): ``[1 x C x H x W]`` in [-1, 1]."""
+    if not path:
+        raise ValueError("Upload an image (or pick an example) first.")
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError) as err:
+        raise ValueError("The uploaded file is no longer available; please upload it again.") from err
+    return _decoded(str(path), st.st_mtime, st.st_size, mode, max_side, crop)
+
+
+def _display(img, min_side: int = 160):
+    """Upscale small images with nearest neighbour so pixels stay crisp in the browser."""
+    factor = max(1, math.ceil(min_side / max(1, min(img.size))))
+    return img.resize((img.width * factor, img.height * factor), 0) if factor > 1 else img
+
+
+def _out_path(suffix: str) -> Path:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    return OUT_DIR / f"{uuid.uuid4().hex}{suffix}"
+
+
+# ---------------------------------------------------------------- forward process
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if math.isfinite(x) else ("∞" if x > 0 else "−∞")
+
+
+@user_errors
+def forward(image, t, schedule, T, seed):
+    """x_t, the noise, a strip of x_t at 8 timesteps, the readouts and the true posterior mean at t."""
+    schedule, T = _schedule_args(schedule, T)
+    t = _int(t, "t", 0, T - 1)
+    x0 = _image_tensor(image)
+    v = forward_views(x0, _diffusion(schedule, T), t, _seed(seed))
+    r = v.readout
+    strip = make_grid([tensor_to_pil(x)[0] for _, x in v.strip], labels=[f"t={s}" for s, _ in v.strip], pad=4)
+    readout = (f"| t | ᾱ_t | √ᾱ_t | √(1−ᾱ_t) | SNR | SNR (dB) | β_t |\n|---|---|---|---|---|---|---|\n"
+               f"| {t} | {_fmt(r['alpha_bar'])} | {_fmt(r['sqrt_alpha_bar'])} | {_fmt(r['sqrt_one_minus_alpha_bar'])} | "
+               f"{_fmt(r['snr'])} | {_fmt(r['snr_db'])} | {_fmt(r['beta'])} |")
+    posterior = f"σ̃_t = √β̃_t = **{_fmt(r['posterior_std'])}**" + ("  (t = 0: x₀ is returned exactly)" if t == 0 else "")
+    return to_uint8(v.x_t)[0].squeeze(), noise_to_pil(v.noise), strip, readout, to_uint8(v.posterior_mean)[0].squeeze(), posterior
+
+
+def t_slider_range(T, t):
+    T = _int(T, "T", T_MIN, T_MAX) if isinstance(T, (int, float)) else T_MAX
+    return gr.update(maximum=T - 1, value=min(int(t or 0), T - 1))
+
+
+# ---------------------------------------------------------------- schedules
+@user_errors
+def schedule_plots(selected, T):
+    """One long DataFrame per curve (t, value, schedule) for the LinePlots, and the whole table as CSV."""
+    if not selected:
+        raise ValueError("Tick at least one schedule.")
+    if isinstance(selected, str):
+        selected = [selected]
+    T = _int(T, "T", T_MIN, T_MAX)
+    frames = []
+    for name in selected:
+        schedule, _ = _schedule_args(name, T)
+        frame = pd.DataFrame(curves(_diffusion(schedule, T).schedule))
+        frame.insert(0, "schedule", schedule)
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    csv = _out_path(".csv")
+    table.to_csv(csv, index=False, float_format="%.10g")
+    plots = [table[["t", key, "schedule"]].rename(columns={key: "value"}) for key, _ in CURVES[:-1]]
+    variance = pd.concat([
+        table[["t", "posterior_variance", "schedule"]].rename(columns={"posterior_variance": "value"}).assign(schedule=table["schedule"] + " β̃_t"),
+        table[["t", "beta", "schedule"]].rename(columns={"beta": "value"}).assign(schedule=table["schedule"] + " β_t"),
+    ])
+    return (*plots, variance, str(csv))
+
+
+# ---------------------------------------------------------------- sampling
+def _steps_for(sampler: str, steps) -> int | None:
+    if sampler not in SAMPLER_CHOICES:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLER_CHOICES)}")
+    return None if sampler == SAMPLER_CHOICES[0] else _int(steps, "steps", 1, T_MAX)
+
+
+def _model(name):
+    return load_checkpoint(name, DEVICE, DTYPE)
+
+
+def _trajectory_image(snapshots) -> object:
+    """Two rows for the first sample: x_t (top) and the predicted x_0 (bottom), labelled with t."""
+    tops = [tensor_to_pil(x[:1].clamp(-1, 1))[0] for _, x, _ in snapshots]
+    bottoms = [tensor_to_pil(x0[:1].clamp(-1, 1))[0] for _, _, x0 in snapshots]
+    scale = max(1, 96 // tops[0].height)
+    labels = [f"t={t}" for t, _, _ in snapshots] + ["x̂₀"] * len(bottoms)
+    return make_grid(tops + bottoms, ncols=len(tops), labels=labels, scale=scale, pad=3)
+
+
+def _progress_cb(progress, label):
+    def cb(step, total):
+        progress((step, total), desc=label, unit="steps")
+
+    return cb
+
+
+@gpu(duration=120)
+@user_errors
+def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress=gr.Progress()):
+    """Generate a batch with ddpm_core's sampler: gallery, trajectory, animation, downloads and a summary."""
+    n_steps = _steps_for(sampler, steps)
+    batch_size = _int(batch_size, "batch size", 1, MAX_BATCH)
+    seed = _seed(seed)
+    eta = float(eta) if isinstance(eta, (int, float)) and math.isfinite(eta) else None
+    if eta is None or not 0 <= eta <= 1:
+        raise ValueError("eta must be between 0 and 1")
+    if variance not in VARIANCE_CHOICES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCE_CHOICES)}")
+    progress(0, desc=f"Loading {model_name}")
+    model = _model(model_name)
+    result = generate(model, batch_size=batch_size, seed=seed, sampler="ddim" if sampler == "DDIM" else "ddpm",
+                      num_inference_steps=n_steps if sampler != "DDIM" else (n_steps or 50), eta=eta,
+                      variance_type=None if variance == "model default" else variance,
+                      progress=_progress_cb(progress, "Sampling"))
+    images = tensor_to_pil(result.samples.clamp(-1, 1))
+    gif = save_animation(result.frames, _out_path(".gif"))
+    archive = _out_path(".zip")
+    with zipfile.ZipFile(archive, "w") as z:
+        for k, img in enumerate(images):
+            path = _out_path(".png")
+            img.save(path)
+            z.write(path, f"sample_{seed}_{k:02d}.png")
+    info = (f"**{model.name}** ({model.source}, {model.num_parameters / 1e6:.1f}M parameters, "
+            f"{'×'.join(map(str, model.sample_shape))}) · {len(result.timesteps)} {'DDIM' if sampler == 'DDIM' else 'DDPM'} steps · "
+            f"variance {variance if variance != 'model default' else model.diffusion.variance_type} · seed {seed} · "
+            f"{result.device} {result.dtype} · {result.seconds:.1f} s" + "".join(f"\n\n_{n}_" for n in model.notes))
+    gallery = [(_display(img), f"#{k}") for k, img in enumerate(images)]
+    return gallery, _trajectory_image(result.snapshots), str(gif), [str(archive), str(gif)], info
+
+
+@gpu(duration=120)
+@user_errors
+def denoise_from_t(image, model_name, t, n_seeds, steps, seed, progress=gr.Progress()):
+    """Noise an upload to step t, then run the reverse process from x_t with several seeds (the notes' experiment)."""
+    n_seeds = _int(n_seeds, "number of seeds", 1, MAX_SEEDS)
+    seed = _seed(seed)
+    progress(0, desc=f"Loading {model_name}")
+    model = _model(model_name)
+    T = model.diffusion.num_timesteps
+    t = _int(t, "t", 0, T - 1)
+    n_steps = _int(steps, "steps", 1, T_MAX)
+    C, H, _ = model.sample_shape
+    x0 = _image_tensor(image, mode="L" if C == 1 else "RGB", crop=H)
+    x_t = model.diffusion.q_sample(x0, t, generator=torch.Generator().manual_seed(seed)).repeat(n_seeds, 1, 1, 1)
+    result = generate(model, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2,
+                      progress=_progress_cb(progress, "Denoising"))
+    original = tensor_to_pil(x0)[0]
+    noisy = tensor_to_pil(x_t[:1].clamp(-1, 1))[0]
+    outs = tensor_to_pil(result.samples.clamp(-1, 1))
+    gallery = [(_display(original), "original x₀"), (_display(noisy), f"x_t, t={t}")]
+    gallery += [(_display(img), f"sample {k + 1}") for k, img in enumerate(outs)]
+    mse = ((result.samples - x0) ** 2).mean(dim=(1, 2, 3))
+    info = (f"Reverse process from t = {t} with {len(result.timesteps)} steps on **{model.name}** · "
+            f"{result.seconds:.1f} s · mean squared distance to the original per sample: "
+            + ", ".join(f"{m:.3f}" for m in mse.tolist()))
+    return gallery, info
+
+
+def randomize_seed():
+    return random.randint(0, 2**31 - 1)
+
+
+def steps_visibility(sampler):
+    return gr.update(visible=sampler != SAMPLER_CHOICES[0]), gr.update(visible=sampler == "DDIM")
+
+
+# ---------------------------------------------------------------- language
+MARKDOWN_KEYS = ("intro", "forward", "posterior", "schedules", "sample", "denoise")
+TAB_KEYS = ("tab_forward", "tab_schedules", "tab_sample", "tab_denoise")
+
+
+def set_language(lang):
+    text = TEXT[LANGS.get(lang, "en")]
+    return [gr.update(value=text[k]) for k in MARKDOWN_KEYS] + [gr.update(label=text[k]) for k in TAB_KEYS] + [
+        gr.update(value=_device_note(text))]
+
+
+def _device_note(text) -> str:
+    return text["cpu_note"] if ON_CPU else text["gpu_note"].format(device=torch.cuda.get_device_name(), dtype="float16")
+
+
+CSS = """
+.gradio-container {max-width: 1280px !important; margin: auto}
+#intro h1 {margin-bottom: 0.2em}
+#readout table {font-variant-numeric: tabular-nums}
+footer {display: none !important}
+"""
+
+
+def model_choices() -> list[tuple[str, str]]:
+    bundled = [(f"{name} (bundled, offline)", name) for name in bundled_models()]
+    return bundled + [(repo, repo) for repo in HUB_MODELS]
+
+
+def build_demo() -> gr.Blocks:
+    text = TEXT["en"]
+    bundled = bundled_models()
+    default_model = BUNDLED_DEFAULT if BUNDLED_DEFAULT in bundled else (bundled[0] if bundled else HUB_MODELS[0])
+    md = {}
+    with gr.Blocks(title="DDPM Explorer", analytics_enabled=False) as demo:
+        with gr.Row(equal_height=True):
+            md["intro"] = gr.Markdown(text["intro"], elem_id="intro", latex_delimiters=LATEX)
+            lang = gr.Radio(list(LANGS), value="English", label=text["lang_label"], scale=0, min_width=220, elem_id="lang")
+        tabs = {}
+        with gr.Tabs():
+            # ---------------- forward process
+            with gr.Tab(text["tab_forward"], id="forward") as tabs["tab_forward"]:
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        image = UploadImage(value=DEFAULT_IMAGE, label="Image x₀", type="filepath", sources=["upload", "clipboard"],
+                                            height=280, elem_id="input-image")
+                        gr.Examples(EXAMPLES, inputs=image, label="Examples (made by this repo)")
+                        t = StrictSlider(0, T_MAX - 1, value=250, step=1, label="t (timestep)", elem_id="t-slider")
+                        with gr.Row():
+                            schedule = gr.Dropdown(SCHEDULE_CHOICES, value="linear", label="Schedule")
+                            T = StrictSlider(T_MIN, T_MAX, value=1000, step=1, label="T (steps)")
+                        seed = StrictNumber(value=0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
+                    with gr.Column(scale=2):
+                        with gr.Row():
+                            x_t = gr.Image(label="x_t", format="png", interactive=False, height=300, elem_id="xt-image")
+                            noise = gr.Image(label="ε (the noise that was added, ±3σ)", format="png", interactive=False, height=300)
+                        readout = gr.Markdown(elem_id="readout")
+                        strip = gr.Image(label="x_t at 8 timesteps (same ε)", format="png", interactive=False, elem_id="strip")
+                md["forward"] = gr.Markdown(text["forward"], latex_delimiters=LATEX)
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        md["posterior"] = gr.Markdown(text["posterior"], latex_delimiters=LATEX)
+                    with gr.Column(scale=1):
+                        posterior_img = gr.Image(label="Posterior mean μ̃_t(x_t, x₀)", format="png", interactive=False, height=260)
+                        posterior_md = gr.Markdown()
+                fwd_inputs = [image, t, schedule, T, seed]
+                fwd_outputs = [x_t, noise, strip, readout, posterior_img, posterior_md]
+                fwd = dict(fn=forward, inputs=fwd_inputs, outputs=fwd_outputs, concurrency_limit=4,
+                           concurrency_id="forward", show_progress="minimal")
+                gr.on([image.change, t.release, schedule.change, seed.submit], api_name="forward", trigger_mode="always_last", **fwd)
+                t.input(api_visibility="private", trigger_mode="always_last", **fwd)
+                T.release(t_slider_range, [T, t], t, api_visibility="private").then(api_visibility="private", **fwd)
+
+            # ---------------- schedules
+            with gr.Tab(text["tab_schedules"], id="schedules") as tabs["tab_schedules"]:
+                with gr.Row():
+                    chosen = gr.CheckboxGroup(SCHEDULE_CHOICES, value=["linear", "squaredcos_cap_v2"], label="Schedules", scale=3)
+                    T_plot = StrictSlider(T_MIN, T_MAX, value=1000, step=1, label="T", scale=2)
+                    csv = gr.File(label="Data (CSV)", scale=1)
+                plots = []
+                labels = [label for _, label in CURVES[:-1]] + ["β̃_t (fixed_small) vs β_t (fixed_large)"]
+                for row in range(3):
+                    with gr.Row():
+                        for col in range(2):
+                            k = 2 * row + col
+                            plots.append(gr.LinePlot(x="t", y="value", color="schedule", title=labels[k], height=260,
+                                                     y_title=labels[k], x_title="t"))
+                md["schedules"] = gr.Markdown(text["schedules"], latex_delimiters=LATEX)
+                sched_io = dict(fn=schedule_plots, inputs=[chosen, T_plot], outputs=[*plots, csv], concurrency_limit=4,
+                                concurrency_id="schedules")
+                gr.on([chosen.change, T_plot.release], api_name="schedules", **sched_io)
+
+            # ---------------- sampling
+            with gr.Tab(text["tab_sample"], id="sample") as tabs["tab_sample"]:
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        model = gr.Dropdown(model_choices(), value=default_model, allow_custom_value=True,
+                                            label="Model (bundled, or type a Hub id: owner/name)", elem_id="model")
+                        sampler = gr.Radio(SAMPLER_CHOICES, value=SAMPLER_CHOICES[1], label="Sampler")
+                        steps = StrictSlider(1, T_MAX, value=DEFAULT_STEPS, step=1, label="Steps")
+                        eta = StrictSlider(0, 1, value=0.0, step=0.05, label="DDIM η", visible=False)
+                        variance = gr.Dropdown(VARIANCE_CHOICES, value="model default", label="Reverse-step variance")
+                        batch = StrictSlider(1, MAX_BATCH, value=8, step=1, label="Batch size")
+                        with gr.Row():
+                            sample_seed = StrictNumber(value=0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1, scale=3)
+                            dice = gr.Button("🎲", scale=1, min_width=60)
+                        go = gr.Button("Generate", variant="primary", elem_id="run-btn")
+                        device_md = gr.Markdown(_device_note(text))
+                    with gr.Column(scale=2):
+                        gallery = gr.Gallery(label="Samples", columns=4, height=420, format="png", elem_id="gallery", object_fit="contain")
+                        info = gr.Markdown(elem_id="sample-info")
+                        with gr.Row():
+                            trajectory = gr.Image(label="Reverse trajectory: x_t (top), predicted x̂₀ (bottom)", format="png", interactive=False)
+                        with gr.Row():
+                            animation = gr.Image(label="The whole reverse process", type="filepath", interactive=False, height=260)
+                            downloads = gr.File(label="Download (PNGs, GIF)", file_count="multiple")
+                md["sample"] = gr.Markdown(text["sample"], latex_delimiters=LATEX)
+                sampler.change(steps_visibility, sampler, [steps, eta], api_visibility="private")
+                dice.click(randomize_seed, None, sample_seed, api_visibility="private")
+                go.click(sample, [model, sampler, steps, eta, variance, batch, sample_seed],
+                         [gallery, trajectory, animation, downloads, info], api_name="sample",
+                         concurrency_limit=1, concurrency_id="sampler", time_limit=600)
+
+            # ---------------- noise, then denoise
+            with gr.Tab(text["tab_denoise"], id="denoise") as tabs["tab_denoise"]:
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        d_image = UploadImage(value=DEFAULT_IMAGE, label="Image", type="filepath", sources=["upload", "clipboard"], height=240, elem_id="denoise-image")
+                        gr.Examples(EXAMPLES, inputs=d_image)
+                        d_model = gr.Dropdown(model_choices(), value=default_model, allow_custom_value=True, label="Model")
+                        d_t = StrictSlider(0, T_MAX - 1, value=400, step=1, label="Noise to t")
+                        d_seeds = StrictSlider(1, MAX_SEEDS, value=4, step=1, label="Seeds")
+                        d_steps = StrictSlider(1, T_MAX, value=DEFAULT_STEPS, step=1, label="Reverse steps")
+                        d_seed = StrictNumber(value=0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
+                        d_go = gr.Button("Noise, then denoise", variant="primary", elem_id="denoise-btn")
+                    with gr.Column(scale=2):
+                        d_gallery = gr.Gallery(label="Original, x_t, and what the model makes of it", columns=3, height=460, format="png")
+                        d_info = gr.Markdown()
+                md["denoise"] = gr.Markdown(text["denoise"], latex_delimiters=LATEX)
+                d_go.click(denoise_from_t, [d_image, d_model, d_t, d_seeds, d_steps, d_seed], [d_gallery, d_info],
+                           api_name="denoise_from_t", concurrency_limit=1, concurrency_id="sampler", time_limit=600)
+
+        lang.change(set_language, lang, [*(md[k] for k in MARKDOWN_KEYS), *(tabs[k] for k in TAB_KEYS), device_md],
+                    api_visibility="private")
+        demo.load(schedule_plots, [chosen, T_plot], [*plots, csv], api_visibility="private")
+        demo.load(api_visibility="private", **fwd)
+    demo.queue(default_concurrency_limit=2, max_size=64)
+    return demo
+
+
+def launch(demo: gr.Blocks | None = None, **kwargs):
+    demo = demo or build_demo()
+    kwargs.setdefault("server_name", os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
+    kwargs.setdefault("server_port", int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    return demo.launch(theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="pink"), css=CSS,
+                       max_file_size="30mb", **kwargs)
+
+
+if __name__ == "__main__":
+    launch()
