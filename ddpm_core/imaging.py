@@ -54,7 +54,8 @@ def load_image(source, mode: str = "RGB", max_pixels: int = MAX_PIXELS) -> Image
         except ValueError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise ValueError(f"image refused: too many pixels (decompression bomb?): {err}") from err
+            raise ValueError(f"image refused: it declares more pixels than the {max_pixels / 1e6:.0f} MP limit "
+                             "(a decompression bomb?)") from err
         except UnidentifiedImageError as err:
             raise ValueError(
                 f"{_describe(source)} is not an image that can be read (PNG, JPEG, WebP, GIF, BMP, TIFF are; SVG and HTML are not)"

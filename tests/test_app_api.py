@@ -1,0 +1,190 @@
+"""The Space through its real server: gradio_client calls every endpoint on 127.0.0.1."""
+
+import hashlib
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import upload_corpus
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    import app
+
+    demo = app.build_demo()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, max_file_size="30mb")
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory):
+    from gradio_client import Client
+
+    return Client(server, verbose=False, analytics_enabled=False, download_files=str(tmp_path_factory.mktemp("dl")))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return upload_corpus(tmp_path_factory.mktemp("uploads"))
+
+
+def _img(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_every_event_has_an_api_name(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/forward", "/schedules", "/sample", "/denoise_from_t"} <= set(endpoints)
+
+
+def test_forward_at_t0_returns_the_input(client, corpus):
+    from gradio_client import handle_file
+
+    src = corpus["rgb.png"][0]
+    x_t, noise, strip, readout, post, post_md = client.predict(handle_file(str(src)), 0, "linear", 1000, 0, api_name="/forward")
+    a, b = _img(x_t), _img(src)
+    assert a.shape == b.shape
+    # t = 0 is the first forward step (the paper's t = 1): sqrt(abar) = 0.99995 and noise of sigma 0.01, i.e.
+    # 1.275 8-bit levels. So: no offset, a spread of ~1.3 levels (+ rounding), nothing beyond ~6 sigma.
+    d = (a - b).astype(np.float64)
+    assert abs(d.mean()) < 0.1 and 1.1 < d.std() < 1.6 and np.abs(d).max() <= 8
+    assert "| 0 |" in readout and "SNR" in readout
+    assert np.abs(_img(post) - b).max() <= 1  # the posterior mean at t=0 is x_0
+    assert _img(strip).shape[1] > 8 * 20
+
+
+def test_forward_at_last_step_is_standard_normal(client):
+    from gradio_client import handle_file
+
+    gray = Path(__file__).parent / "_gray.png"
+    Image.new("RGB", (512, 512), (128, 128, 128)).save(gray)
+    x_t = client.predict(handle_file(str(gray)), 999, "linear", 1000, 1, api_name="/forward")[0]
+    z = (_img(x_t).astype(np.float64) / 127.5 - 1.0).ravel()  # back to model units; clipping at +-1 censors ~32%
+    # For N(0,1) clipped to [-1, 1]: mean 0, P(|z| >= 1) = 0.3173, E[min(z^2, 1)] = 0.6827 - 2 phi(1) + 0.3173 = 0.5161 (to within the 8-bit rounding)
+    assert abs(z.mean()) < 0.01
+    assert abs((np.abs(z) >= 0.999).mean() - 0.3173) < 0.01
+    assert abs((z**2).mean() - 0.5161) < 0.01
+    gray.unlink()
+
+
+def test_forward_same_seed_same_bytes(client, corpus):
+    from gradio_client import handle_file
+
+    src = handle_file(str(corpus["photo.jpg"][0]))
+    a = client.predict(src, 300, "squaredcos_cap_v2", 500, 7, api_name="/forward")
+    b = client.predict(src, 300, "squaredcos_cap_v2", 500, 7, api_name="/forward")
+    c = client.predict(src, 300, "squaredcos_cap_v2", 500, 8, api_name="/forward")
+    assert _digest(a[0]) == _digest(b[0]) and _digest(a[1]) == _digest(b[1])
+    assert _digest(a[0]) != _digest(c[0])
+
+
+def test_every_upload_kind_gets_a_result_or_a_clear_error(client, corpus):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    for name, (path, ok) in corpus.items():
+        if ok:
+            out = client.predict(handle_file(str(path)), 100, "linear", 1000, 0, api_name="/forward")
+            w, h = Image.open(out[0]).size
+            assert max(w, h) <= 512, name  # processed at a bounded resolution, in its own aspect ratio
+        else:
+            with pytest.raises(AppError) as err:
+                client.predict(handle_file(str(path)), 100, "linear", 1000, 0, api_name="/forward")
+            msg = str(err.value)
+            assert len(msg) > 15 and "error" not in msg.lower()[:6], f"{name}: {msg}"
+
+
+@pytest.mark.parametrize("args,fragment", [
+    ((-1, "linear", 1000, 0), "less than minimum"),
+    ((1000, "linear", 1000, 0), "greater than maximum"),
+    ((600, "linear", 500, 0), "t must be between 0 and 499"),
+    ((10, "nope", 1000, 0), "not in the list of choices"),
+    ((10, "linear", 1000, "abc"), "must be a finite number"),
+])
+def test_forward_bad_parameters(client, corpus, args, fragment):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=fragment):
+        client.predict(handle_file(str(corpus["rgb.png"][0])), *args, api_name="/forward")
+
+
+def test_schedules_endpoint_and_csv(client):
+    out = client.predict(["linear", "sigmoid"], 100, api_name="/schedules")
+    *plots, csv = out
+    assert len(plots) == 6
+    first = plots[0]
+    assert {c for c in first["columns"]} >= {"t", "value", "schedule"} and len(first["data"]) == 200
+    import pandas as pd
+
+    table = pd.read_csv(csv)
+    assert set(table["schedule"]) == {"linear", "sigmoid"} and len(table) == 200
+    lin = table[table.schedule == "linear"]
+    assert lin["alpha_bar"].is_monotonic_decreasing and lin["beta"].iloc[0] == pytest.approx(1e-4)
+
+
+def _sample(client, seed, sampler="DDPM (fewer steps)", steps=20, batch=4, model="ddpm-mnist-28", eta=0.0, variance="model default"):
+    return client.predict(model, sampler, steps, eta, variance, batch, seed, api_name="/sample")
+
+
+def test_sampling_is_reproducible_by_seed(client):
+    a, b, c = _sample(client, 3), _sample(client, 3), _sample(client, 4)
+    gal_a, gal_b, gal_c = ([_digest(x["image"]) for x in r[0]] for r in (a, b, c))
+    assert len(gal_a) == 4 and gal_a == gal_b
+    assert not set(gal_a) & set(gal_c)
+    traj, anim, files, info = a[1], a[2], a[3], a[4]
+    assert Image.open(traj).size[0] > 10 * 28
+    with Image.open(anim) as im:
+        assert im.n_frames >= 10
+    assert any(str(f).endswith(".zip") for f in files)
+    assert "ddpm-mnist-28" in info and "20 DDPM steps" in info
+
+
+def test_ddim_and_variance_override(client):
+    out = _sample(client, 1, sampler="DDIM", steps=10, batch=2, eta=0.5, variance="fixed_large")
+    assert len(out[0]) == 2 and "10 DDIM steps" in out[4] and "fixed_large" in out[4]
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    (dict(steps=0), "less than minimum"),
+    (dict(batch=10**6), "greater than maximum"),
+    (dict(seed="x"), "finite number"),
+    (dict(model="../../etc/passwd"), "not allowed"),
+    (dict(model="https://evil.example/model"), "not allowed"),
+    (dict(model="google/ddpm-cifar10-32"), "cannot be reached"),
+    (dict(variance="learned_range"), "does not fit this model"),
+])
+def test_sampling_bad_parameters(client, kwargs, fragment):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=fragment):
+        _sample(client, **{"seed": 0, **kwargs})
+
+
+def test_denoise_from_t(client, corpus):
+    from gradio_client import handle_file
+
+    gallery, info = client.predict(handle_file(str(corpus["gray.png"][0])), "ddpm-mnist-28", 300, 3, 10, 0, api_name="/denoise_from_t")
+    assert len(gallery) == 2 + 3 and "t = 300" in info
+    again = client.predict(handle_file(str(corpus["gray.png"][0])), "ddpm-mnist-28", 300, 3, 10, 0, api_name="/denoise_from_t")[0]
+    assert [_digest(g["image"]) for g in gallery] == [_digest(g["image"]) for g in again]
