@@ -240,7 +240,7 @@ def _trajectory_image(snapshots) -> object:
     tops = [tensor_to_pil(x[:1].clamp(-1, 1))[0] for _, x, _ in snapshots]
     bottoms = [tensor_to_pil(x0[:1].clamp(-1, 1))[0] for _, _, x0 in snapshots]
     scale = max(1, 96 // tops[0].height)
-    labels = [f"t={t}" for t, _, _ in snapshots] + ["x̂₀"] * len(bottoms)
+    labels = [f"t={t}" for t, _, _ in snapshots] + ["pred x0"] * len(bottoms)
     return make_grid(tops + bottoms, ncols=len(tops), labels=labels, scale=scale, pad=3)
 
 

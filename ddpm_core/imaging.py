@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 #: Limits on what is decoded. 6000x4000 (24 MP) photos pass; a 1x100000 strip or a 100k x 100k bomb does not.
 MAX_FILE_BYTES = int(os.environ.get("DDPM_MAX_UPLOAD_BYTES", 30 * 1024 * 1024))
@@ -184,15 +184,17 @@ def make_grid(images: Sequence[Image.Image], ncols: int | None = None, labels: S
     n = len(images)
     ncols = ncols or n
     nrows = (n + ncols - 1) // ncols
-    label_h = 16 if labels else 0
+    font_size = max(10, min(18, w // 5))
+    label_h = font_size + 6 if labels else 0
     grid = Image.new("RGB", (ncols * (w + pad) + pad, nrows * (h + pad + label_h) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=font_size)
     for k, im in enumerate(images):
         r, c = divmod(k, ncols)
         x0, y0 = pad + c * (w + pad), pad + r * (h + pad + label_h)
         grid.paste(im.convert("RGB").resize((w, h), Image.Resampling.NEAREST), (x0, y0))
         if labels:
-            draw.text((x0 + 2, y0 + h + 2), labels[k], fill=(40, 40, 40))
+            draw.text((x0 + 2, y0 + h + 2), labels[k], fill=(40, 40, 40), font=font)
     return grid
 
 

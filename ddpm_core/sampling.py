@@ -122,11 +122,12 @@ def generate(
         noise = noise.contiguous(memory_format=torch.channels_last) if noise is not None else \
             torch.randn((batch_size, C, H, W), generator=generator, dtype=dtype).to(device).contiguous(memory_format=torch.channels_last)
     n_steps = len(timesteps)
+    frame_scale = max(1, 128 // H)  # small models: upscale the animation's frames (nearest) to be seen
     snaps = snapshot_steps(n_steps, n_snapshots)
     frame_steps = snapshot_steps(n_steps, n_frames)
     result = SampleResult(samples=torch.empty(0), timesteps=[int(t) for t in timesteps], device=str(device), dtype=str(dtype).replace("torch.", ""))
     if noise is not None:
-        result.frames.append(make_grid(tensor_to_pil(noise.float().clamp(-1, 1)), ncols=_ncols(batch_size)))
+        result.frames.append(make_grid(tensor_to_pil(noise.float().clamp(-1, 1)), ncols=_ncols(batch_size), scale=frame_scale))
 
     def on_step(out: StepOutput) -> None:
         if should_stop is not None and should_stop():
@@ -134,7 +135,7 @@ def generate(
         if out.index in snaps:
             result.snapshots.append((out.timestep, out.x_t.float().cpu(), out.pred_original_sample.float().cpu()))
         if out.index in frame_steps:
-            result.frames.append(make_grid(tensor_to_pil(out.prev_sample.float().clamp(-1, 1)), ncols=_ncols(batch_size)))
+            result.frames.append(make_grid(tensor_to_pil(out.prev_sample.float().clamp(-1, 1)), ncols=_ncols(batch_size), scale=frame_scale))
         if progress is not None:
             progress(out.index + 1, n_steps)
 

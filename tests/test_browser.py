@@ -1,0 +1,96 @@
+"""A real headless Chromium drives the page (Debian's chromium, Python playwright; no browser download)."""
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("DDPM_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts"))
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def url():
+    import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = app.build_demo()
+    app.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is required for the browser tests (apt-get install chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1366, "height": 900})
+        pg.goto(url, wait_until="domcontentloaded")
+        pg.wait_for_selector("#input-image", timeout=60_000)
+        yield pg
+        browser.close()
+
+
+def _src(page, elem_id):
+    img = page.locator(f"#{elem_id} img").first
+    img.wait_for(state="visible", timeout=60_000)
+    return img.get_attribute("src")
+
+
+def test_upload_move_t_and_see_x_t_change(page, tmp_path):
+    from PIL import Image
+
+    first = _src(page, "xt-image")  # the default example is noised on load
+    upload = tmp_path / "upload.png"
+    Image.new("RGB", (300, 200), (30, 160, 220)).save(upload)
+    page.locator("#input-image input[type=file]").set_input_files(str(upload))
+    deadline = time.time() + 60
+    while _src(page, "xt-image") == first and time.time() < deadline:
+        time.sleep(0.3)
+    after_upload = _src(page, "xt-image")
+    assert after_upload != first, "x_t did not update after the upload"
+
+    number = page.locator("#t-slider input[type=number]")
+    number.fill("900")
+    number.press("Enter")
+    deadline = time.time() + 60
+    while _src(page, "xt-image") == after_upload and time.time() < deadline:
+        time.sleep(0.3)
+    assert _src(page, "xt-image") != after_upload, "x_t did not change when t moved"
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(ARTIFACTS / "forward-tab.png"), full_page=True)
+    assert "| 900 |" in page.locator("#readout").inner_text().replace("\n", " ") or "900" in page.locator("#readout").inner_text()
+
+
+def test_sampling_fills_the_gallery(page):
+    page.get_by_role("tab", name="Sample").click()
+    page.locator("#run-btn").click()
+    page.locator("#gallery img").first.wait_for(state="visible", timeout=180_000)
+    page.wait_for_timeout(1500)
+    assert page.locator("#gallery img").count() >= 8
+    assert "steps" in page.locator("#sample-info").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "sample-tab.png"), full_page=True)
+
+
+def test_schedules_tab_and_chinese(page):
+    page.get_by_role("tab", name="Noise schedules").click()
+    page.wait_for_timeout(2500)
+    page.screenshot(path=str(ARTIFACTS / "schedules-tab.png"), full_page=True)
+    page.locator("#lang label", has_text="简体中文").click()
+    page.get_by_text("噪声调度", exact=False).first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(ARTIFACTS / "schedules-tab-zh.png"), full_page=True)

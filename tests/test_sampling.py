@@ -1,0 +1,67 @@
+"""The high-level sampler: fast path equals the plain loop, fallbacks, the sampling CLI and its resume."""
+
+import copy
+
+import pytest
+import torch
+
+import ddpm_core.checkpoints as ck
+from conftest import tiny_unet
+from ddpm_core.checkpoints import LoadedModel
+from ddpm_core.diffusion import GaussianDiffusion
+from ddpm_core.sampling import SamplingCancelled, generate
+from helpers import save_pipeline_folder
+
+
+def _model(out_channels=3, variance="fixed_small"):
+    cfg = {"beta_schedule": "linear", "variance_type": variance}
+    return LoadedModel("tiny", copy.deepcopy(tiny_unet(out_channels)), GaussianDiffusion.from_config(cfg), "test", cfg)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 20), ("ddpm", None), ("ddim", 10)])
+def test_fast_path_equals_the_plain_loop(sampler, steps):
+    """channels_last changes only the convolution's summation order: equal to float32 rounding (1e-5)."""
+    plain = generate(_model(), batch_size=3, seed=5, sampler=sampler, num_inference_steps=steps, fast=False).samples
+    fast = generate(_model(), batch_size=3, seed=5, sampler=sampler, num_inference_steps=steps, fast=True).samples
+    assert fast.shape == plain.shape
+    assert (fast - plain).abs().max() < 1e-4
+    assert not torch.equal(plain, generate(_model(), batch_size=3, seed=6, sampler=sampler, num_inference_steps=steps).samples)
+
+
+def test_learned_variance_and_snapshots():
+    m = _model(6, "learned_range")
+    res = generate(m, batch_size=2, seed=0, num_inference_steps=12, n_snapshots=5, n_frames=6)
+    assert res.samples.shape == (2, 3, 8, 8) and len(res.snapshots) == 5 and len(res.frames) == 7
+    ts = [t for t, _, _ in res.snapshots]
+    assert ts == sorted(ts, reverse=True) and ts[-1] == 0
+    with pytest.raises(ValueError, match="does not fit"):
+        generate(m, variance_type="fixed_small")
+
+
+def test_start_from_x_t_and_cancellation():
+    m = _model()
+    x_t = torch.randn(2, 3, 8, 8)
+    res = generate(m, seed=0, num_inference_steps=10, start=(x_t, 300))
+    assert res.timesteps[0] == 300 and res.timesteps[-1] == 0 and len(res.timesteps) == 10
+    calls = []
+    with pytest.raises(SamplingCancelled):
+        generate(m, num_inference_steps=50, should_stop=lambda: calls.append(1) or len(calls) > 3)
+    assert len(calls) == 4  # stopped at the fourth step, not at the end
+    with pytest.raises(ValueError):
+        generate(m, start=(x_t, 1000))
+
+
+def test_sampling_cli_writes_and_resumes(tmp_path, monkeypatch):
+    from ddpm_core.sample import main
+
+    save_pipeline_folder(tiny_unet(3), tmp_path / "ck" / "tiny")
+    monkeypatch.setattr(ck, "CHECKPOINT_DIR", tmp_path / "ck")
+    ck._default_cache.clear()
+    out = tmp_path / "out"
+    args = ["--model", "tiny", "--num", "10", "--batch", "4", "--steps", "3", "--out", str(out)]
+    assert main(args) == 10
+    first = (out / "000005.png").read_bytes()
+    (out / "000009.png").unlink()
+    assert main(args) == 2  # only the last batch (8, 9) is redone
+    assert (out / "000005.png").read_bytes() == first and len(list(out.glob("0*.png"))) == 10
+    ck._default_cache.clear()
