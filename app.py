@@ -13,9 +13,11 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
     spaces = None
 
 import functools
+import inspect
 import math
 import random
 import tempfile
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -31,7 +33,7 @@ from ddpm_core.imaging import (
     MAX_SIDE_DEFAULT, center_crop_resize, fit_longest_side, load_image, make_grid, noise_to_pil, pil_to_tensor,
     save_animation, tensor_to_pil, to_uint8,
 )
-from ddpm_core.sampling import SamplingCancelled, generate, pick_device
+from ddpm_core.sampling import SampleResult, SamplingCancelled, generate_steps, pick_device
 from ui_text import LANGS, TEXT
 
 HERE = Path(__file__).resolve().parent
@@ -57,8 +59,34 @@ def gpu(duration: int):
     return spaces.GPU(duration=duration) if spaces is not None else (lambda fn: fn)
 
 
+def _user_message(err: BaseException) -> gr.Error | None:
+    if isinstance(err, ValueError):
+        return gr.Error(str(err))
+    if isinstance(err, SamplingCancelled):
+        return gr.Error("Sampling was cancelled.")
+    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower()):
+        return gr.Error("Out of memory: try a smaller batch, fewer seeds or a smaller model.")
+    return None
+
+
 def user_errors(fn):
-    """Turn the library's ValueErrors and resource failures into messages the user sees; the app stays up."""
+    """Turn the library's ValueErrors and resource failures into messages the user sees; the app stays up.
+    Works for plain handlers and for generator handlers (which stream previews and stop when cancelled)."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as err:
+                msg = _user_message(err)
+                if msg is None:
+                    raise
+                raise msg from err
+
+        return gen_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -66,16 +94,11 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
-        except SamplingCancelled as err:
-            raise gr.Error("Sampling was cancelled.") from err
-        except (torch.cuda.OutOfMemoryError, MemoryError) as err:
-            raise gr.Error("Out of memory: try a smaller batch, fewer seeds or a smaller model.") from err
-        except RuntimeError as err:
-            if "out of memory" in str(err).lower():
-                raise gr.Error("Out of memory: try a smaller batch, fewer seeds or a smaller model.") from err
-            raise
+        except Exception as err:
+            msg = _user_message(err)
+            if msg is None:
+                raise
+            raise msg from err
 
     return wrapper
 
@@ -244,17 +267,26 @@ def _trajectory_image(snapshots) -> object:
     return make_grid(tops + bottoms, ncols=len(tops), labels=labels, scale=scale, pad=3)
 
 
-def _progress_cb(progress, label):
-    def cb(step, total):
-        progress((step, total), desc=label, unit="steps")
+#: Reverse steps run by the sampling handlers (a cancelled request stops adding to it).
+STATS = {"steps": 0}
+PREVIEWS = 10  # intermediate gallery updates per run
+YIELD_EVERY_S = 0.25  # hand control back to gradio at least this often, so a cancel stops the loop promptly
 
-    return cb
+
+def _due(state: dict) -> bool:
+    """True at most every YIELD_EVERY_S: time for a (no-op) update that lets gradio stop a cancelled run."""
+    now = time.monotonic()
+    if now - state.get("last", 0.0) >= YIELD_EVERY_S:
+        state["last"] = now
+        return True
+    return False
 
 
 @gpu(duration=120)
 @user_errors
 def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress=gr.Progress()):
-    """Generate a batch with ddpm_core's sampler: gallery, trajectory, animation, downloads and a summary."""
+    """Generate a batch with ddpm_core's sampler: gallery, trajectory, animation, downloads and a summary.
+    Streams a preview (the predicted x_0) about ten times while sampling."""
     n_steps = _steps_for(sampler, steps)
     batch_size = _int(batch_size, "batch size", 1, MAX_BATCH)
     seed = _seed(seed)
@@ -265,10 +297,22 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
         raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCE_CHOICES)}")
     progress(0, desc=f"Loading {model_name}")
     model = _model(model_name)
-    result = generate(model, batch_size=batch_size, seed=seed, sampler="ddim" if sampler == "DDIM" else "ddpm",
-                      num_inference_steps=n_steps if sampler != "DDIM" else (n_steps or 50), eta=eta,
-                      variance_type=None if variance == "model default" else variance,
-                      progress=_progress_cb(progress, "Sampling"))
+    ddim = sampler == "DDIM"
+    total = (n_steps or 50) if ddim else len(model.diffusion.inference_timesteps(n_steps))
+    result, beat = None, {}
+    for item in generate_steps(model, batch_size=batch_size, seed=seed, sampler="ddim" if ddim else "ddpm",
+                               num_inference_steps=(n_steps or 50) if ddim else n_steps, eta=eta,
+                               variance_type=None if variance == "model default" else variance):
+        if isinstance(item, SampleResult):
+            result = item
+            break
+        STATS["steps"] += 1
+        progress((item.index + 1, total), desc="Sampling", unit="steps")
+        if (item.index + 1) % max(1, total // PREVIEWS) == 0 and item.index + 1 < total:
+            preview = [(_display(img), f"x̂₀ at t={item.timestep}") for img in tensor_to_pil(item.pred_original_sample.float().clamp(-1, 1))]
+            yield preview, gr.skip(), gr.skip(), gr.skip(), f"Sampling… step {item.index + 1} of {total} (preview: the predicted x̂₀)"
+        elif _due(beat):
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
     images = tensor_to_pil(result.samples.clamp(-1, 1))
     gif = save_animation(result.frames, _out_path(".gif"))
     archive = _out_path(".zip")
@@ -278,11 +322,11 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
             img.save(path)
             z.write(path, f"sample_{seed}_{k:02d}.png")
     info = (f"**{model.name}** ({model.source}, {model.num_parameters / 1e6:.1f}M parameters, "
-            f"{'×'.join(map(str, model.sample_shape))}) · {len(result.timesteps)} {'DDIM' if sampler == 'DDIM' else 'DDPM'} steps · "
+            f"{'×'.join(map(str, model.sample_shape))}) · {len(result.timesteps)} {'DDIM' if ddim else 'DDPM'} steps · "
             f"variance {variance if variance != 'model default' else model.diffusion.variance_type} · seed {seed} · "
             f"{result.device} {result.dtype} · {result.seconds:.1f} s" + "".join(f"\n\n_{n}_" for n in model.notes))
     gallery = [(_display(img), f"#{k}") for k, img in enumerate(images)]
-    return gallery, _trajectory_image(result.snapshots), str(gif), [str(archive), str(gif)], info
+    yield gallery, _trajectory_image(result.snapshots), str(gif), [str(archive), str(gif)], info
 
 
 @gpu(duration=120)
@@ -299,18 +343,28 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, progress=gr.Progr
     C, H, _ = model.sample_shape
     x0 = _image_tensor(image, mode="L" if C == 1 else "RGB", crop=H)
     x_t = model.diffusion.q_sample(x0, t, generator=torch.Generator().manual_seed(seed)).repeat(n_seeds, 1, 1, 1)
-    result = generate(model, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2,
-                      progress=_progress_cb(progress, "Denoising"))
     original = tensor_to_pil(x0)[0]
     noisy = tensor_to_pil(x_t[:1].clamp(-1, 1))[0]
+    head = [(_display(original), "original x₀"), (_display(noisy), f"x_t, t={t}")]
+    total = min(n_steps, t + 1)
+    result, beat = None, {}
+    for item in generate_steps(model, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2):
+        if isinstance(item, SampleResult):
+            result = item
+            break
+        STATS["steps"] += 1
+        progress((item.index + 1, total), desc="Denoising", unit="steps")
+        if (item.index + 1) % max(1, total // PREVIEWS) == 0 and item.index + 1 < total:
+            yield head + [(_display(img), f"x̂₀, t={item.timestep}") for img in tensor_to_pil(item.pred_original_sample.float().clamp(-1, 1))], gr.skip()
+        elif _due(beat):
+            yield gr.skip(), gr.skip()
     outs = tensor_to_pil(result.samples.clamp(-1, 1))
-    gallery = [(_display(original), "original x₀"), (_display(noisy), f"x_t, t={t}")]
-    gallery += [(_display(img), f"sample {k + 1}") for k, img in enumerate(outs)]
+    gallery = head + [(_display(img), f"sample {k + 1}") for k, img in enumerate(outs)]
     mse = ((result.samples - x0) ** 2).mean(dim=(1, 2, 3))
     info = (f"Reverse process from t = {t} with {len(result.timesteps)} steps on **{model.name}** · "
             f"{result.seconds:.1f} s · mean squared distance to the original per sample: "
             + ", ".join(f"{m:.3f}" for m in mse.tolist()))
-    return gallery, info
+    yield gallery, info
 
 
 def randomize_seed():

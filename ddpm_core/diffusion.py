@@ -542,16 +542,17 @@ class GaussianDiffusion:
             timesteps = self.inference_timesteps(num_inference_steps)
         x, spaced, ts = self._loop_setup(model, shape, noise, generator, device, dtype, timesteps)
         B = x.shape[0]
-        with torch.inference_mode():
-            for step, t_orig in enumerate(ts.tolist()):
-                i = len(ts) - 1 - step  # index into the respaced schedule
+        for step, t_orig in enumerate(ts.tolist()):
+            i = len(ts) - 1 - step  # index into the respaced schedule
+            with torch.inference_mode():  # entered per step: a generator must not leave grad mode off between yields
                 t = torch.full((B,), i, dtype=torch.long, device=x.device)
                 t_model = torch.full((B,), t_orig, dtype=torch.long, device=x.device)
+                # eq. 15 -> eq. 7 (p_mean_variance), then Algorithm 2 line 4: x_{t-1} = mu + sigma z (z = 0 at t = 0)
                 out = spaced._p_mean_variance(call_model(model, x, t_model), x, t)
                 noise_t = _randn(x.shape, generator, x.device, x.dtype) if t_orig > 0 else None
                 x_prev = out["mean"] if noise_t is None else out["mean"] + out["std"] * noise_t
-                yield StepOutput(x_prev, out["pred_xstart"], step, t_orig, x)
-                x = x_prev
+            yield StepOutput(x_prev, out["pred_xstart"], step, t_orig, x)
+            x = x_prev
 
     def p_sample_loop(
         self,
@@ -609,20 +610,21 @@ class GaussianDiffusion:
         x, spaced, ts = self._loop_setup(model, shape, noise, generator, device, dtype, timesteps)
         tables = spaced._ddim_tables(float(eta), self.schedule.alphas_cumprod[0], x.device, x.dtype)
         B = x.shape[0]
-        with torch.inference_mode():
-            for step, t_orig in enumerate(ts.tolist()):
-                i = len(ts) - 1 - step
+        for step, t_orig in enumerate(ts.tolist()):
+            i = len(ts) - 1 - step
+            with torch.inference_mode():
                 t = torch.full((B,), i, dtype=torch.long, device=x.device)
                 pred, _ = spaced._split_output(call_model(model, x, torch.full((B,), t_orig, dtype=torch.long, device=x.device)), x)
                 x0, eps = spaced._ddim_predictions(pred, x, t)
                 x0 = spaced._threshold(x0)
                 if use_clipped_model_output:
                     eps = spaced._noise_from_start(x, t, x0)
+                # DDIM eq. 12: predicted x_0, direction pointing to x_t, random noise
                 x_prev = tables["sqrt_abar_prev"][i] * x0 + tables["dir_coef"][i] * eps
                 if eta > 0:
                     x_prev = x_prev + tables["sigma"][i] * _randn(x.shape, generator, x.device, x.dtype)
-                yield StepOutput(x_prev, x0, step, t_orig, x)
-                x = x_prev
+            yield StepOutput(x_prev, x0, step, t_orig, x)
+            x = x_prev
 
     def ddim_sample_loop(self, model: Callable, shape: Sequence[int] | None = None, num_inference_steps: int = 50,
                          eta: float = 0.0, callback: Callable[[StepOutput], None] | None = None, **kwargs: Any) -> Tensor:

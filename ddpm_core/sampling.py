@@ -76,7 +76,15 @@ def diffusion_for(model: LoadedModel, variance_type: str | None = None) -> Gauss
     return GaussianDiffusion.from_config(model.scheduler_config, variance_type=variance_type)
 
 
-def generate(
+def generate(model: LoadedModel, **kwargs) -> SampleResult:
+    """Run :func:`generate_steps` to the end and return its :class:`SampleResult` (same arguments)."""
+    for item in generate_steps(model, **kwargs):
+        if isinstance(item, SampleResult):
+            return item
+    raise RuntimeError("generate_steps ended without a result")  # pragma: no cover
+
+
+def generate_steps(
     model: LoadedModel,
     batch_size: int = 8,
     seed: int = 0,
@@ -90,8 +98,11 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     fast: bool = True,
-) -> SampleResult:
-    """Sample ``batch_size`` images from ``model`` with our DDPM or DDIM loop.
+):
+    """Sample ``batch_size`` images from ``model`` with our DDPM or DDIM loop, as a generator.
+
+    Yields a :class:`ddpm_core.StepOutput` after every reverse step, then the :class:`SampleResult`. A consumer
+    that stops iterating (a cancelled web request) stops the loop there.
 
     ``num_inference_steps=None`` runs all T steps (DDPM). ``start=(x_t, t)`` starts the reverse process from a
     given noisy batch ``x_t`` ``[B x C x H x W]`` at timestep ``t`` instead of pure noise ("noise, then denoise").
@@ -141,15 +152,19 @@ def generate(
 
     shape = (batch_size, C, H, W)
     t0 = time.perf_counter()
+    common = dict(generator=generator, noise=noise, device=device, dtype=dtype, timesteps=timesteps)
     if sampler == "ddpm":
-        x = diffusion.p_sample_loop(unet, None if noise is not None else shape, generator=generator, noise=noise,
-                                    device=device, dtype=dtype, timesteps=timesteps, callback=on_step)
+        steps = diffusion.p_sample_loop_progressive(unet, None if noise is not None else shape, **common)
     else:
-        x = diffusion.ddim_sample_loop(unet, None if noise is not None else shape, eta=eta, generator=generator, noise=noise,
-                                       device=device, dtype=dtype, timesteps=timesteps, callback=on_step)
+        steps = diffusion.ddim_sample_loop_progressive(unet, None if noise is not None else shape, eta=eta, **common)
+    x = None
+    for out in steps:
+        on_step(out)
+        x = out.prev_sample
+        yield out
     result.samples = x.float().cpu().contiguous()
     result.seconds = time.perf_counter() - t0
-    return result
+    yield result
 
 
 def _ncols(n: int) -> int:
