@@ -188,3 +188,45 @@ def test_denoise_from_t(client, corpus):
     assert len(gallery) == 2 + 3 and "t = 300" in info
     again = client.predict(handle_file(str(corpus["gray.png"][0])), "ddpm-mnist-28", 300, 3, 10, 0, api_name="/denoise_from_t")[0]
     assert [_digest(g["image"]) for g in gallery] == [_digest(g["image"]) for g in again]
+
+
+def test_readme_front_matter_is_a_valid_spaces_card():
+    from huggingface_hub import SpaceCard
+
+    card = SpaceCard.load(Path(__file__).resolve().parents[1] / "README.md")
+    data = card.data.to_dict()
+    assert data["sdk"] == "gradio" and data["app_file"] == "app.py" and data["python_version"] == "3.11"
+    import gradio
+
+    assert data["sdk_version"] == gradio.__version__  # the card pins the gradio the tests ran with
+    for key in ("license", "short_description", "suggested_hardware", "models", "title", "emoji"):
+        assert data.get(key), key
+    assert len(data["short_description"]) <= 60
+
+
+def test_python_app_py_serves_on_the_configured_port(tmp_path):
+    """The README's run command ends in `python app.py`: a real process, on GRADIO_SERVER_PORT."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    assert r.status == 200 and b"DDPM Explorer" in r.read()
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+                time.sleep(0.5)
+        else:
+            pytest.fail("app.py did not start serving within 90 s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
