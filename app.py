@@ -12,6 +12,7 @@ try:  # ZeroGPU: `spaces` must be imported before torch initialises CUDA; off Sp
 except ImportError:  # pragma: no cover - spaces is in requirements.txt
     spaces = None
 
+import contextlib
 import functools
 import inspect
 import math
@@ -28,7 +29,7 @@ import torch
 
 from ddpm_core import SCHEDULES, GaussianDiffusion, NoiseSchedule
 from ddpm_core.checkpoints import BUNDLED_DEFAULT, HUB_MODELS, bundled_models, load_checkpoint
-from ddpm_core.explore import CURVES, curves, forward_views, strip_timesteps
+from ddpm_core.explore import CURVES, curves, forward_views
 from ddpm_core.imaging import (
     MAX_SIDE_DEFAULT, center_crop_resize, fit_longest_side, load_image, make_grid, noise_to_pil, pil_to_tensor,
     save_animation, tensor_to_pil, to_uint8,
@@ -69,6 +70,19 @@ def _user_message(err: BaseException) -> gr.Error | None:
     return None
 
 
+@contextlib.contextmanager
+def _as_user_errors():
+    try:
+        yield
+    except gr.Error:
+        raise
+    except Exception as err:
+        msg = _user_message(err)
+        if msg is None:
+            raise
+        raise msg from err
+
+
 def user_errors(fn):
     """Turn the library's ValueErrors and resource failures into messages the user sees; the app stays up.
     Works for plain handlers and for generator handlers (which stream previews and stop when cancelled)."""
@@ -76,29 +90,15 @@ def user_errors(fn):
 
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
-            try:
+            with _as_user_errors():
                 yield from fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as err:
-                msg = _user_message(err)
-                if msg is None:
-                    raise
-                raise msg from err
 
         return gen_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        with _as_user_errors():
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as err:
-            msg = _user_message(err)
-            if msg is None:
-                raise
-            raise msg from err
 
     return wrapper
 

@@ -15,7 +15,6 @@ import hashlib
 import io
 import os
 import socket
-import statistics
 import sys
 import threading
 import time

@@ -165,7 +165,7 @@ def _fetch_hub(repo_id: str, cache_dir: str | None) -> tuple[Path, str | None]:
             if weights is None:
                 raise ValueError(f"{repo_id} has a UNet config but no diffusion_pytorch_model weights"
                                  + ("" if online else " in the local cache (the Hub is not reachable)"))
-            for sched in (f"scheduler/scheduler_config.json", "scheduler_config.json"):
+            for sched in ("scheduler/scheduler_config.json", "scheduler_config.json"):
                 _hub_file(repo_id, sched, not online, cache_dir)
             return config.parent.parent if sub else config.parent, sub
     except RepositoryNotFoundError as err:

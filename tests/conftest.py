@@ -45,3 +45,21 @@ def unet3():
 @pytest.fixture(scope="session")
 def unet6():
     return tiny_unet(6, seed=1)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_app():
+    """Build the Space and launch it on a free 127.0.0.1 port; returns (app module, demo, url)."""
+    import app
+
+    demo = app.build_demo()
+    port = free_port()
+    app.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    return app, demo, f"http://127.0.0.1:{port}/"

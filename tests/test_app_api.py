@@ -1,7 +1,6 @@
 """The Space through its real server: gradio_client calls every endpoint on 127.0.0.1."""
 
 import hashlib
-import socket
 import time
 from pathlib import Path
 
@@ -9,25 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import free_port, serve_app
 from helpers import upload_corpus
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    import app
-
-    demo = app.build_demo()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, max_file_size="30mb")
-    yield f"http://127.0.0.1:{port}/"
+    _, demo, url = serve_app()
+    yield url
     demo.close()
 
 

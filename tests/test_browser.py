@@ -2,11 +2,12 @@
 
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import serve_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -18,14 +19,8 @@ ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage"
 
 @pytest.fixture(scope="module")
 def url():
-    import app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = app.build_demo()
-    app.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    _, demo, url = serve_app()
+    yield url
     demo.close()
 
 

@@ -1,6 +1,5 @@
 """Load, faults and hostile input against the real server (127.0.0.1 only, bounded)."""
 
-import socket
 import sys
 import time
 from pathlib import Path
@@ -8,20 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import serve_app
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
 def served():
-    import app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = app.build_demo()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield app, f"http://127.0.0.1:{port}/"
+    app, demo, url = serve_app()
+    yield app, url
     demo.close()
 
 
