@@ -133,14 +133,24 @@ def hub_reachable(timeout: float = 2.0, ttl: float = 60.0) -> bool:
 
 
 def _hub_file(repo_id: str, filename: str, local_only: bool, cache_dir: str | None) -> Path | None:
-    """Path of ``filename`` in ``repo_id`` (downloaded or cached), or None if the repo has no such file."""
+    """Path of ``filename`` in ``repo_id`` (downloaded or cached), or None if the repo has no such file (online)
+    or the cache has none (offline). A network failure while online is a ``ValueError`` naming the bundled model."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         return Path(hf_hub_download(repo_id, filename, local_files_only=local_only, cache_dir=cache_dir))
-    except (EntryNotFoundError, LocalEntryNotFoundError):
+    except LocalEntryNotFoundError as err:
+        if local_only:
+            return None
+        raise ValueError(f"the Hugging Face Hub could not be reached for {repo_id}; try again later or use the "
+                         f"bundled model ({_bundled_hint()})") from err
+    except EntryNotFoundError:
         return None
+
+
+def _bundled_hint() -> str:
+    return BUNDLED_DEFAULT if BUNDLED_DEFAULT in bundled_models() else ", ".join(bundled_models()) or "none"
 
 
 def _fetch_hub(repo_id: str, cache_dir: str | None) -> tuple[Path, str | None]:
@@ -148,7 +158,7 @@ def _fetch_hub(repo_id: str, cache_dir: str | None) -> tuple[Path, str | None]:
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     online = hub_reachable()
-    bundled = BUNDLED_DEFAULT if BUNDLED_DEFAULT in bundled_models() else ", ".join(bundled_models()) or "none"
+    bundled = _bundled_hint()
     try:
         for sub in ("unet", None):
             prefix = f"{sub}/" if sub else ""
