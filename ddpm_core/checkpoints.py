@@ -269,7 +269,9 @@ def _load(name: str, device: torch.device, dtype: torch.dtype, cache_dir: str | 
     if not learned and unet.config.out_channels != unet.config.in_channels:
         raise ValueError(f"{name}: out_channels={unet.config.out_channels} fits neither a fixed nor a learned variance")
     diffusion = GaussianDiffusion.from_config(sched_cfg, **overrides)
-    unet = unet.to(device=device, dtype=dtype)
+    unet = unet.to(device)
+    if unet.dtype != dtype:
+        unet = unet.to(dtype)
     return LoadedModel(ident, unet, diffusion, kind, sched_cfg, notes)
 
 

@@ -208,7 +208,12 @@ def _sample_grid(unet, ema, diffusion, args, path, make_grid, tensor_to_pil, gen
 
 def write_model_card(out: Path, args, n_params: int, steps: int, seconds: float, losses: list[float]) -> None:
     """The model card: what was trained, how, and (filled in by ``ddpm_core.evaluate``) how well."""
+    import os
+    import platform
+
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "push_to_hub", "hub_model_id", "resume")}
+    hardware = (torch.cuda.get_device_name() if torch.cuda.is_available()
+                else f"{platform.machine()} CPU, {os.cpu_count()} cores") + f", torch {torch.__version__}"
     tail = losses[-200:]
     card = f"""---
 library_name: diffusers
@@ -238,6 +243,7 @@ Reproduce: `python -m ddpm_core.train {" ".join(f"--{k.replace('_', '-')} {v}" f
 | setting | value |
 |---|---|
 """ + "\n".join(f"| {k} | {v} |" for k, v in settings.items()) + f"""
+| hardware | {hardware} |
 | optimiser steps run | {steps} |
 | wall time (last sitting) | {seconds / 60:.1f} min |
 | mean loss, last {len(tail)} steps | {sum(tail) / max(1, len(tail)):.4f} |
