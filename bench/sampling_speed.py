@@ -54,6 +54,7 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--compile", action="store_true", help="also time ours and the UNet under torch.compile")
     args = p.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
@@ -73,6 +74,9 @@ def main():
     def run_ours():
         generate(model, batch_size=args.batch, seed=0, num_inference_steps=args.steps, n_snapshots=0, n_frames=0)
 
+    def run_ours_compiled():
+        generate(model, batch_size=args.batch, seed=0, num_inference_steps=args.steps, n_snapshots=0, n_frames=0, compile=True)
+
     def unet_only(unet, x):
         with torch.inference_mode():
             for _ in range(args.steps):
@@ -82,8 +86,16 @@ def main():
     x_cl = x_fixed.contiguous(memory_format=torch.channels_last)
     runs = {"diffusers DDPMPipeline": run_diffusers, "ours (ddpm_core, fast path)": run_ours,
             "UNet only, channels_last": lambda: unet_only(cl_unet, x_cl), "UNet only, contiguous": lambda: unet_only(ref_unet, x_fixed)}
-    for fn in runs.values():  # warm-up
+    if args.compile:
+        from ddpm_core.sampling import compiled_unet
+
+        runs["ours + torch.compile"] = run_ours_compiled
+        runs["UNet only, torch.compile"] = lambda: unet_only(compiled_unet(model.unet), x_cl)
+    warm = {}
+    for name, fn in runs.items():  # warm-up (and, for the compiled runs, the one-off compilation)
+        t0 = time.perf_counter()
         fn()
+        warm[name] = time.perf_counter() - t0
     times = {k: [] for k in runs}
     for _ in range(args.repeats):
         for name, fn in runs.items():
@@ -102,6 +114,10 @@ def main():
     ours = med["ours (ddpm_core, fast path)"]
     print(f"\nours / diffusers = **{ours / med['diffusers DDPMPipeline']:.3f}**; "
           f"ours / UNet-only (channels_last) = **{ours / med['UNet only, channels_last']:.3f}**")
+    if args.compile:
+        oc = med["ours + torch.compile"]
+        print(f"\nwith torch.compile: ours / diffusers = **{oc / med['diffusers DDPMPipeline']:.3f}**; ours / UNet-only (compiled) = "
+              f"**{oc / med['UNet only, torch.compile']:.3f}**; first call (compilation included) took {warm['ours + torch.compile']:.1f} s")
 
 
 if __name__ == "__main__":

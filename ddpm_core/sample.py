@@ -28,6 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch.compile the UNet (pays ~1 minute once; faster for large sets)")
     return p.parse_args(argv)
 
 
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
     for b in tqdm(todo, desc=f"rank {state.process_index}", disable=not state.is_local_main_process):
         lo, hi = b * args.batch, min(args.num, (b + 1) * args.batch)
         res = generate(model, batch_size=hi - lo, seed=args.seed + b, sampler=args.sampler, num_inference_steps=steps,
-                       eta=args.eta, n_snapshots=0, n_frames=0)
+                       eta=args.eta, n_snapshots=0, n_frames=0, compile=args.compile)
         for i, img in zip(range(lo, hi), tensor_to_pil(res.samples.clamp(-1, 1))):
             tmp = out / f".{i:06d}.png.tmp"
             img.save(tmp, format="PNG")

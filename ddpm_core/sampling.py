@@ -47,6 +47,24 @@ def prepare_fast(unet: torch.nn.Module) -> torch.nn.Module:
     return unet
 
 
+_compiled: dict[int, torch.nn.Module] = {}
+
+
+def compiled_unet(unet: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(unet)`` (channels_last), cached per model; falls back to ``unet`` where compiling fails.
+
+    Compiling costs ~50 s on a 2-core CPU (once per input shape) and makes the small bundled UNet's steps ~22%
+    faster (bench/RESULTS.md): worth it for bulk sampling, not for one interactive request.
+    """
+    key = id(unet)
+    if key not in _compiled:
+        try:
+            _compiled[key] = torch.compile(prepare_fast(unet))
+        except Exception:  # no compiler toolchain, unsupported platform: eager is always correct
+            _compiled[key] = prepare_fast(unet)
+    return _compiled[key]
+
+
 @dataclass
 class SampleResult:
     """Samples ``[B x C x H x W]`` in [-1, 1] and what the UI shows of the reverse process."""
@@ -98,6 +116,7 @@ def generate_steps(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     fast: bool = True,
+    compile: bool = False,
 ):
     """Sample ``batch_size`` images from ``model`` with our DDPM or DDIM loop, as a generator.
 
@@ -115,7 +134,8 @@ def generate_steps(
     diffusion = diffusion_for(model, variance_type)
     T = diffusion.num_timesteps
     device, dtype = model.device, model.dtype
-    unet = prepare_fast(model.unet) if fast else model.unet
+    unet = compiled_unet(model.unet) if compile else (prepare_fast(model.unet) if fast else model.unet)
+    fast = fast or compile
     generator = torch.Generator().manual_seed(int(seed))
     C, H, W = model.sample_shape
     noise = None
