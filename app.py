@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
 import contextlib
 import functools
 import inspect
+import io
 import math
 import random
 import tempfile
@@ -190,9 +191,11 @@ def _display(img, min_side: int = 160):
     return img.resize((img.width * factor, img.height * factor), 0) if factor > 1 else img
 
 
-def _out_path(suffix: str) -> Path:
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    return OUT_DIR / f"{uuid.uuid4().hex}{suffix}"
+def _out_path(name: str) -> Path:
+    """A fresh folder per result, so downloads keep a readable name and never collide between users."""
+    folder = OUT_DIR / uuid.uuid4().hex
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
 
 
 # ---------------------------------------------------------------- forward process
@@ -237,12 +240,13 @@ def schedule_plots(selected, T):
         frame.insert(0, "schedule", schedule)
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
-    csv = _out_path(".csv")
+    csv = _out_path(f"ddpm-schedules-T{T}.csv")
     table.to_csv(csv, index=False, float_format="%.10g")
     plots = [table[["t", key, "schedule"]].rename(columns={key: "value"}) for key, _ in CURVES[:-1]]
     variance = pd.concat([
-        table[["t", "posterior_variance", "schedule"]].rename(columns={"posterior_variance": "value"}).assign(schedule=table["schedule"] + " β̃_t"),
-        table[["t", "beta", "schedule"]].rename(columns={"beta": "value"}).assign(schedule=table["schedule"] + " β_t"),
+        table[["t", "log10_posterior_variance", "schedule"]].rename(columns={"log10_posterior_variance": "value"})
+        .assign(schedule=table["schedule"] + " β̃_t").dropna(),
+        table[["t", "log10_beta", "schedule"]].rename(columns={"log10_beta": "value"}).assign(schedule=table["schedule"] + " β_t"),
     ])
     return (*plots, variance, str(csv))
 
@@ -314,13 +318,13 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
         elif _due(beat):
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
     images = tensor_to_pil(result.samples.clamp(-1, 1))
-    gif = save_animation(result.frames, _out_path(".gif"))
-    archive = _out_path(".zip")
+    gif = save_animation(result.frames, _out_path(f"reverse-process-seed{seed}.gif"))
+    archive = _out_path(f"samples-seed{seed}.zip")
     with zipfile.ZipFile(archive, "w") as z:
         for k, img in enumerate(images):
-            path = _out_path(".png")
-            img.save(path)
-            z.write(path, f"sample_{seed}_{k:02d}.png")
+            png = io.BytesIO()
+            img.save(png, format="PNG")
+            z.writestr(f"sample_{seed}_{k:02d}.png", png.getvalue())
     info = (f"**{model.name}** ({model.source}, {model.num_parameters / 1e6:.1f}M parameters, "
             f"{'×'.join(map(str, model.sample_shape))}) · {len(result.timesteps)} {'DDIM' if ddim else 'DDPM'} steps · "
             f"variance {variance if variance != 'model default' else model.diffusion.variance_type} · seed {seed} · "
@@ -454,7 +458,7 @@ def build_demo() -> gr.Blocks:
                     T_plot = StrictSlider(T_MIN, T_MAX, value=1000, step=1, label="T", scale=2)
                     csv = gr.File(label="Data (CSV)", scale=1)
                 plots = []
-                labels = [label for _, label in CURVES[:-1]] + ["β̃_t (fixed_small) vs β_t (fixed_large)"]
+                labels = [label for _, label in CURVES[:-1]] + ["log₁₀ β̃_t (fixed_small) vs log₁₀ β_t (fixed_large)"]
                 for row in range(3):
                     with gr.Row():
                         for col in range(2):

@@ -28,7 +28,8 @@ $\beta_t$ sets how fast information is destroyed. **linear** (Ho et al.): $\beta
 destroys as much; **scaled_linear**: $\sqrt{\beta}$ linear; **cosine** (Nichol & Dhariwal): $\bar\alpha_t$ follows
 $\cos^2$, gentler at both ends; **sigmoid**: $\beta$ along a sigmoid. The last plot is the variance choice of the
 reverse step: $\tilde\beta_t$ (**fixed_small**, the true posterior's variance) against $\beta_t$ (**fixed_large**,
-Ho et al.'s other choice $\sigma_t^2=\beta_t$); they differ only near $t=0$.""",
+Ho et al.'s other choice $\sigma_t^2=\beta_t$); they differ only near $t=0$. The first and last plots use a log
+scale ($\log_{10}$): cosine's $\beta_t$ reaches its 0.999 cap at the end and would flatten the others.""",
         "sample": r"""### Sampling = generation
 Start from pure noise $x_T \sim \mathcal N(0, I)$ and apply the learned reverse step $T$ times:
 $$x_{t-1} = \tilde\mu_t\big(x_t, \hat x_0(x_t, t)\big) + \sigma_t z,\qquad \hat x_0 = \tfrac{1}{\sqrt{\bar\alpha_t}}\big(x_t - \sqrt{1-\bar\alpha_t}\,\epsilon_\theta(x_t, t)\big).$$
@@ -69,7 +70,8 @@ $\beta_t$ 决定信息被破坏的速度。**linear**（Ho 等）：$\beta_t$ �
 **linear_improved**（教学笔记 / improved-diffusion）：两端再乘以 $1000/T$，任意 $T$ 下总噪声量相同；
 **scaled_linear**：$\sqrt{\beta}$ 线性；**cosine**（Nichol & Dhariwal）：$\bar\alpha_t$ 按 $\cos^2$ 变化，两端更平缓；
 **sigmoid**：$\beta$ 沿 sigmoid 曲线。最后一张图是逆向一步的方差选择：$\tilde\beta_t$（**fixed_small**，真实后验的方差）
-与 $\beta_t$（**fixed_large**，Ho 等的另一选择 $\sigma_t^2=\beta_t$），二者只在 $t$ 接近 0 时不同。""",
+与 $\beta_t$（**fixed_large**，Ho 等的另一选择 $\sigma_t^2=\beta_t$），二者只在 $t$ 接近 0 时不同。第一张和最后一张图使用对数坐标
+（$\log_{10}$）：cosine 调度的 $\beta_t$ 在末尾达到 0.999 的上限，否则会把其他曲线压平。""",
         "sample": r"""### 采样就是生成
 从纯噪声 $x_T \sim \mathcal N(0, I)$ 出发，反复应用学到的逆向一步：
 $$x_{t-1} = \tilde\mu_t\big(x_t, \hat x_0(x_t, t)\big) + \sigma_t z,\qquad \hat x_0 = \tfrac{1}{\sqrt{\bar\alpha_t}}\big(x_t - \sqrt{1-\bar\alpha_t}\,\epsilon_\theta(x_t, t)\big).$$

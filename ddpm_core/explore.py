@@ -14,12 +14,12 @@ from .schedule import NoiseSchedule
 
 #: Curves of the schedules tab: (key, label). log-SNR = log(abar / (1 - abar)).
 CURVES = (
-    ("beta", "β_t"),
+    ("log10_beta", "log₁₀ β_t"),
     ("alpha_bar", "ᾱ_t"),
     ("sqrt_alpha_bar", "√ᾱ_t"),
     ("sqrt_one_minus_alpha_bar", "√(1−ᾱ_t)"),
     ("log_snr", "log SNR"),
-    ("posterior_variance", "β̃_t (fixed_small)"),
+    ("log10_posterior_variance", "log₁₀ β̃_t (fixed_small)"),
 )
 
 
@@ -52,6 +52,10 @@ def curves(schedule: NoiseSchedule) -> dict[str, np.ndarray]:
         "sqrt_one_minus_alpha_bar": schedule.sqrt_one_minus_alphas_cumprod.numpy(),
         "log_snr": (abar.log() - torch.log1p(-abar)).numpy(),
         "posterior_variance": schedule.posterior_variance.numpy(),
+        # log scale: cosine's betas reach 0.999 and would flatten every other curve; beta~_0 = 0 has no log (NaN)
+        "log10_beta": schedule.betas.log10().numpy(),
+        "log10_posterior_variance": torch.where(schedule.posterior_variance > 0, schedule.posterior_variance.log10(),
+                                                torch.tensor(float("nan"), dtype=torch.float64)).numpy(),
     }
 
 

@@ -74,10 +74,12 @@ def test_upload_move_t_and_see_x_t_change(page, tmp_path):
 def test_sampling_fills_the_gallery(page):
     page.get_by_role("tab", name="Sample").click()
     page.locator("#run-btn").click()
-    page.locator("#gallery img").first.wait_for(state="visible", timeout=180_000)
+    page.locator("#gallery img").first.wait_for(state="visible", timeout=180_000)  # the first preview
+    # the final summary replaces the "Sampling… step k of n" preview line when the run ends
+    page.locator("#sample-info", has_text="DDPM steps").wait_for(timeout=180_000)
     page.wait_for_timeout(1500)
     assert page.locator("#gallery img").count() >= 8
-    assert "steps" in page.locator("#sample-info").inner_text()
+    assert "ddpm-mnist-28" in page.locator("#sample-info").inner_text()
     page.screenshot(path=str(ARTIFACTS / "sample-tab.png"), full_page=True)
 
 
