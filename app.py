@@ -514,7 +514,7 @@ def build_demo() -> gr.Blocks:
                         d_seed = StrictNumber(value=0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
                         d_go = gr.Button("Noise, then denoise", variant="primary", elem_id="denoise-btn")
                     with gr.Column(scale=2):
-                        d_gallery = gr.Gallery(label="Original, x_t, and what the model makes of it", columns=3, height=460, format="png")
+                        d_gallery = gr.Gallery(label="Original, x_t, and what the model makes of it", columns=5, height="auto", format="png")
                         d_info = gr.Markdown()
                 md["denoise"] = gr.Markdown(text["denoise"], latex_delimiters=LATEX)
                 d_go.click(denoise_from_t, [d_image, d_model, d_t, d_seeds, d_steps, d_seed], [d_gallery, d_info],
