@@ -277,13 +277,27 @@ PREVIEWS = 10  # intermediate gallery updates per run
 YIELD_EVERY_S = 0.25  # hand control back to gradio at least this often, so a cancel stops the loop promptly
 
 
-def _due(state: dict) -> bool:
-    """True at most every YIELD_EVERY_S: time for a (no-op) update that lets gradio stop a cancelled run."""
-    now = time.monotonic()
-    if now - state.get("last", 0.0) >= YIELD_EVERY_S:
-        state["last"] = now
-        return True
-    return False
+def _drive(steps, total: int, progress, label: str):
+    """Run ddpm_core's sampler generator for a handler: yields ("preview", StepOutput) about PREVIEWS times,
+    ("beat", None) at least every YIELD_EVERY_S (a no-op update that lets gradio stop a cancelled run), and
+    finally ("done", SampleResult)."""
+    last = time.monotonic()
+    for item in steps:
+        if isinstance(item, SampleResult):
+            yield "done", item
+            return
+        STATS["steps"] += 1
+        progress((item.index + 1, total), desc=label, unit="steps")
+        if (item.index + 1) % max(1, total // PREVIEWS) == 0 and item.index + 1 < total:
+            last = time.monotonic()
+            yield "preview", item
+        elif time.monotonic() - last >= YIELD_EVERY_S:
+            last = time.monotonic()
+            yield "beat", None
+
+
+def _previews(step, label: str) -> list:
+    return [(_display(img), label) for img in tensor_to_pil(step.pred_original_sample.float().clamp(-1, 1))]
 
 
 @gpu(duration=120)
@@ -303,19 +317,16 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
     model = _model(model_name)
     ddim = sampler == "DDIM"
     total = (n_steps or 50) if ddim else len(model.diffusion.inference_timesteps(n_steps))
-    result, beat = None, {}
-    for item in generate_steps(model, batch_size=batch_size, seed=seed, sampler="ddim" if ddim else "ddpm",
-                               num_inference_steps=(n_steps or 50) if ddim else n_steps, eta=eta,
-                               variance_type=None if variance == "model default" else variance):
-        if isinstance(item, SampleResult):
+    steps = generate_steps(model, batch_size=batch_size, seed=seed, sampler="ddim" if ddim else "ddpm",
+                           num_inference_steps=(n_steps or 50) if ddim else n_steps, eta=eta,
+                           variance_type=None if variance == "model default" else variance)
+    for kind, item in _drive(steps, total, progress, "Sampling"):
+        if kind == "done":
             result = item
-            break
-        STATS["steps"] += 1
-        progress((item.index + 1, total), desc="Sampling", unit="steps")
-        if (item.index + 1) % max(1, total // PREVIEWS) == 0 and item.index + 1 < total:
-            preview = [(_display(img), f"x̂₀ at t={item.timestep}") for img in tensor_to_pil(item.pred_original_sample.float().clamp(-1, 1))]
-            yield preview, gr.skip(), gr.skip(), gr.skip(), f"Sampling… step {item.index + 1} of {total} (preview: the predicted x̂₀)"
-        elif _due(beat):
+        elif kind == "preview":
+            yield (_previews(item, f"x̂₀ at t={item.timestep}"), gr.skip(), gr.skip(), gr.skip(),
+                   f"Sampling… step {item.index + 1} of {total} (preview: the predicted x̂₀)")
+        else:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
     images = tensor_to_pil(result.samples.clamp(-1, 1))
     gif = save_animation(result.frames, _out_path(f"reverse-process-seed{seed}.gif"))
@@ -351,16 +362,13 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, progress=gr.Progr
     noisy = tensor_to_pil(x_t[:1].clamp(-1, 1))[0]
     head = [(_display(original), "original x₀"), (_display(noisy), f"x_t, t={t}")]
     total = min(n_steps, t + 1)
-    result, beat = None, {}
-    for item in generate_steps(model, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2):
-        if isinstance(item, SampleResult):
+    steps = generate_steps(model, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2)
+    for kind, item in _drive(steps, total, progress, "Denoising"):
+        if kind == "done":
             result = item
-            break
-        STATS["steps"] += 1
-        progress((item.index + 1, total), desc="Denoising", unit="steps")
-        if (item.index + 1) % max(1, total // PREVIEWS) == 0 and item.index + 1 < total:
-            yield head + [(_display(img), f"x̂₀, t={item.timestep}") for img in tensor_to_pil(item.pred_original_sample.float().clamp(-1, 1))], gr.skip()
-        elif _due(beat):
+        elif kind == "preview":
+            yield head + _previews(item, f"x̂₀, t={item.timestep}"), gr.skip()
+        else:
             yield gr.skip(), gr.skip()
     outs = tensor_to_pil(result.samples.clamp(-1, 1))
     gallery = head + [(_display(img), f"sample {k + 1}") for k, img in enumerate(outs)]
