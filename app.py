@@ -18,15 +18,18 @@ import inspect
 import io
 import math
 import random
+import shutil
 import tempfile
 import time
 import uuid
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 import torch
+from PIL import Image
 
 from ddpm_core import SCHEDULES, GaussianDiffusion, NoiseSchedule
 from ddpm_core.checkpoints import BUNDLED_DEFAULT, HUB_MODELS, bundled_models, load_checkpoint
@@ -191,11 +194,41 @@ def _display(img, min_side: int = 160):
     return img.resize((img.width * factor, img.height * factor), 0) if factor > 1 else img
 
 
+_janitor = {"last": 0.0}
+OUT_MAX_AGE_S = 3600
+
+
 def _out_path(name: str) -> Path:
-    """A fresh folder per result, so downloads keep a readable name and never collide between users."""
+    """A fresh folder per result, so downloads keep a readable name and never collide between users.
+    Folders older than an hour are removed (checked at most once a minute)."""
+    now = time.time()
+    if now - _janitor["last"] > 60:
+        _janitor["last"] = now
+        for old in OUT_DIR.glob("*/") if OUT_DIR.is_dir() else []:
+            try:
+                if now - old.stat().st_mtime > OUT_MAX_AGE_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
     folder = OUT_DIR / uuid.uuid4().hex
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
+
+
+_ENCODER = ThreadPoolExecutor(4, thread_name_prefix="png")  # PIL releases the GIL while encoding
+
+
+def _png(img, name: str = "image.png") -> str:
+    """Write an image (PIL or uint8 array) as PNG under a unique path and return the path.
+
+    Returning paths rather than arrays matters under load: gradio writes returned arrays/PIL images to a
+    content-addressed cache file non-atomically, so two users receiving identical images at once could read a
+    half-written file; files handed over as paths are copied into its cache atomically."""
+    if not hasattr(img, "save"):
+        img = Image.fromarray(img)
+    path = _out_path(name)
+    img.save(path, format="PNG", compress_level=1)
+    return str(path)
 
 
 # ---------------------------------------------------------------- forward process
@@ -216,7 +249,10 @@ def forward(image, t, schedule, T, seed):
                f"| {t} | {_fmt(r['alpha_bar'])} | {_fmt(r['sqrt_alpha_bar'])} | {_fmt(r['sqrt_one_minus_alpha_bar'])} | "
                f"{_fmt(r['snr'])} | {_fmt(r['snr_db'])} | {_fmt(r['beta'])} |")
     posterior = f"σ̃_t = √β̃_t = **{_fmt(r['posterior_std'])}**" + ("  (t = 0: x₀ is returned exactly)" if t == 0 else "")
-    return to_uint8(v.x_t)[0].squeeze(), noise_to_pil(v.noise), strip, readout, to_uint8(v.posterior_mean)[0].squeeze(), posterior
+    x_t, noise, strip, mean = _ENCODER.map(lambda a: _png(*a), [
+        (to_uint8(v.x_t)[0].squeeze(), f"x_t-t{t}.png"), (noise_to_pil(v.noise), "noise.png"), (strip, "strip.png"),
+        (to_uint8(v.posterior_mean)[0].squeeze(), f"posterior-mean-t{t}.png")])
+    return x_t, noise, strip, readout, mean, posterior
 
 
 def t_slider_range(T, t):
@@ -297,7 +333,7 @@ def _drive(steps, total: int, progress, label: str):
 
 
 def _previews(step, label: str) -> list:
-    return [(_display(img), label) for img in tensor_to_pil(step.pred_original_sample.float().clamp(-1, 1))]
+    return [(_png(_display(img)), label) for img in tensor_to_pil(step.pred_original_sample.float().clamp(-1, 1))]
 
 
 @gpu(duration=120)
@@ -340,8 +376,8 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
             f"{'×'.join(map(str, model.sample_shape))}) · {len(result.timesteps)} {'DDIM' if ddim else 'DDPM'} steps · "
             f"variance {variance if variance != 'model default' else model.diffusion.variance_type} · seed {seed} · "
             f"{result.device} {result.dtype} · {result.seconds:.1f} s" + "".join(f"\n\n_{n}_" for n in model.notes))
-    gallery = [(_display(img), f"#{k}") for k, img in enumerate(images)]
-    yield gallery, _trajectory_image(result.snapshots), str(gif), [str(archive), str(gif)], info
+    gallery = [(_png(_display(img), f"sample-{k}.png"), f"#{k}") for k, img in enumerate(images)]
+    yield gallery, _png(_trajectory_image(result.snapshots), "trajectory.png"), str(gif), [str(archive), str(gif)], info
 
 
 @gpu(duration=120)
@@ -360,7 +396,7 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, progress=gr.Progr
     x_t = model.diffusion.q_sample(x0, t, generator=torch.Generator().manual_seed(seed)).repeat(n_seeds, 1, 1, 1)
     original = tensor_to_pil(x0)[0]
     noisy = tensor_to_pil(x_t[:1].clamp(-1, 1))[0]
-    head = [(_display(original), "original x₀"), (_display(noisy), f"x_t, t={t}")]
+    head = [(_png(_display(original), "original.png"), "original x₀"), (_png(_display(noisy), f"x_t-t{t}.png"), f"x_t, t={t}")]
     total = min(n_steps, t + 1)
     steps = generate_steps(model, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2)
     for kind, item in _drive(steps, total, progress, "Denoising"):
@@ -371,7 +407,7 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, progress=gr.Progr
         else:
             yield gr.skip(), gr.skip()
     outs = tensor_to_pil(result.samples.clamp(-1, 1))
-    gallery = head + [(_display(img), f"sample {k + 1}") for k, img in enumerate(outs)]
+    gallery = head + [(_png(_display(img), f"denoised-{k + 1}.png"), f"sample {k + 1}") for k, img in enumerate(outs)]
     mse = ((result.samples - x0) ** 2).mean(dim=(1, 2, 3))
     info = (f"Reverse process from t = {t} with {len(result.timesteps)} steps on **{model.name}** · "
             f"{result.seconds:.1f} s · mean squared distance to the original per sample: "
@@ -420,7 +456,7 @@ def build_demo() -> gr.Blocks:
     bundled = bundled_models()
     default_model = BUNDLED_DEFAULT if BUNDLED_DEFAULT in bundled else (bundled[0] if bundled else HUB_MODELS[0])
     md = {}
-    with gr.Blocks(title="DDPM Explorer", analytics_enabled=False) as demo:
+    with gr.Blocks(title="DDPM Explorer", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         with gr.Row(equal_height=True):
             md["intro"] = gr.Markdown(text["intro"], elem_id="intro", latex_delimiters=LATEX)
             lang = gr.Radio(list(LANGS), value="English", label=text["lang_label"], scale=0, min_width=220, elem_id="lang")
