@@ -55,11 +55,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_app():
-    """Build the Space and launch it on a free 127.0.0.1 port; returns (app module, demo, url)."""
+@pytest.fixture(scope="module")
+def served():
+    """The Space, built and launched on a free 127.0.0.1 port for one test module: yields (app module, url)."""
     import app
 
     demo = app.build_demo()
     port = free_port()
     app.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    return app, demo, f"http://127.0.0.1:{port}/"
+    yield app, f"http://127.0.0.1:{port}/"
+    demo.close()

@@ -8,24 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import free_port, serve_app
+from conftest import free_port
 from helpers import upload_corpus
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def server():
-    _, demo, url = serve_app()
-    yield url
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(server, tmp_path_factory):
+def client(served, tmp_path_factory):
     from gradio_client import Client
 
-    return Client(server, verbose=False, analytics_enabled=False, download_files=str(tmp_path_factory.mktemp("dl")))
+    return Client(served[1], verbose=False, analytics_enabled=False, download_files=str(tmp_path_factory.mktemp("dl")))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import serve_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -18,14 +17,8 @@ ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage"
 
 
 @pytest.fixture(scope="module")
-def url():
-    _, demo, url = serve_app()
-    yield url
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def page(url):
+def page(served):
+    url = served[1]
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is required for the browser tests (apt-get install chromium); .ci/run installs it")
     from playwright.sync_api import sync_playwright

@@ -7,17 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import serve_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def served():
-    app, demo, url = serve_app()
-    yield app, url
-    demo.close()
 
 
 @pytest.fixture
