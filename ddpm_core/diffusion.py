@@ -462,6 +462,16 @@ class GaussianDiffusion:
             noise = _randn(out["mean"].shape, generator, x_t.device, x_t.dtype)
         return StepOutput(self._add_noise(out, orig_t, noise), out["pred_xstart"])
 
+    def _ddpm_step(self, model_output: Tensor, x: Tensor, t: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor]:
+        """One ancestral step on tensors only (no host synchronisation, so it can live in a CUDA graph).
+
+        ``t`` = indices ``[B]`` into this (possibly respaced) schedule, ``noise`` z ``[B x C x H x W]`` or None.
+        eq. 15 -> eq. 7 (p_mean_variance), then Algorithm 2 line 4: x_{t-1} = mu + sigma z, with z = 0 where the
+        original timestep is 0. Returns (x_{t-1}, clipped x0_hat).
+        """
+        out = self._p_mean_variance(model_output, x, t)
+        return self._add_noise(out, self._coef("timestep_map", x.device, torch.long)[t], noise), out["pred_xstart"]
+
     @staticmethod
     def _add_noise(out: dict[str, Tensor], orig_t: Tensor, noise: Tensor | None) -> Tensor:
         if noise is None:
@@ -547,11 +557,9 @@ class GaussianDiffusion:
             with torch.inference_mode():  # entered per step: a generator must not leave grad mode off between yields
                 t = torch.full((B,), i, dtype=torch.long, device=x.device)
                 t_model = torch.full((B,), t_orig, dtype=torch.long, device=x.device)
-                # eq. 15 -> eq. 7 (p_mean_variance), then Algorithm 2 line 4: x_{t-1} = mu + sigma z (z = 0 at t = 0)
-                out = spaced._p_mean_variance(call_model(model, x, t_model), x, t)
                 noise_t = _randn(x.shape, generator, x.device, x.dtype) if t_orig > 0 else None
-                x_prev = out["mean"] if noise_t is None else out["mean"] + out["std"] * noise_t
-            yield StepOutput(x_prev, out["pred_xstart"], step, t_orig, x)
+                x_prev, pred_xstart = spaced._ddpm_step(call_model(model, x, t_model), x, t, noise_t)
+            yield StepOutput(x_prev, pred_xstart, step, t_orig, x)
             x = x_prev
 
     def p_sample_loop(
@@ -614,15 +622,9 @@ class GaussianDiffusion:
             i = len(ts) - 1 - step
             with torch.inference_mode():
                 t = torch.full((B,), i, dtype=torch.long, device=x.device)
-                pred, _ = spaced._split_output(call_model(model, x, torch.full((B,), t_orig, dtype=torch.long, device=x.device)), x)
-                x0, eps = spaced._ddim_predictions(pred, x, t)
-                x0 = spaced._threshold(x0)
-                if use_clipped_model_output:
-                    eps = spaced._noise_from_start(x, t, x0)
-                # DDIM eq. 12: predicted x_0, direction pointing to x_t, random noise
-                x_prev = tables["sqrt_abar_prev"][i] * x0 + tables["dir_coef"][i] * eps
-                if eta > 0:
-                    x_prev = x_prev + tables["sigma"][i] * _randn(x.shape, generator, x.device, x.dtype)
+                model_output = call_model(model, x, torch.full((B,), t_orig, dtype=torch.long, device=x.device))
+                noise_t = _randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
+                x_prev, x0 = spaced._ddim_step(model_output, x, t, tables, noise_t, use_clipped_model_output)
             yield StepOutput(x_prev, x0, step, t_orig, x)
             x = x_prev
 
@@ -635,6 +637,25 @@ class GaussianDiffusion:
                 callback(out)
             x = out.prev_sample
         return x
+
+    def _ddim_step(self, model_output: Tensor, x: Tensor, t: Tensor, tables: dict[str, Tensor], noise: Tensor | None,
+                   use_clipped_model_output: bool = False) -> tuple[Tensor, Tensor]:
+        """One DDIM step on tensors only (no host synchronisation, so it can live in a CUDA graph).
+
+        ``t`` = respaced indices ``[B]``, ``tables`` from :meth:`_ddim_tables`, ``noise`` ``[B x C x H x W]`` or None
+        (eta = 0). Returns (x_prev, clipped x0_hat), eq. 12.
+        """
+        pred, _ = self._split_output(model_output, x)
+        x0, eps = self._ddim_predictions(pred, x, t)
+        x0 = self._threshold(x0)
+        if use_clipped_model_output:
+            eps = self._noise_from_start(x, t, x0)
+        # DDIM eq. 12: predicted x_0, direction pointing to x_t, random noise
+        shape = (t.shape[0],) + (1,) * (x.ndim - 1)
+        x_prev = tables["sqrt_abar_prev"][t].reshape(shape) * x0 + tables["dir_coef"][t].reshape(shape) * eps
+        if noise is not None:
+            x_prev = x_prev + tables["sigma"][t].reshape(shape) * noise
+        return x_prev, x0
 
     def _ddim_predictions(self, pred: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(x0_hat, eps_hat) from the model output, for each prediction type (DDIM eq. 12 ingredients)."""
