@@ -50,8 +50,9 @@ class LoadedModel:
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         cfg = self.unet.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        return cfg.in_channels, size, size
+        size = cfg.sample_size
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[-1]))  # diffusers allows (H, W)
+        return cfg.in_channels, h, w
 
     @property
     def num_parameters(self) -> int:

@@ -1,8 +1,8 @@
 """High-level sampling for the Space and the CLIs: device/dtype choice, the fast path, trajectory capture.
 
-Every sample here is drawn by :class:`ddpm_core.GaussianDiffusion` (never by DDPMPipeline). The fast path is
-"channels_last" memory format for the UNet (20% faster convolutions on CPU, faster tensor-core kernels on
-CUDA), with the sampling loop itself free of host synchronisation.
+Every sample here is drawn by :class:`ddpm_core.GaussianDiffusion`'s steps (never by DDPMPipeline). The fast path
+(:mod:`ddpm_core.fast`) runs those steps on static buffers: a frozen channels_last UNet on the CPU, one CUDA graph
+per step on a GPU; ``fast=False`` runs the plain reference loops.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from .checkpoints import LoadedModel
 from .diffusion import GaussianDiffusion, StepOutput
+from .fast import fast_loop
 from .imaging import make_grid, tensor_to_pil
 
 SAMPLERS = ("ddpm", "ddim")
@@ -34,37 +35,6 @@ def pick_device(prefer: str | None = None) -> tuple[torch.device, torch.dtype]:
     return torch.device("cuda"), torch.float16
 
 
-_prepared: set[int] = set()
-_prepare_lock = threading.Lock()
-
-
-def prepare_fast(unet: torch.nn.Module) -> torch.nn.Module:
-    """Switch ``unet`` to channels_last once (in place); returns it. Numerics equal up to convolution rounding."""
-    with _prepare_lock:
-        if id(unet) not in _prepared:
-            unet.to(memory_format=torch.channels_last)
-            _prepared.add(id(unet))
-    return unet
-
-
-_compiled: dict[int, torch.nn.Module] = {}
-
-
-def compiled_unet(unet: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile(unet)`` (channels_last), cached per model; falls back to ``unet`` where compiling fails.
-
-    Compiling costs ~50 s on a 2-core CPU (once per input shape) and makes the small bundled UNet's steps ~22%
-    faster (bench/RESULTS.md): worth it for bulk sampling, not for one interactive request.
-    """
-    key = id(unet)
-    if key not in _compiled:
-        try:
-            _compiled[key] = torch.compile(prepare_fast(unet))
-        except Exception:  # no compiler toolchain, unsupported platform: eager is always correct
-            _compiled[key] = prepare_fast(unet)
-    return _compiled[key]
-
-
 @dataclass
 class SampleResult:
     """Samples ``[B x C x H x W]`` in [-1, 1] and what the UI shows of the reverse process."""
@@ -76,6 +46,8 @@ class SampleResult:
     seconds: float = 0.0
     device: str = "cpu"
     dtype: str = "float32"
+    path: str = "plain loop"  # what ran: the plain loop or the fast path's stages (ddpm_core.fast)
+    setup_seconds: float = 0.0  # preparing the fast path (trace, compile, CUDA graph capture), 0 when cached
 
 
 def snapshot_steps(n_steps: int, count: int) -> set[int]:
@@ -125,8 +97,10 @@ def generate_steps(
 
     ``num_inference_steps=None`` runs all T steps (DDPM). ``start=(x_t, t)`` starts the reverse process from a
     given noisy batch ``x_t`` ``[B x C x H x W]`` at timestep ``t`` instead of pure noise ("noise, then denoise").
-    The random stream is a CPU ``torch.Generator`` seeded with ``seed``: the same seed gives the same images on
-    any device. ``progress(step, total)`` is called after each step; ``should_stop()`` returning True raises
+    The random stream is a ``torch.Generator`` seeded with ``seed``, on the model's device for the fast path (a
+    CUDA graph cannot wait on host-drawn noise) and on the CPU for ``fast=False``: the same seed gives the same
+    images on the same kind of device, and fast and plain loops agree on the CPU. ``fast=True`` runs
+    :mod:`ddpm_core.fast` (``compile=True`` adds torch.compile); ``progress(step, total)`` is called after each step; ``should_stop()`` returning True raises
     :class:`SamplingCancelled`.
     """
     if sampler not in SAMPLERS:
@@ -134,29 +108,38 @@ def generate_steps(
     diffusion = diffusion_for(model, variance_type)
     T = diffusion.num_timesteps
     device, dtype = model.device, model.dtype
-    unet = compiled_unet(model.unet) if compile else (prepare_fast(model.unet) if fast else model.unet)
     fast = fast or compile
-    generator = torch.Generator().manual_seed(int(seed))
+    # the fast path draws its noise where it runs (a CPU generator cannot feed a CUDA graph without a sync)
+    generator = torch.Generator(device if fast else "cpu").manual_seed(int(seed))
     C, H, W = model.sample_shape
     noise = None
     if start is not None:
         x_start, t_start = start
         if not 0 <= int(t_start) < T:
             raise ValueError(f"start timestep must be in [0, {T - 1}], got {t_start}")
-        noise = x_start.to(device=device, dtype=dtype)
+        noise = x_start.to(device=device, dtype=torch.float32 if fast else dtype)
         batch_size = noise.shape[0]
         n = (int(t_start) + 1) if num_inference_steps is None else min(int(num_inference_steps), int(t_start) + 1)
         timesteps = np.unique(np.round(np.linspace(0, int(t_start), n)).astype(np.int64))[::-1].copy()
     else:
         timesteps = diffusion.inference_timesteps(num_inference_steps)
+    loop = None
     if fast:
-        noise = noise.contiguous(memory_format=torch.channels_last) if noise is not None else \
-            torch.randn((batch_size, C, H, W), generator=generator, dtype=dtype).to(device).contiguous(memory_format=torch.channels_last)
+        mode = ("compile+graph" if device.type == "cuda" else "compile") if compile else None
+        loop = fast_loop(model.unet, diffusion, (batch_size, C, H, W), timesteps, sampler, eta, mode)
+        if noise is None:
+            try:
+                noise = torch.randn((batch_size, C, H, W), generator=generator, device=device)
+            except BaseException:
+                loop.release()
+                raise
     n_steps = len(timesteps)
     frame_scale = max(1, 128 // H)  # small models: upscale the animation's frames (nearest) to be seen
     snaps = snapshot_steps(n_steps, n_snapshots)
     frame_steps = snapshot_steps(n_steps, n_frames)
-    result = SampleResult(samples=torch.empty(0), timesteps=[int(t) for t in timesteps], device=str(device), dtype=str(dtype).replace("torch.", ""))
+    result = SampleResult(samples=torch.empty(0), timesteps=[int(t) for t in timesteps], device=str(device),
+                          dtype=str(dtype).replace("torch.", ""), path=loop.path if loop else "plain loop",
+                          setup_seconds=getattr(loop, "setup_seconds", 0.0) if loop else 0.0)
     if noise is not None:
         result.frames.append(make_grid(tensor_to_pil(noise.float().clamp(-1, 1)), ncols=_ncols(batch_size), scale=frame_scale))
 
@@ -164,7 +147,7 @@ def generate_steps(
         if should_stop is not None and should_stop():
             raise SamplingCancelled("sampling was cancelled")
         if out.index in snaps:
-            result.snapshots.append((out.timestep, out.x_t.float().cpu(), out.pred_original_sample.float().cpu()))
+            result.snapshots.append((out.timestep, _copy(out.x_t), _copy(out.pred_original_sample)))
         if out.index in frame_steps:
             result.frames.append(make_grid(tensor_to_pil(out.prev_sample.float().clamp(-1, 1)), ncols=_ncols(batch_size), scale=frame_scale))
         if progress is not None:
@@ -173,18 +156,35 @@ def generate_steps(
     shape = (batch_size, C, H, W)
     t0 = time.perf_counter()
     common = dict(generator=generator, noise=noise, device=device, dtype=dtype, timesteps=timesteps)
-    if sampler == "ddpm":
-        steps = diffusion.p_sample_loop_progressive(unet, None if noise is not None else shape, **common)
+    if loop is not None:
+        steps = loop.run(noise, generator)
+        loop.setup_seconds = 0.0  # paid once: later runs of the cached loop report none
+    elif sampler == "ddpm":
+        steps = diffusion.p_sample_loop_progressive(model.unet, None if noise is not None else shape, **common)
     else:
-        steps = diffusion.ddim_sample_loop_progressive(unet, None if noise is not None else shape, eta=eta, **common)
+        steps = diffusion.ddim_sample_loop_progressive(model.unet, None if noise is not None else shape, eta=eta, **common)
     x = None
     for out in steps:
         on_step(out)
         x = out.prev_sample
         yield out
-    result.samples = x.float().cpu().contiguous()
+    result.samples = _copy(x)
     result.seconds = time.perf_counter() - t0
     yield result
+
+
+def warm_up(model: LoadedModel, batch_size: int = 8, num_inference_steps: int | None = None, sampler: str = "ddpm",
+            compile: bool = False) -> float:
+    """Pay the fast path's one-off costs for these settings now (TorchScript trace on a CPU, CUDA graph capture,
+    compilation) by sampling once; the cached loop then serves the first real request. Returns the seconds that
+    request would otherwise have waited on set-up."""
+    return generate(model, batch_size=batch_size, num_inference_steps=num_inference_steps, sampler=sampler,
+                    n_snapshots=0, n_frames=0, compile=compile).setup_seconds
+
+
+def _copy(x: torch.Tensor) -> torch.Tensor:
+    """A float32 CPU copy in NCHW order (the fast path's tensors are static buffers, reused next step)."""
+    return x.detach().to("cpu", torch.float32, copy=True).contiguous()
 
 
 def _ncols(n: int) -> int:

@@ -1,0 +1,306 @@
+"""The fast sampling path: a prepared UNet and a reverse loop on static buffers, replayed as one CUDA graph per step.
+
+Where the time goes (bench/RESULTS.md, ../shared/docs/DESIGN.md): on a GPU at small batch the eager loop waits on
+Python launching ~300 kernels per step, so the whole step (UNet, eq. 15 -> eq. 7 posterior update, noise) is
+captured once as a CUDA graph on static buffers and replayed per step; the UNet inside is channels_last, in half
+precision, optionally compiled with ``torch.compile``. On a CPU the UNet is channels_last and, by default, a
+frozen TorchScript trace (oneDNN with pre-packed weights): the same numbers, ~10% faster than eager channels_last
+on the bundled model.
+
+The step itself is :meth:`GaussianDiffusion._ddpm_step` / ``_ddim_step``, the very code of the plain loops: the fast
+loop differs only in where tensors live. Every stage falls back to the one below when it cannot run (no CUDA, no
+compiler, a trace that does not match, a capture that fails), and says why in ``FastLoop.path``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .diffusion import GaussianDiffusion, StepOutput, call_model
+
+log = logging.getLogger(__name__)
+
+_lock = threading.RLock()
+
+
+def _store(unet: torch.nn.Module) -> dict:
+    """Per-model cache of prepared variants, kept on the module itself so that it dies with the model
+    (an id()-keyed global would hand a new model the prepared copy of a collected one)."""
+    store = unet.__dict__.get("_ddpm_fast")
+    if store is None:
+        store = unet.__dict__["_ddpm_fast"] = {"loops": OrderedDict()}
+    return store
+
+
+def channels_last(unet: torch.nn.Module) -> torch.nn.Module:
+    """Switch ``unet`` to channels_last once, in place (faster oneDNN / tensor-core convolutions); returns it."""
+    with _lock:
+        store = _store(unet)
+        if not store.get("channels_last"):
+            unet.to(memory_format=torch.channels_last)
+            store["channels_last"] = True
+    return unet
+
+
+class _Returning(torch.nn.Module):
+    """``unet(x, t)`` -> tensor (tracing needs a tensor output, not diffusers' dataclass)."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, return_dict=False)[0]
+
+
+def frozen_unet(unet: torch.nn.Module, sample_shape: Sequence[int]) -> Callable:
+    """The CPU fast UNet: channels_last, traced and frozen by TorchScript; falls back to the eager module.
+
+    The trace is checked once against the eager module on a batch of 2 at ``sample_shape`` (C, H, W) and is
+    used for any batch size (the traced sizes are symbolic; tests check other batches). Cached per model.
+    """
+    with _lock:
+        store = _store(unet)
+        if "frozen" not in store:
+            store["frozen"], store["frozen_reason"] = _freeze(channels_last(unet), tuple(sample_shape))
+        return store["frozen"]
+
+
+def _freeze(unet: torch.nn.Module, sample_shape: tuple[int, ...]) -> tuple[Callable, str]:
+    p = next(unet.parameters())
+    if p.device.type != "cpu" or not hasattr(unet, "config"):
+        return unet, "eager (frozen TorchScript is the CPU path)"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, *sample_shape), generator=g).to(p.dtype).contiguous(memory_format=torch.channels_last)
+    t = torch.tensor([999, 1])
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about shape-dependent Python branches (checked below)
+            traced = torch.jit.freeze(torch.jit.trace(_Returning(unet).eval(), (x, t), check_trace=False))
+            want, got = call_model(unet, x, t), traced(x, t)
+            got3 = traced(torch.cat([x, x[:1]]), torch.cat([t, t[:1]]))
+    except Exception as e:  # an exotic block that does not trace: eager is always right
+        return unet, f"eager (TorchScript trace failed: {type(e).__name__})"
+    scale = float(want.abs().max()) + 1.0
+    if got.shape != want.shape or got3.shape[0] != 3 or not (
+            torch.allclose(got, want, rtol=0, atol=1e-4 * scale) and torch.allclose(got3[:2], want, rtol=0, atol=1e-4 * scale)):
+        return unet, "eager (the TorchScript trace did not match the module)"
+    return traced, "frozen TorchScript"
+
+
+def compiled(unet: torch.nn.Module) -> Callable:
+    """``torch.compile`` of the channels_last UNet (inductor), cached per model; eager where compiling is unavailable."""
+    with _lock:
+        store = _store(unet)
+        if "compiled" not in store:
+            try:
+                store["compiled"] = torch.compile(channels_last(unet))
+            except Exception as e:  # no compiler toolchain or unsupported platform
+                log.warning("torch.compile unavailable (%s); using the eager UNet", e)
+                store["compiled"] = channels_last(unet)
+        return store["compiled"]
+
+
+def default_mode(device: torch.device) -> str:
+    """``graph`` on CUDA (one CUDA graph per step, eager UNet inside), ``frozen`` on the CPU, ``eager`` on ZeroGPU.
+
+    ZeroGPU attaches a GPU for the length of one request only; a graph captured in one request would be replayed
+    in another, on memory that may have moved, so there the step runs eagerly (channels_last, half precision).
+    """
+    if torch.device(device).type != "cuda":
+        return "frozen"
+    return "eager" if on_zero_gpu() else "graph"
+
+
+def on_zero_gpu() -> bool:
+    """True on a ZeroGPU Space (``SPACES_ZERO_GPU``, read as the ``spaces`` package reads it)."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
+MODES = ("eager", "frozen", "compile", "graph", "compile+graph")
+
+
+class FastLoop:
+    """The reverse process for one (model, batch shape, timesteps, sampler) on static buffers.
+
+    Buffers ``[B x C x H x W]``: ``x`` (x_t), ``x_prev`` (x_{t-1}), ``x0`` (clipped x0_hat), ``noise`` (z), all in
+    float32 (the UNet alone runs in the model's dtype, e.g. float16: the posterior update of eq. 7 subtracts nearly
+    equal terms near t = T, where half precision would lose the digits that matter). ``k`` ``[1]`` is the loop
+    position on the device. One step reads x_prev -> x, calls the UNet at the model timestep of step k, applies
+    eq. 15 + eq. 7 (DDPM) or eq. 12 (DDIM) and advances k, with no host synchronisation, so that on CUDA the
+    whole step is captured once and replayed.
+
+    Noise is drawn into ``noise`` before each step from the caller's generator, exactly as the plain loop draws it
+    (same generator, same order, none for the last DDPM step or for DDIM with eta = 0): with the same generator the
+    two loops agree to rounding.
+
+    ``mode``: ``eager`` (channels_last), ``frozen`` (CPU: TorchScript), ``compile`` (torch.compile of the UNet),
+    ``graph`` / ``compile+graph`` (CUDA graph of the whole step). ``path`` says what actually runs.
+    """
+
+    def __init__(self, diffusion: GaussianDiffusion, unet: torch.nn.Module, shape: Sequence[int], timesteps: Sequence[int],
+                 sampler: str = "ddpm", eta: float = 0.0, mode: str | None = None):
+        if mode is None:
+            mode = default_mode(next(unet.parameters()).device)
+        if mode not in MODES:
+            raise ValueError(f"unknown fast mode {mode!r}; choose one of {MODES}")
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"unknown sampler {sampler!r}")
+        if not 0 <= float(eta) <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        if len(shape) != 4 or any(int(s) < 1 for s in shape):
+            raise ValueError(f"shape must be [B, C, H, W] with positive sizes, got {tuple(shape)}")
+        p = next(unet.parameters())
+        self.device, self.model_dtype = p.device, p.dtype
+        self.shape = tuple(int(s) for s in shape)
+        ts = np.asarray(timesteps, dtype=np.int64)
+        if ts.ndim != 1 or ts.size < 1 or (np.diff(ts) >= 0).any() or ts[-1] < 0 or ts[0] >= diffusion.num_timesteps:
+            raise ValueError(f"timesteps must be strictly descending within [0, {diffusion.num_timesteps - 1}]")
+        self.timesteps = ts
+        self.sampler, self.eta = sampler, float(eta)
+        self.spaced = diffusion.respace(ts)
+        n, dev, f32 = len(ts), self.device, torch.float32
+        # loop position k -> respaced index (into self.spaced) and the original timestep the model sees
+        self.index_table = torch.arange(n - 1, -1, -1, dtype=torch.long, device=dev)
+        self.t_table = torch.as_tensor(ts, dtype=torch.long, device=dev)
+        self.ddim_tables = (self.spaced._ddim_tables(self.eta, diffusion.schedule.alphas_cumprod[0], dev, f32)
+                            if sampler == "ddim" else None)
+        self.noise_steps = [bool(t > 0) for t in ts] if sampler == "ddpm" else [self.eta > 0] * n
+        self.x = torch.zeros(self.shape, device=dev, dtype=f32).contiguous(memory_format=torch.channels_last)
+        self.x_prev = torch.zeros_like(self.x)
+        self.x0 = torch.zeros_like(self.x)
+        # contiguous on purpose: normal_ fills memory in order, so only an NCHW buffer draws the values randn draws
+        self.noise = torch.zeros(self.shape, device=dev, dtype=f32)
+        self.k = torch.zeros(1, dtype=torch.long, device=dev)
+        self.graph = None
+        self.busy = False  # a run (or a fast_loop() caller about to run) holds the buffers
+        self.reserved = False
+        self.mode = mode
+        self.path = self._prepare(unet, mode)
+
+    # ------------------------------------------------------------------ preparation
+    def _prepare(self, unet: torch.nn.Module, mode: str) -> str:
+        if mode == "frozen":
+            self.unet = frozen_unet(unet, self.shape[1:])
+            return _store(unet)["frozen_reason"]
+        self.unet = compiled(unet) if mode.startswith("compile") else channels_last(unet)
+        path = "torch.compile" if mode.startswith("compile") else "eager channels_last"
+        if not mode.endswith("graph"):
+            return path
+        if self.device.type != "cuda":
+            return f"{path} (no CUDA graph: not a CUDA device)"
+        try:
+            self._capture(_store(unet))
+            return f"{path}, one CUDA graph per step"
+        except Exception as e:  # capture is not possible for this model/runtime: run the same step eagerly
+            log.warning("CUDA graph capture failed (%s: %s); running the step eagerly", type(e).__name__, e)
+            self.graph = None
+            torch.cuda.synchronize(self.device)
+            return f"{path} (CUDA graph capture failed: {type(e).__name__})"
+
+    def _capture(self, store: dict) -> None:
+        pool = store.get("graph_pool")
+        if pool is None:
+            pool = store["graph_pool"] = torch.cuda.graph_pool_handle()  # graphs of one model run one at a time
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(3):  # warm-up off the default stream (compilation, cuDNN/cuBLAS autotuning, workspaces)
+                self.k.zero_()
+                self._body()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        self.k.zero_()
+        with torch.no_grad(), torch.cuda.graph(graph, pool=pool):
+            self._body()
+        self.graph = graph
+
+    # ------------------------------------------------------------------ the step
+    def _body(self) -> None:
+        """x <- x_prev; (x_prev, x0) <- step k; k <- k + 1. Device work only: capturable as a CUDA graph."""
+        B = self.shape[0]
+        self.x.copy_(self.x_prev)
+        i = self.index_table.index_select(0, self.k).expand(B)  # index_select, not [k]: no .item() sync
+        t = self.t_table.index_select(0, self.k).expand(B)
+        out = call_model(self.unet, self.x.to(self.model_dtype), t).float()
+        if self.sampler == "ddpm":
+            x_prev, x0 = self.spaced._ddpm_step(out, self.x, i, self.noise)
+        else:
+            x_prev, x0 = self.spaced._ddim_step(out, self.x, i, self.ddim_tables, self.noise if self.eta > 0 else None)
+        self.x_prev.copy_(x_prev)
+        self.x0.copy_(x0)
+        self.k.add_(1)
+
+    def release(self) -> None:
+        """Give back a loop that :func:`fast_loop` reserved but that will not be run."""
+        with _lock:
+            if self.reserved:
+                self.busy = self.reserved = False
+
+    def run(self, x_T: torch.Tensor, generator: torch.Generator | None = None) -> Iterator[StepOutput]:
+        """Yield a :class:`StepOutput` per step from ``x_T`` ``[B x C x H x W]``.
+
+        The yielded tensors are views of the static buffers, valid until the next step: copy what you keep. The
+        last ``prev_sample`` stays valid until this loop runs again.
+        """
+        if tuple(x_T.shape) != self.shape:
+            raise ValueError(f"x_T shape {tuple(x_T.shape)} does not match this loop's {self.shape}")
+        with _lock:
+            if self.busy and not self.reserved:
+                raise RuntimeError("this FastLoop is already running; use fast_loop() to get a free one")
+            self.busy, self.reserved = True, False
+        try:
+            with torch.inference_mode():
+                self.x_prev.copy_(x_T)
+                self.k.zero_()
+            for step, t_orig in enumerate(self.timesteps.tolist()):
+                with torch.inference_mode():
+                    if self.noise_steps[step]:
+                        self.noise.normal_(generator=generator)
+                    if self.graph is not None:
+                        self.graph.replay()
+                    else:
+                        self._body()
+                yield StepOutput(self.x_prev, self.x0, step, int(t_orig), self.x)
+        finally:  # also on cancel (GeneratorExit): the buffers are free again
+            self.busy = False
+
+
+def fast_loop(model_unet: torch.nn.Module, diffusion: GaussianDiffusion, shape: Sequence[int], timesteps: Sequence[int],
+              sampler: str = "ddpm", eta: float = 0.0, mode: str | None = None, keep: int = 4) -> FastLoop:
+    """A :class:`FastLoop` from the model's cache (built, and on CUDA captured, on first use); ``keep`` per model.
+
+    The loop comes reserved for the caller, who runs it (:meth:`FastLoop.run` frees it at the end) or calls
+    :meth:`FastLoop.release`; a concurrent caller with the same settings gets a loop of its own.
+    """
+    key = (json.dumps(diffusion.to_config(), sort_keys=True, default=str), tuple(int(s) for s in shape),
+           tuple(int(t) for t in timesteps), sampler, float(eta), mode)
+    with _lock:
+        loops: OrderedDict = _store(model_unet)["loops"]
+        loop = loops.get(key)
+        if loop is not None and not loop.busy:
+            loops.move_to_end(key)
+            loop.busy = True  # reserved for this caller; run() keeps it so and frees it at the end
+            loop.reserved = True
+            return loop
+    # built outside the lock: a capture or compilation takes seconds and must not hold up other models' users
+    t0 = time.perf_counter()
+    loop = FastLoop(diffusion, model_unet, shape, timesteps, sampler, eta, mode)
+    loop.setup_seconds = time.perf_counter() - t0
+    with _lock:
+        if key not in loops or loops[key].busy is False and loops[key] is not loop:
+            loops[key] = loop  # the newest build is cached; a busy twin serves its own caller to the end
+            while len(loops) > keep:
+                loops.popitem(last=False)
+        loop.busy, loop.reserved = True, True
+    return loop
