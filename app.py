@@ -20,6 +20,7 @@ import math
 import random
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
@@ -34,11 +35,12 @@ from PIL import Image
 from ddpm_core import SCHEDULES, GaussianDiffusion, NoiseSchedule
 from ddpm_core.checkpoints import BUNDLED_DEFAULT, HUB_MODELS, bundled_models, load_checkpoint
 from ddpm_core.explore import CURVES, curves, forward_views
+from ddpm_core.fast import on_zero_gpu
 from ddpm_core.imaging import (
     MAX_SIDE_DEFAULT, center_crop_resize, fit_longest_side, load_image, make_grid, noise_to_pil, pil_to_tensor,
     save_animation, tensor_to_pil, to_uint8,
 )
-from ddpm_core.sampling import SampleResult, SamplingCancelled, generate_steps, pick_device
+from ddpm_core.sampling import SampleResult, SamplingCancelled, generate_steps, pick_device, warm_up
 from ui_text import LANGS, TEXT
 
 HERE = Path(__file__).resolve().parent
@@ -49,6 +51,7 @@ OUT_DIR = Path(tempfile.gettempdir()) / "ddpm-explorer"
 # Limits a public Space needs (also documented in the README's security section).
 T_MIN, T_MAX = 10, 1000
 MAX_BATCH = 16
+DEFAULT_BATCH = 8
 MAX_SEEDS = 8
 SCHEDULE_CHOICES = list(SCHEDULES)
 VARIANCE_CHOICES = ["model default", "fixed_small", "fixed_large", "learned_range"]
@@ -349,7 +352,7 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
         raise ValueError("eta must be between 0 and 1")
     if variance not in VARIANCE_CHOICES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCE_CHOICES)}")
-    progress(0, desc=f"Loading {model_name}")
+    progress(0, desc=f"Loading {model_name} and preparing the sampler")
     model = _model(model_name)
     ddim = sampler == "DDIM"
     total = (n_steps or 50) if ddim else len(model.diffusion.inference_timesteps(n_steps))
@@ -375,7 +378,9 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
     info = (f"**{model.name}** ({model.source}, {model.num_parameters / 1e6:.1f}M parameters, "
             f"{'×'.join(map(str, model.sample_shape))}) · {len(result.timesteps)} {'DDIM' if ddim else 'DDPM'} steps · "
             f"variance {variance if variance != 'model default' else model.diffusion.variance_type} · seed {seed} · "
-            f"{result.device} {result.dtype} · {result.seconds:.1f} s" + "".join(f"\n\n_{n}_" for n in model.notes))
+            f"{result.device} {result.dtype} · {result.seconds:.1f} s ({result.path}"
+            + (f"; {result.setup_seconds:.1f} s of one-off set-up" if result.setup_seconds >= 0.5 else "") + ")"
+            + "".join(f"\n\n_{n}_" for n in model.notes))
     gallery = [(_png(_display(img), f"sample-{k}.png"), f"#{k}") for k, img in enumerate(images)]
     yield gallery, _png(_trajectory_image(result.snapshots), "trajectory.png"), str(gif), [str(archive), str(gif)], info
 
@@ -386,7 +391,7 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, progress=gr.Progr
     """Noise an upload to step t, then run the reverse process from x_t with several seeds (the notes' experiment)."""
     n_seeds = _int(n_seeds, "number of seeds", 1, MAX_SEEDS)
     seed = _seed(seed)
-    progress(0, desc=f"Loading {model_name}")
+    progress(0, desc=f"Loading {model_name} and preparing the sampler")
     model = _model(model_name)
     T = model.diffusion.num_timesteps
     t = _int(t, "t", 0, T - 1)
@@ -524,7 +529,7 @@ def build_demo() -> gr.Blocks:
                         steps = StrictSlider(1, T_MAX, value=DEFAULT_STEPS, step=1, label="Steps")
                         eta = StrictSlider(0, 1, value=0.0, step=0.05, label="DDIM η", visible=False)
                         variance = gr.Dropdown(VARIANCE_CHOICES, value="model default", label="Reverse-step variance")
-                        batch = StrictSlider(1, MAX_BATCH, value=8, step=1, label="Batch size")
+                        batch = StrictSlider(1, MAX_BATCH, value=DEFAULT_BATCH, step=1, label="Batch size")
                         with gr.Row():
                             sample_seed = StrictNumber(value=0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1, scale=3)
                             dice = gr.Button("🎲", scale=1, min_width=60)
@@ -572,8 +577,29 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
-def launch(demo: gr.Blocks | None = None, **kwargs):
+WARM = {"status": "not started"}
+
+
+def warm_up_default() -> None:
+    """Prepare the fast path for the default request (bundled model, default batch and steps): the TorchScript
+    trace on a CPU, the CUDA graph capture on a GPU, so that the first visitor does not wait on them. Not on
+    ZeroGPU, where no GPU is attached outside a request."""
+    if on_zero_gpu():
+        WARM["status"] = "skipped (ZeroGPU: prepared on first use)"
+        return
+    WARM["status"] = "running"
+    try:
+        seconds = warm_up(_model(BUNDLED_DEFAULT), batch_size=DEFAULT_BATCH, num_inference_steps=DEFAULT_STEPS)
+        WARM["status"] = f"ready ({seconds:.1f} s of set-up paid at start-up)"
+    except Exception as e:  # not fatal: each request prepares what it needs
+        WARM["status"] = f"failed ({type(e).__name__}: {e}); requests prepare the fast path themselves"
+    print(f"DDPM Explorer: fast-path warm-up {WARM['status']}", flush=True)
+
+
+def launch(demo: gr.Blocks | None = None, warm: bool = True, **kwargs):
     demo = demo or build_demo()
+    if warm:
+        threading.Thread(target=warm_up_default, name="warm-up", daemon=True).start()
     kwargs.setdefault("server_name", os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
     kwargs.setdefault("server_port", int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     return demo.launch(theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="pink"), css=CSS,

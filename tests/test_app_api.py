@@ -1,6 +1,7 @@
 """The Space through its real server: gradio_client calls every endpoint on 127.0.0.1."""
 
 import hashlib
+import threading
 import time
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def test_sampling_is_reproducible_by_seed(client):
     with Image.open(anim) as im:
         assert im.n_frames >= 10
     assert any(str(f).endswith(".zip") for f in files)
-    assert "ddpm-mnist-28" in info and "20 DDPM steps" in info
+    assert "ddpm-mnist-28" in info and "20 DDPM steps" in info and "frozen TorchScript" in info  # the CPU fast path
 
 
 def test_ddim_and_variance_override(client):
@@ -197,7 +198,10 @@ def test_python_app_py_serves_on_the_configured_port(tmp_path):
     port = free_port()
     env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     try:
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -206,10 +210,14 @@ def test_python_app_py_serves_on_the_configured_port(tmp_path):
                     assert r.status == 200 and b"DDPM Explorer" in r.read()
                     break
             except OSError:
-                assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+                assert proc.poll() is None, "".join(lines)[-2000:]
                 time.sleep(0.5)
         else:
             pytest.fail("app.py did not start serving within 90 s")
+        # the fast path for the default request is prepared in the background at start-up, not on a user's time
+        while time.time() < deadline and not any("fast-path warm-up" in line for line in lines):
+            time.sleep(0.5)
+        assert any("fast-path warm-up ready" in line for line in lines), "".join(lines)[-2000:]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
