@@ -1,0 +1,56 @@
+"""What a visitor waits on, cold and warm: start-up of the Space's process and the default sampling request.
+
+    python bench/startup.py [--steps N] [--batch B]
+
+In a fresh process: importing and building the app, loading the bundled model, then the default request
+(bundled model, batch 8, the device's default steps) twice: first on a cold fast path (its one-off set-up, the
+TorchScript trace on a CPU or the CUDA graph capture on a GPU, included), then warm. At start-up the app pays the
+set-up in the background (`app.warm_up_default`), so the first visitor normally meets the warm figure.
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+T0 = time.perf_counter()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import app  # noqa: E402
+from ddpm_core.sampling import generate  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=app.DEFAULT_STEPS)
+    p.add_argument("--batch", type=int, default=app.DEFAULT_BATCH)
+    args = p.parse_args()
+    t_import = time.perf_counter() - T0
+    t = time.perf_counter()
+    app.build_demo()
+    t_build = time.perf_counter() - t
+    t = time.perf_counter()
+    model = app._model(app.BUNDLED_DEFAULT)
+    t_load = time.perf_counter() - t
+    rows = []
+    for label in ("cold fast path (first request, set-up included)", "warm fast path (every later request)"):
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        res = generate(model, batch_size=args.batch, seed=0, num_inference_steps=args.steps)
+        rows.append((label, time.perf_counter() - t, res.setup_seconds, res.path))
+    dev = torch.cuda.get_device_name() if model.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"#### start-up and the default request ({app.BUNDLED_DEFAULT}, batch {args.batch}, {args.steps} DDPM steps), {dev}\n")
+    print(f"| stage | s |\n|---|---|\n| import torch, gradio, app | {t_import:.1f} |\n| build the Blocks | {t_build:.1f} |"
+          f"\n| load the bundled model | {t_load:.2f} |")
+    for label, secs, setup, path in rows:
+        print(f"| {label} | {secs:.2f} (set-up {setup:.2f}; {path}) |")
+
+
+if __name__ == "__main__":
+    main()
