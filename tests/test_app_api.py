@@ -221,3 +221,17 @@ def test_python_app_py_serves_on_the_configured_port(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_warm_up_prepares_the_default_request_and_skips_zero_gpu(monkeypatch):
+    import app
+    from ddpm_core.sampling import generate
+
+    app.warm_up_default()
+    assert app.WARM["status"].startswith("ready")
+    first = generate(app._model(app.BUNDLED_DEFAULT), batch_size=app.DEFAULT_BATCH, num_inference_steps=app.DEFAULT_STEPS,
+                     n_snapshots=0, n_frames=0)
+    assert first.setup_seconds == 0.0  # the first visitor's request found its loop ready
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    app.warm_up_default()
+    assert app.WARM["status"].startswith("skipped")

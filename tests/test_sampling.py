@@ -2,8 +2,10 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import ddpm_core.checkpoints as ck
 from conftest import tiny_unet
@@ -64,6 +66,13 @@ def test_sampling_cli_writes_and_resumes(tmp_path, monkeypatch):
     (out / "000009.png").unlink()
     assert main(args) == 2  # only the last batch (8, 9) is redone
     assert (out / "000005.png").read_bytes() == first and len(list(out.glob("0*.png"))) == 10
+    # the last batch (images 8, 9) is drawn full-size with its seed, so one loop shape serves every batch
+    from ddpm_core.imaging import tensor_to_pil
+    from ddpm_core.sampling import generate
+
+    full = generate(ck.load_checkpoint("tiny"), batch_size=4, seed=2, num_inference_steps=3, n_snapshots=0, n_frames=0)
+    with Image.open(out / "000009.png") as im:
+        assert np.array_equal(np.asarray(im), np.asarray(tensor_to_pil(full.samples.clamp(-1, 1))[1]))
     ck._default_cache.clear()
 
 
