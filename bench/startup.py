@@ -21,21 +21,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import app  # noqa: E402
-from ddpm_core.sampling import generate  # noqa: E402
+from ddpm_core.checkpoints import BUNDLED_DEFAULT, load_checkpoint  # noqa: E402
+from ddpm_core.sampling import generate, pick_device  # noqa: E402
+
+try:
+    import app  # noqa: E402
+except ImportError:  # a GPU box with torch and diffusers only: time the model and the requests, not the UI
+    app = None
 
 
 def main():
+    device, dtype = pick_device()
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=app.DEFAULT_STEPS)
-    p.add_argument("--batch", type=int, default=app.DEFAULT_BATCH)
+    p.add_argument("--steps", type=int, default=app.DEFAULT_STEPS if app else (100 if device.type == "cpu" else 1000))
+    p.add_argument("--batch", type=int, default=app.DEFAULT_BATCH if app else 8)
     args = p.parse_args()
     t_import = time.perf_counter() - T0
     t = time.perf_counter()
-    app.build_demo()
+    if app:
+        app.build_demo()
     t_build = time.perf_counter() - t
     t = time.perf_counter()
-    model = app._model(app.BUNDLED_DEFAULT)
+    model = load_checkpoint(BUNDLED_DEFAULT, device, dtype)
     t_load = time.perf_counter() - t
     rows = []
     for label in ("cold fast path (first request, set-up included)", "warm fast path (every later request)"):
@@ -45,9 +52,9 @@ def main():
         res = generate(model, batch_size=args.batch, seed=0, num_inference_steps=args.steps)
         rows.append((label, time.perf_counter() - t, res.setup_seconds, res.path))
     dev = torch.cuda.get_device_name() if model.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"#### start-up and the default request ({app.BUNDLED_DEFAULT}, batch {args.batch}, {args.steps} DDPM steps), {dev}\n")
-    print(f"| stage | s |\n|---|---|\n| import torch, gradio, app | {t_import:.1f} |\n| build the Blocks | {t_build:.1f} |"
-          f"\n| load the bundled model | {t_load:.2f} |")
+    print(f"#### start-up and the default request ({BUNDLED_DEFAULT}, batch {args.batch}, {args.steps} DDPM steps), {dev}\n")
+    print(f"| stage | s |\n|---|---|\n| import torch, ddpm_core{', gradio, app' if app else ' (no gradio here)'} | {t_import:.1f} |"
+          + (f"\n| build the Blocks | {t_build:.1f} |" if app else "") + f"\n| load the bundled model | {t_load:.2f} |")
     for label, secs, setup, path in rows:
         print(f"| {label} | {secs:.2f} (set-up {setup:.2f}; {path}) |")
 
