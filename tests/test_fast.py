@@ -10,6 +10,7 @@ import threading
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import tiny_unet
 from ddpm_core.diffusion import GaussianDiffusion
@@ -57,6 +58,48 @@ def test_fast_loop_equals_the_plain_loop(cfg, sampler, eta, steps, mode):
     # reusable: a second run from the same start and seed repeats itself exactly
     assert torch.equal(_fast(loop, x_T, seed=11), got)
     assert not torch.allclose(_fast(loop, x_T, seed=12), got) or (sampler == "ddim" and eta == 0)
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Records the operators that make a CUDA stream wait for the host (a scalar read, data-dependent shapes):
+    inside a CUDA graph capture each one is an error, so the whole step must call none."""
+
+    SYNCING = {"item", "_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive", "equal",
+               "is_nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        bool_index = name == "index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
+        if name in self.SYNCING or bool_index:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("cfg,sampler,eta,out_channels", [
+    ({"beta_schedule": "linear"}, "ddpm", 0.0, 3),
+    ({"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction", "thresholding": True}, "ddpm", 0.0, 3),
+    ({"beta_schedule": "linear", "variance_type": "learned_range"}, "ddpm", 0.0, 6),
+    ({"beta_schedule": "scaled_linear", "prediction_type": "sample"}, "ddim", 0.5, 3),
+])
+def test_the_whole_step_never_waits_on_the_host(cfg, sampler, eta, out_channels):
+    """What a CUDA graph capture requires, checked on the CPU at the dispatcher: the step (diffusers' UNet included)
+    reads no tensor value on the host. The detector itself is checked on a .item()."""
+    diffusion = GaussianDiffusion.from_config(cfg)
+    loop = FastLoop(diffusion, tiny_unet(out_channels, seed=1), (2, 3, 8, 8), diffusion.inference_timesteps(10), sampler,
+                    eta, mode="eager")
+    loop._body()  # first call fills the schedule's device-table cache (done by the warm-up before a capture)
+    loop.k.zero_()
+    with torch.inference_mode(), _HostSyncs() as syncs:
+        loop._body()
+    assert syncs.seen == []
+    with torch.inference_mode(), _HostSyncs() as check:
+        loop.k.item()
+        loop.x[loop.x > 0]
+    assert check.seen == ["aten.item.default", "aten.index.Tensor"]  # item() is not decomposed in inference mode
 
 
 def test_learned_variance_and_other_batch_sizes():
