@@ -1,7 +1,7 @@
 """The fast sampling path: a prepared UNet and a reverse loop on static buffers, replayed as one CUDA graph per step.
 
 Where the time goes (bench/RESULTS.md, ../shared/docs/DESIGN.md): on a GPU at small batch the eager loop waits on
-Python launching ~300 kernels per step, so the whole step (UNet, eq. 15 -> eq. 7 posterior update, noise) is
+Python launching the step's hundreds of kernels one by one, so the whole step (UNet, eq. 15 -> eq. 7 posterior update, noise) is
 captured once as a CUDA graph on static buffers and replayed per step; the UNet inside is channels_last, in half
 precision, optionally compiled with ``torch.compile``. On a CPU the UNet is channels_last and, by default, a
 frozen TorchScript trace (oneDNN with pre-packed weights): the same numbers, ~10% faster than eager channels_last
@@ -254,6 +254,7 @@ class FastLoop:
         last ``prev_sample`` stays valid until this loop runs again.
         """
         if tuple(x_T.shape) != self.shape:
+            self.release()
             raise ValueError(f"x_T shape {tuple(x_T.shape)} does not match this loop's {self.shape}")
         with _lock:
             if self.busy and not self.reserved:

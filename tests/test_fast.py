@@ -196,6 +196,11 @@ def test_a_cancelled_run_frees_its_loop():
     assert loop.busy
     run.close()  # what a consumer that stops iterating does (a cancelled web request)
     assert not loop.busy
+    again = fast_loop(unet, diffusion, (1, 3, 8, 8), diffusion.inference_timesteps(6))
+    assert again is loop
+    with pytest.raises(ValueError, match="does not match"):
+        next(again.run(torch.randn(2, 3, 8, 8)))  # a failed start frees the reservation too
+    assert not loop.busy
 
 
 def test_default_modes(monkeypatch):
