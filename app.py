@@ -40,7 +40,7 @@ from ddpm_core.imaging import (
     MAX_SIDE_DEFAULT, center_crop_resize, fit_longest_side, load_image, make_grid, noise_to_pil, pil_to_tensor,
     save_animation, tensor_to_pil, to_uint8,
 )
-from ddpm_core.sampling import SampleResult, SamplingCancelled, generate_steps, pick_device, warm_up
+from ddpm_core.sampling import SampleResult, SamplingCancelled, generate_steps, pick_device, reverse_timesteps, warm_up
 from ui_text import LANGS, TEXT
 
 HERE = Path(__file__).resolve().parent
@@ -355,10 +355,10 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
     progress(0, desc=f"Loading {model_name} and preparing the sampler")
     model = _model(model_name)
     ddim = sampler == "DDIM"
-    total = (n_steps or 50) if ddim else len(model.diffusion.inference_timesteps(n_steps))
+    n_steps = (n_steps or 50) if ddim else n_steps
+    total = len(reverse_timesteps(model.diffusion, n_steps))
     steps = generate_steps(model, batch_size=batch_size, seed=seed, sampler="ddim" if ddim else "ddpm",
-                           num_inference_steps=(n_steps or 50) if ddim else n_steps, eta=eta,
-                           variance_type=None if variance == "model default" else variance)
+                           num_inference_steps=n_steps, eta=eta, variance_type=None if variance == "model default" else variance)
     for kind, item in _drive(steps, total, progress, "Sampling"):
         if kind == "done":
             result = item
@@ -402,7 +402,7 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, progress=gr.Progr
     original = tensor_to_pil(x0)[0]
     noisy = tensor_to_pil(x_t[:1].clamp(-1, 1))[0]
     head = [(_png(_display(original), "original.png"), "original x₀"), (_png(_display(noisy), f"x_t-t{t}.png"), f"x_t, t={t}")]
-    total = min(n_steps, t + 1)
+    total = len(reverse_timesteps(model.diffusion, n_steps, start_t=t))
     steps = generate_steps(model, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2)
     for kind, item in _drive(steps, total, progress, "Denoising"):
         if kind == "done":

@@ -8,7 +8,6 @@ per step on a GPU; ``fast=False`` runs the plain reference loops.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -66,6 +65,19 @@ def diffusion_for(model: LoadedModel, variance_type: str | None = None) -> Gauss
     return GaussianDiffusion.from_config(model.scheduler_config, variance_type=variance_type)
 
 
+def reverse_timesteps(diffusion: GaussianDiffusion, num_inference_steps: int | None = None,
+                      start_t: int | None = None) -> np.ndarray:
+    """The original timesteps the reverse process visits, descending: the diffusion's inference timesteps, or,
+    starting from x_t at ``start_t``, ``num_inference_steps`` (all t + 1 when None) evenly spread over [0, t]."""
+    if start_t is None:
+        return diffusion.inference_timesteps(num_inference_steps)
+    T = diffusion.num_timesteps
+    if not 0 <= int(start_t) < T:
+        raise ValueError(f"start timestep must be in [0, {T - 1}], got {start_t}")
+    n = int(start_t) + 1 if num_inference_steps is None else min(int(num_inference_steps), int(start_t) + 1)
+    return np.unique(np.round(np.linspace(0, int(start_t), n)).astype(np.int64))[::-1].copy()
+
+
 def generate(model: LoadedModel, **kwargs) -> SampleResult:
     """Run :func:`generate_steps` to the end and return its :class:`SampleResult` (same arguments)."""
     for item in generate_steps(model, **kwargs):
@@ -100,46 +112,35 @@ def generate_steps(
     The random stream is a ``torch.Generator`` seeded with ``seed``, on the model's device for the fast path (a
     CUDA graph cannot wait on host-drawn noise) and on the CPU for ``fast=False``: the same seed gives the same
     images on the same kind of device, and fast and plain loops agree on the CPU. ``fast=True`` runs
-    :mod:`ddpm_core.fast` (``compile=True`` adds torch.compile); ``progress(step, total)`` is called after each step; ``should_stop()`` returning True raises
-    :class:`SamplingCancelled`.
+    :mod:`ddpm_core.fast` (``compile=True`` adds torch.compile). ``progress(step, total)`` is called after each
+    step; ``should_stop()`` returning True raises :class:`SamplingCancelled`.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     diffusion = diffusion_for(model, variance_type)
-    T = diffusion.num_timesteps
     device, dtype = model.device, model.dtype
     fast = fast or compile
     # the fast path draws its noise where it runs (a CPU generator cannot feed a CUDA graph without a sync)
     generator = torch.Generator(device if fast else "cpu").manual_seed(int(seed))
     C, H, W = model.sample_shape
-    noise = None
+    noise = None  # x_T: given, drawn here for the fast loop, or drawn by the plain loop itself
+    timesteps = reverse_timesteps(diffusion, num_inference_steps, None if start is None else start[1])
     if start is not None:
-        x_start, t_start = start
-        if not 0 <= int(t_start) < T:
-            raise ValueError(f"start timestep must be in [0, {T - 1}], got {t_start}")
-        noise = x_start.to(device=device, dtype=torch.float32 if fast else dtype)
+        noise = start[0].to(device=device, dtype=torch.float32 if fast else dtype)
         batch_size = noise.shape[0]
-        n = (int(t_start) + 1) if num_inference_steps is None else min(int(num_inference_steps), int(t_start) + 1)
-        timesteps = np.unique(np.round(np.linspace(0, int(t_start), n)).astype(np.int64))[::-1].copy()
-    else:
-        timesteps = diffusion.inference_timesteps(num_inference_steps)
+    elif fast:
+        noise = torch.randn((batch_size, C, H, W), generator=generator, device=device)
     loop = None
     if fast:
         mode = ("compile+graph" if device.type == "cuda" else "compile") if compile else None
         loop = fast_loop(model.unet, diffusion, (batch_size, C, H, W), timesteps, sampler, eta, mode)
-        if noise is None:
-            try:
-                noise = torch.randn((batch_size, C, H, W), generator=generator, device=device)
-            except BaseException:
-                loop.release()
-                raise
     n_steps = len(timesteps)
     frame_scale = max(1, 128 // H)  # small models: upscale the animation's frames (nearest) to be seen
     snaps = snapshot_steps(n_steps, n_snapshots)
     frame_steps = snapshot_steps(n_steps, n_frames)
     result = SampleResult(samples=torch.empty(0), timesteps=[int(t) for t in timesteps], device=str(device),
                           dtype=str(dtype).replace("torch.", ""), path=loop.path if loop else "plain loop",
-                          setup_seconds=getattr(loop, "setup_seconds", 0.0) if loop else 0.0)
+                          setup_seconds=loop.setup_seconds if loop and loop.runs == 0 else 0.0)
     if noise is not None:
         result.frames.append(make_grid(tensor_to_pil(noise.float().clamp(-1, 1)), ncols=_ncols(batch_size), scale=frame_scale))
 
@@ -158,7 +159,6 @@ def generate_steps(
     common = dict(generator=generator, noise=noise, device=device, dtype=dtype, timesteps=timesteps)
     if loop is not None:
         steps = loop.run(noise, generator)
-        loop.setup_seconds = 0.0  # paid once: later runs of the cached loop report none
     elif sampler == "ddpm":
         steps = diffusion.p_sample_loop_progressive(model.unet, None if noise is not None else shape, **common)
     else:
