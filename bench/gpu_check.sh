@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# Issue #6's GPU measurements as one prepared run (about 7 minutes on an H100/H200, estimated from the anchors in DESIGN.md; fits one 10-minute device call):
+# The GPU measurements as one run (about 7 minutes on an H100/H200):
 # the CUDA-graph tests, then ours vs DDPMPipeline fp32 vs the UNet alone on the cifar10-32 architecture, 1000 steps,
 # batch 1 and 64, UNet in float16, with torch.compile, the fp16-vs-fp32 sample comparison, and the app's cold and warm
 # first sample. Writes everything under ${OUT:-bench/results}.
 #
 #   bash bench/gpu_check.sh            # where torch (CUDA) and diffusers are installed
 #
-# The lent machines have torch but not diffusers (../.library/device/KINDS.md). Fetch its wheel here once and carry
-# it (`run` with carry [".whl"]); this script installs whatever .whl/ holds:
-#   echo /.whl/ >> .git/info/exclude
+# On a machine with torch but without diffusers and no package index, download the wheels elsewhere into .whl/
+# (git-ignored) and bring the folder along; this script installs whatever .whl/ holds:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 importlib_metadata
 set -uo pipefail

@@ -7,7 +7,7 @@
 Runs alternate (diffusers, ours, UNet-only, ...) so that drift in the machine's speed hits all alike; medians are
 reported with ours/diffusers and ours/UNet-only. End to end: noise in, images out (on the host).
 
-- "diffusers DDPMPipeline float32" is the baseline of issue #6 (with --all-baselines and --dtype float16, also the
+- "diffusers DDPMPipeline float32" is the baseline (with --all-baselines and --dtype float16, also the
   pipeline in fp16).
 - "ours" is ``ddpm_core.sampling.generate`` with its defaults (the fast path: frozen TorchScript UNet on a CPU, one
   CUDA graph per whole step on a GPU), in --dtype (the UNet's dtype; the loop state stays float32).
@@ -51,7 +51,7 @@ from ddpm_core.sampling import generate  # noqa: E402
 def load(name: str, device, dtype) -> LoadedModel:
     if name == "cifar10-arch":
         torch.manual_seed(0)
-        cfg = json.loads((ROOT.parent / "shared" / "data" / "unet-ddpm-cifar10-32.config.json").read_text())
+        cfg = json.loads((ROOT / "tests" / "data" / "unet-ddpm-cifar10-32.config.json").read_text())
         unet = UNet2DModel.from_config(cfg).eval().requires_grad_(False).to(device, dtype)
         sched = {"beta_schedule": "linear", "variance_type": "fixed_large", "clip_sample": True}
         return LoadedModel("cifar10-arch (random weights)", unet, GaussianDiffusion.from_config(sched), "bench", sched)

@@ -1,6 +1,6 @@
 """The fast sampling path: a prepared UNet and a reverse loop on static buffers, replayed as one CUDA graph per step.
 
-Where the time goes (bench/RESULTS.md, ../shared/docs/DESIGN.md): on a GPU at small batch the eager loop waits on
+Where the time goes (bench/RESULTS.md): on a GPU at small batch the eager loop waits on
 Python launching the step's hundreds of kernels one by one, so the whole step (UNet, eq. 15 -> eq. 7 posterior update, noise) is
 captured once as a CUDA graph on static buffers and replayed per step; the UNet inside is channels_last, in half
 precision, optionally compiled with ``torch.compile``. On a CPU the UNet is channels_last and, by default, a

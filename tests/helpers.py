@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA = Path(__file__).resolve().parent / "data"  # public UNet configs of real Hub checkpoints
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -44,7 +44,7 @@ def prefill_hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
 def cifar10_unet(seed=0) -> UNet2DModel:
     """Random weights of the real google/ddpm-cifar10-32 architecture (35.7M parameters)."""
     torch.manual_seed(seed)
-    config = json.loads((SHARED / "data" / "unet-ddpm-cifar10-32.config.json").read_text())
+    config = json.loads((DATA / "unet-ddpm-cifar10-32.config.json").read_text())
     return UNet2DModel.from_config(config)
 
 
