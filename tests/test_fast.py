@@ -208,7 +208,7 @@ def test_default_modes(monkeypatch):
 
     assert default_mode(torch.device("cpu")) == "frozen"
     assert default_mode(torch.device("cuda")) == "graph"
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")  # a GPU lent per request: no graph kept across requests
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")  # a GPU attached per request: no graph kept across requests
     assert default_mode(torch.device("cuda")) == "eager" and default_mode(torch.device("cpu")) == "frozen"
 
 
