@@ -10,13 +10,21 @@ SPACINGS = ("leading", "trailing", "linspace")
 def inference_timesteps(
     num_train_timesteps: int, num_inference_steps: int | None = None, spacing: str = "leading", steps_offset: int = 0
 ) -> np.ndarray:
-    """The descending int64 timesteps of an ``N``-step run over a ``T``-step schedule.
+    """The descending int64 timesteps ``[N]`` of an ``N``-step run over a ``T``-step schedule.
 
-    ``None`` visits every step T-1..0 (the plain DDPM chain, whatever the spacing). Otherwise:
+    ``None`` visits every step T-1..0 (the plain DDPM chain, whatever the spacing). Otherwise, for every N in
+    [1, T], exactly N strictly decreasing timesteps in [0, T-1] (steps_offset permitting):
 
-    - ``leading``: ``arange(N) * (T // N)`` reversed, plus ``steps_offset``;
-    - ``trailing``: ``round(arange(T, 0, -T / N)) - 1`` (starts at T-1, the noisiest step);
-    - ``linspace``: ``round(linspace(0, T - 1, N))`` reversed.
+    - ``leading``: ``arange(N) * (T // N)`` reversed, plus ``steps_offset`` (ends at 0 + offset);
+    - ``trailing``: the first N of ``round(arange(T, 0, -T / N)) - 1`` (starts at T-1, the noisiest step, and
+      ends at ``round(T / N) - 1 >= 0``);
+    - ``linspace``: ``round(linspace(0, T - 1, N))`` reversed (starts at T-1, ends at 0).
+
+    Each equals diffusers' ``DDPMScheduler.set_timesteps`` (same float64 formulas, same round-half-even). One
+    difference: for ``trailing``, float rounding in ``arange`` makes diffusers return N + 1 timesteps for some N
+    (e.g. T=1000 and N=61, 103, 121, ...; 62 of the 1000 N), the extra last one being -1, outside the schedule.
+    We return the first N of them, which are exactly diffusers' valid ones; an exact-rational formula would
+    instead differ from diffusers at half-way ties (e.g. T=1000, N=48).
 
     Raises ``ValueError`` for N outside [1, T], an unknown spacing, or an offset that leaves [0, T-1].
     """
@@ -34,7 +42,8 @@ def inference_timesteps(
     elif spacing == "leading":
         ts = (np.arange(0, N) * (T // N)).round()[::-1].astype(np.int64) + int(steps_offset)
     else:
-        ts = np.round(np.arange(T, 0, -T / N)).astype(np.int64) - 1
+        # arange(T, 0, -T/N) has ceil(T / (T/N)) points: N + 1 where T / (T/N) rounds above N, the extra one ~0.
+        ts = np.round(np.arange(T, 0, -T / N)[:N]).astype(np.int64) - 1
     ts = np.ascontiguousarray(ts)
     if ts.size != N or ts.min() < 0 or ts.max() > T - 1 or (np.diff(ts) >= 0).any():
         raise ValueError(
