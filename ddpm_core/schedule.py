@@ -97,6 +97,8 @@ class NoiseSchedule:
         self.alphas = 1.0 - betas
         # A respaced schedule passes its exact abar: re-multiplying 1 - beta'_i loses digits where abar is tiny.
         self.alphas_cumprod = torch.cumprod(self.alphas, 0) if alphas_cumprod is None else alphas_cumprod.to(torch.float64)
+        if self.alphas_cumprod.shape != betas.shape:
+            raise ValueError(f"alphas_cumprod must have shape {tuple(betas.shape)} like betas, got {tuple(self.alphas_cumprod.shape)}")
         one = torch.ones(1, dtype=torch.float64)
         self.alphas_cumprod_prev = torch.cat([one, self.alphas_cumprod[:-1]])
         self.alphas_cumprod_next = torch.cat([self.alphas_cumprod[1:], torch.zeros(1, dtype=torch.float64)])
@@ -118,13 +120,28 @@ class NoiseSchedule:
         self._validate()
 
     def _validate(self) -> None:
+        """Raise ``ValueError`` (never ``assert``: ``python -O`` would let NaN tables through) on unusable tables."""
         abar = self.alphas_cumprod
-        assert abar.shape == (self.num_timesteps,)
-        assert (abar[1:] <= abar[:-1]).all(), "alphas_cumprod must be non-increasing"
-        assert (abar >= 0).all() and (abar < 1).all()
+        if abar.shape != (self.num_timesteps,):
+            raise ValueError(f"alphas_cumprod must have shape ({self.num_timesteps},) like betas, got {tuple(abar.shape)}")
+        if not torch.isfinite(abar).all() or (abar < 0).any() or (abar > 1).any():
+            raise ValueError("alphas_cumprod must be finite and lie in [0, 1]")
+        if (abar[1:] > abar[:-1]).any():
+            t = int((abar[1:] > abar[:-1]).nonzero()[0]) + 1
+            raise ValueError(f"alphas_cumprod must be non-increasing, but alphas_cumprod[{t}] > alphas_cumprod[{t - 1}]")
+        if (abar == 1).any():
+            # abar_t = 1 makes 1 - abar_t = 0: eq. 7's posterior and the SNR divide by zero (NaN/inf tables).
+            last = int((abar == 1).nonzero()[-1])
+            raise ValueError(
+                f"betas[{last}]={self.betas[last].item():.3g} is too small: 1 - alphas_cumprod[{last}] rounds to 0 in "
+                f"float64 (1 - beta == 1 for betas below ~1.1e-16), so the posterior (eq. 7) and the SNR divide by "
+                f"zero; use betas >= ~1e-15"
+            )
         for key in ("posterior_variance", "posterior_mean_coef1", "posterior_mean_coef2", "snr"):
             value = getattr(self, key)
-            assert torch.isfinite(value).all() and (value >= 0).all(), key
+            if not (torch.isfinite(value).all() and (value >= 0).all()):
+                t = int((~torch.isfinite(value) | (value < 0)).nonzero()[0])
+                raise ValueError(f"{key}[{t}]={value[t].item():.3g} is not a finite non-negative number; check betas near t={t}")
 
     # ------------------------------------------------------------------ construction
     @classmethod
