@@ -692,8 +692,12 @@ class GaussianDiffusion:
         """The simplified objective L_simple (eq. 14) for this diffusion's prediction type; returns a scalar.
 
         Draws ``t`` uniformly from [0, T-1] and ``noise`` ~ N(0, I) unless given. The target is eps (``epsilon``),
-        x_0 (``sample``) or v (``v_prediction``). ``snr_gamma`` applies Min-SNR-gamma weighting (Hang et al. 2023):
-        per-sample weights min(SNR, gamma) / SNR for eps, min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) for x_0.
+        x_0 (``sample``) or v (``v_prediction``). ``snr_gamma`` applies Min-SNR-gamma weighting (Hang et al. 2023),
+        per sample with SNR_t = abar_t / (1 - abar_t): min(SNR, gamma) for x_0,
+        min(SNR, gamma) / (SNR + 1) for v, and min(SNR, gamma) / SNR for eps. The eps weight is 0/0 where SNR = 0
+        (zero terminal SNR, Lin et al. 2024); it is taken as its limit min(1, gamma / SNR) -> 1, computed as
+        gamma / max(SNR, gamma), which never divides by zero and equals min(SNR, gamma) / SNR bit for bit where
+        SNR > 0. ``x_start`` and ``noise`` are ``[B x C x ...]``, ``t`` is ``[B]``.
         """
         if x_start.ndim < 2:
             raise ValueError(f"x_start must be [B x C x ...], got shape {tuple(x_start.shape)}")
@@ -717,14 +721,17 @@ class GaussianDiffusion:
             target = self._extract("sqrt_alphas_cumprod", t, x_start) * noise - self._extract("sqrt_one_minus_alphas_cumprod", t, x_start) * x_start
         per_sample = F.mse_loss(out.float(), target.float(), reduction="none").flatten(1).mean(1)
         if snr_gamma is not None:
-            if not snr_gamma > 0:
-                raise ValueError(f"snr_gamma must be > 0, got {snr_gamma}")
+            if not 0 < snr_gamma < float("inf"):
+                raise ValueError(f"snr_gamma must be a finite number > 0 (5.0 in Hang et al. 2023), got {snr_gamma}")
             snr = self._coef("snr", x_start.device, torch.float32)[t]
-            weight = torch.minimum(snr, torch.full_like(snr, float(snr_gamma)))
+            gamma = torch.full_like(snr, float(snr_gamma))
             if self.prediction_type == "epsilon":
-                weight = weight / snr
+                # min(SNR, g) / SNR = g / max(SNR, g): the same value for SNR > 0, and the limit 1 at SNR = 0.
+                weight = gamma / torch.maximum(snr, gamma)
             elif self.prediction_type == "v_prediction":
-                weight = weight / (snr + 1)
+                weight = torch.minimum(snr, gamma) / (snr + 1)
+            else:
+                weight = torch.minimum(snr, gamma)
             per_sample = per_sample * weight
         return per_sample.mean()
 
