@@ -1,10 +1,12 @@
-"""Write many samples as PNGs (FID-sized sets), on every GPU through accelerate, resuming where it stopped.
+"""Write many samples as PNGs (FID-sized sets), split over every process that was launched, resuming where it stopped.
 
     python -m ddpm_core.sample --model ddpm-mnist-28 --num 1000 --out samples/
-    accelerate launch -m ddpm_core.sample --model google/ddpm-cifar10-32 --num 50000 --batch 256 --out cifar/
+    torchrun --nproc_per_node 8 -m ddpm_core.sample --model google/ddpm-cifar10-32 --num 50000 --batch 256 --out cifar/
+    accelerate launch --multi_gpu --num_processes 8 -m ddpm_core.sample ...   # the same through accelerate
 
-Batch b holds images b*batch .. (b+1)*batch-1 and is drawn, always as a full batch, with seed ``--seed + b``: the
-set is the same whatever the number of processes, and a restarted run skips every batch whose files all exist.
+Batch b holds images b*batch .. (b+1)*batch-1, is drawn, always as a full batch, with seed ``--seed + b``, and belongs
+to rank ``b % N`` of N processes: the set is the same whatever N, every batch is drawn once, and a restarted run skips
+every batch whose files all exist. Several processes on a CPU-only machine talk over gloo, on GPUs over NCCL.
 """
 
 from __future__ import annotations
@@ -12,9 +14,61 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import torch
+
+#: Variables by which launchers announce how many processes they started (torchrun/accelerate, then MPI flavours).
+WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_processes() -> int:
+    """How many processes the launcher says it started (1 when run directly)."""
+    for var in WORLD_SIZE_VARS:
+        if os.environ.get(var, "").strip():
+            return int(os.environ[var])
+    return 1
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def use_cpu() -> bool:
+    """Whether accelerate must be told ``cpu=True``: asked for (``ACCELERATE_USE_CPU``, set by ``accelerate launch
+    --cpu``), or several processes on a machine without a GPU. ``PartialState`` forms a process group on a CPU
+    (gloo) only when told ``cpu=True``; left at its default it finds no GPU and quietly stays one process per rank."""
+    if _env_flag("ACCELERATE_USE_CPU"):
+        return True
+    return launched_processes() > 1 and not torch.cuda.is_available()
+
+
+def check_launch(state) -> None:
+    """Refuse to run N copies of the whole job: stop if the launcher announced several processes but they did not
+    join one process group, or if ``accelerate launch --cpu --num_processes N`` (no ``--mpirun_hostfile``)
+    started a single process where N were asked for."""
+    expected = launched_processes()
+    if expected > 1 and state.num_processes != expected:
+        raise SystemExit(f"the launcher started {expected} processes but this one sees a group of {state.num_processes}; "
+                         "refusing to let every process do all the work")
+    if (expected == 1 and state.num_processes == 1 and _env_flag("ACCELERATE_USE_CPU") and os.environ.get("MASTER_ADDR")
+            and "RANK" not in os.environ):
+        # accelerate sets MASTER_ADDR only for --num_processes > 1 or --num_machines > 1, and its --cpu launcher
+        # starts those processes only through mpirun (--mpirun_hostfile)
+        raise SystemExit("`accelerate launch --cpu --num_processes N` started one process (accelerate starts several CPU "
+                         "processes only with --mpirun_hostfile and MPI); use `torchrun --nproc_per_node N -m ...` or "
+                         "`accelerate launch --multi_gpu --num_processes N -m ...`, which use gloo on a CPU-only machine")
+
+
+def distributed_state():
+    """accelerate's ``PartialState`` for however this process was launched, checked by :func:`check_launch`."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=use_cpu())
+    check_launch(state)
+    return state
 
 
 def parse_args(argv=None):
@@ -22,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--model", default="ddpm-mnist-28", help="a bundled model name or a Hub id")
     p.add_argument("--num", type=int, required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64, help="images per batch (per process)")
     p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
     p.add_argument("--steps", type=int, default=0, help="inference steps (0: all T for DDPM, 50 for DDIM)")
     p.add_argument("--eta", type=float, default=0.0)
@@ -34,18 +88,24 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def batch_files(out: Path, b: int, batch: int, num: int) -> list[Path]:
+    return [out / f"{i:06d}.png" for i in range(b * batch, min(num, (b + 1) * batch))]
+
+
 def main(argv=None) -> int:
+    """Draw this process's missing batches; returns the number of images it wrote."""
     args = parse_args(argv)
     if args.num < 1 or args.batch < 1:
         raise SystemExit("--num and --batch must be >= 1")
-    from accelerate import PartialState
+    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     from .checkpoints import load_checkpoint
     from .imaging import tensor_to_pil
     from .sampling import generate
 
-    state = PartialState()
+    state = distributed_state()
+    rank, world = state.process_index, state.num_processes
     device = state.device
     dtype = (torch.float16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" else getattr(torch, args.dtype)
     model = load_checkpoint(args.model, device, dtype)
@@ -54,24 +114,34 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     steps = args.steps or (50 if args.sampler == "ddim" else None)
     n_batches = math.ceil(args.num / args.batch)
-    mine = [b for b in range(n_batches) if b % state.num_processes == state.process_index]
-    todo = [b for b in mine if not all((out / f"{i:06d}.png").exists() for i in range(b * args.batch, min(args.num, (b + 1) * args.batch)))]
+    mine = range(rank, n_batches, world)  # each batch has exactly one owner
+    todo = [b for b in mine if not all(f.exists() for f in batch_files(out, b, args.batch, args.num))]
+    # a killed run may leave temporary files behind; only the owner of their batch may remove them
+    for tmp in out.glob(".*.png.*.tmp"):
+        if int(tmp.name[1:].split(".")[0]) // args.batch % world == rank:
+            tmp.unlink(missing_ok=True)
+    run = {**vars(args), "device": str(device), "dtype": str(dtype).replace("torch.", ""), "num_processes": world,
+           "batches": n_batches}
     if state.is_main_process:
-        (out / "sampling.json").write_text(json.dumps({**vars(args), "device": str(device), "dtype": str(dtype)}, indent=2) + "\n")
-    written = 0
-    for b in tqdm(todo, desc=f"rank {state.process_index}", disable=not state.is_local_main_process):
-        lo, hi = b * args.batch, min(args.num, (b + 1) * args.batch)
+        (out / "sampling.json").write_text(json.dumps(run, indent=2) + "\n")
+    written, t0 = 0, time.perf_counter()
+    for b in tqdm(todo, desc=f"rank {rank}", disable=not state.is_local_main_process):
         # always a full batch (the extra images of the last one are dropped): one shape, one compiled/captured loop
         res = generate(model, batch_size=args.batch, seed=args.seed + b, sampler=args.sampler, num_inference_steps=steps,
                        eta=args.eta, n_snapshots=0, n_frames=0, compile=compile_)
-        for i, img in zip(range(lo, hi), tensor_to_pil(res.samples.clamp(-1, 1))):
-            tmp = out / f".{i:06d}.png.tmp"
+        for path, img in zip(batch_files(out, b, args.batch, args.num), tensor_to_pil(res.samples.clamp(-1, 1))):
+            tmp = path.with_name(f".{path.name}.{rank}-{os.getpid()}.tmp")  # unique even beside a stray second run
             img.save(tmp, format="PNG")
-            tmp.replace(out / f"{i:06d}.png")  # atomic: a killed run never leaves a half-written PNG
+            tmp.replace(path)  # atomic: a killed run never leaves a half-written PNG
             written += 1
-    state.wait_for_everyone()
+    record = {"rank": rank, "drawn": todo, "skipped": len(mine) - len(todo), "images": written,
+              "seconds": round(time.perf_counter() - t0, 3)}
+    ranks = gather_object([record])  # also waits for every process
     if state.is_main_process:
-        print(f"{len(list(out.glob('[0-9]*.png')))} / {args.num} images in {out}")
+        total = len(list(out.glob("[0-9]*.png")))
+        (out / "sampling.json").write_text(json.dumps({**run, "images": total, "ranks": ranks}, indent=2) + "\n")
+        print(f"{total} / {args.num} images in {out} ({sum(r['images'] for r in ranks)} drawn now by {world} "
+              f"process{'es' if world > 1 else ''}, batches per process {[len(r['drawn']) for r in ranks]})", flush=True)
     return written
 
 
