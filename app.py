@@ -18,13 +18,9 @@ import inspect
 import io
 import math
 import random
-import shutil
-import tempfile
 import threading
 import time
-import uuid
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
@@ -38,18 +34,24 @@ from ddpm_core.explore import CURVES, curves, forward_views
 from ddpm_core.fast import on_zero_gpu
 from ddpm_core.imaging import (
     MAX_SIDE_DEFAULT, center_crop_resize, fit_longest_side, load_image, make_grid, noise_to_pil, pil_to_tensor,
-    save_animation, tensor_to_pil, to_uint8,
+    save_animation, tensor_to_pil,
 )
 from ddpm_core.sampling import SampleResult, SamplingCancelled, generate_steps, pick_device, reverse_timesteps, warm_up
+from ui.components import StrictCheckboxGroup, StrictNumber, StrictSlider, UploadImage, clear_request_errors, short_repr
+from ui.files import out_path as _out_path
+from ui.files import png as _png
+from ui.files import pngs
+from ui.guard import QueueGuard
 from ui_text import LANGS, TEXT
 
 HERE = Path(__file__).resolve().parent
+UploadImage.allowed_folders = (str(HERE / "examples"),)
 EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*.png"))
 DEFAULT_IMAGE = str(HERE / "examples" / "sunset.png") if (HERE / "examples" / "sunset.png").is_file() else None
-OUT_DIR = Path(tempfile.gettempdir()) / "ddpm-explorer"
 
 # Limits a public Space needs (also documented in the README's security section).
 T_MIN, T_MAX = 10, 1000
+LINEAR_IMPROVED_T_MIN = 21
 MAX_BATCH = 16
 DEFAULT_BATCH = 8
 MAX_SEEDS = 8
@@ -59,6 +61,11 @@ SAMPLER_CHOICES = ["DDPM (all T steps)", "DDPM (fewer steps)", "DDIM"]
 DEVICE, DTYPE = pick_device()
 ON_CPU = DEVICE.type == "cpu"
 DEFAULT_STEPS = 100 if ON_CPU else 1000
+#: Queue limits (README, security section): the jobs one visitor may hold per group (at most half of the group's
+#: workers, so that a visitor who never listens can hold up the others for at most the listener grace of 3 s), and
+#: the length of each group's queue.
+GUARD = QueueGuard(per_client={"sampler": 2, "forward": 2, "schedules": 2},
+                   per_group={"sampler": 16, "forward": 32, "schedules": 32}, grace_s=3.0)
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 
 
@@ -79,6 +86,7 @@ def _user_message(err: BaseException) -> gr.Error | None:
 
 @contextlib.contextmanager
 def _as_user_errors():
+    GUARD.require_listener()  # a job nobody will receive is dropped before it costs anything
     try:
         yield
     except gr.Error:
@@ -110,46 +118,14 @@ def user_errors(fn):
     return wrapper
 
 
-# ---------------------------------------------------------------- components that leave decoding to ddpm_core
-class UploadImage(gr.Image):
-    """An image upload that passes the raw file path on: ddpm_core.imaging decodes it safely (gradio would open it
-    with PIL first, turning corrupt files and bombs into an opaque error)."""
-
-    is_template = True
-
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        if payload.path is None:
-            raise gr.Error("The upload did not arrive as a file; please upload it again.")
-        return payload.path
-
-
-class StrictNumber(gr.Number):
-    """A number input whose API value is checked for type and finiteness before gradio's own bounds check."""
-
-    is_template = True
-
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        if isinstance(payload, bool) or not isinstance(payload, (int, float)) or not math.isfinite(payload):
-            raise gr.Error(f"{self.label or 'value'} must be a finite number, got {payload!r}")
-        return super().preprocess(payload)
-
-
-class StrictSlider(gr.Slider):
-    is_template = True
-
-    def preprocess(self, payload):
-        if isinstance(payload, bool) or not isinstance(payload, (int, float)) or not math.isfinite(payload):
-            raise gr.Error(f"{self.label or 'value'} must be a finite number, got {payload!r}")
-        return super().preprocess(payload)
-
-
 def _int(value, name: str, lo: int, hi: int) -> int:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {short_repr(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if isinstance(value, int) and not lo <= value <= hi:  # compared as integers: 10**400 has no float
+        raise ValueError(f"{name} must be between {lo} and {hi}, got a number of {len(str(abs(value)))} digits"
+                         if abs(value) > 2**53 else f"{name} must be between {lo} and {hi}, got {value}")
     if value != int(value):
         raise ValueError(f"{name} must be a whole number, got {value}")
     if not lo <= int(value) <= hi:
@@ -167,10 +143,25 @@ def _diffusion(schedule: str, T: int) -> GaussianDiffusion:
     return GaussianDiffusion(NoiseSchedule.make(schedule, T))
 
 
+def _schedule_name(schedule) -> str:
+    if not isinstance(schedule, str) or schedule not in SCHEDULE_CHOICES:
+        raise ValueError(f"unknown schedule {short_repr(schedule)}; choose one of {', '.join(SCHEDULE_CHOICES)}")
+    return schedule
+
+
+def t_min(schedules) -> int:
+    """The smallest T every schedule in ``schedules`` allows: linear_improved scales beta_end = 0.02 by 1000/T,
+    which must stay below 1."""
+    return LINEAR_IMPROVED_T_MIN if "linear_improved" in schedules else T_MIN
+
+
 def _schedule_args(schedule, T) -> tuple[str, int]:
-    if schedule not in SCHEDULE_CHOICES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULE_CHOICES)}")
-    return schedule, _int(T, "T", T_MIN, T_MAX)
+    schedule = _schedule_name(schedule)
+    lo = t_min([schedule])
+    T = _int(T, "T", T_MIN, T_MAX)
+    if T < lo:
+        raise ValueError(f"{schedule} needs T ≥ {lo}: it scales β_end = 0.02 by 1000/T, which must stay below 1")
+    return schedule, T
 
 
 @functools.lru_cache(maxsize=8)
@@ -197,43 +188,6 @@ def _display(img, min_side: int = 160):
     return img.resize((img.width * factor, img.height * factor), 0) if factor > 1 else img
 
 
-_janitor = {"last": 0.0}
-OUT_MAX_AGE_S = 3600
-
-
-def _out_path(name: str) -> Path:
-    """A fresh folder per result, so downloads keep a readable name and never collide between users.
-    Folders older than an hour are removed (checked at most once a minute)."""
-    now = time.time()
-    if now - _janitor["last"] > 60:
-        _janitor["last"] = now
-        for old in OUT_DIR.glob("*/") if OUT_DIR.is_dir() else []:
-            try:
-                if now - old.stat().st_mtime > OUT_MAX_AGE_S:
-                    shutil.rmtree(old, ignore_errors=True)
-            except OSError:
-                pass
-    folder = OUT_DIR / uuid.uuid4().hex
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / name
-
-
-_ENCODER = ThreadPoolExecutor(4, thread_name_prefix="png")  # PIL releases the GIL while encoding
-
-
-def _png(img, name: str = "image.png") -> str:
-    """Write an image (PIL or uint8 array) as PNG under a unique path and return the path.
-
-    Returning paths rather than arrays matters under load: gradio writes returned arrays/PIL images to a
-    content-addressed cache file non-atomically, so two users receiving identical images at once could read a
-    half-written file; files handed over as paths are copied into its cache atomically."""
-    if not hasattr(img, "save"):
-        img = Image.fromarray(img)
-    path = _out_path(name)
-    img.save(path, format="PNG", compress_level=1)
-    return str(path)
-
-
 # ---------------------------------------------------------------- forward process
 def _fmt(x: float) -> str:
     return f"{x:.4g}" if math.isfinite(x) else ("∞" if x > 0 else "−∞")
@@ -252,9 +206,9 @@ def forward(image, t, schedule, T, seed):
                f"| {t} | {_fmt(r['alpha_bar'])} | {_fmt(r['sqrt_alpha_bar'])} | {_fmt(r['sqrt_one_minus_alpha_bar'])} | "
                f"{_fmt(r['snr'])} | {_fmt(r['snr_db'])} | {_fmt(r['beta'])} |")
     posterior = f"σ̃_t = √β̃_t = **{_fmt(r['posterior_std'])}**" + ("  (t = 0: x₀ is returned exactly)" if t == 0 else "")
-    x_t, noise, strip, mean = _ENCODER.map(lambda a: _png(*a), [
-        (to_uint8(v.x_t)[0].squeeze(), f"x_t-t{t}.png"), (noise_to_pil(v.noise), "noise.png"), (strip, "strip.png"),
-        (to_uint8(v.posterior_mean)[0].squeeze(), f"posterior-mean-t{t}.png")])
+    x_t, noise, strip, mean = pngs([
+        (tensor_to_pil(v.x_t)[0], f"x_t-t{t}.png"), (noise_to_pil(v.noise), "noise.png"), (strip, "strip.png"),
+        (tensor_to_pil(v.posterior_mean)[0], f"posterior-mean-t{t}.png")])
     return x_t, noise, strip, readout, mean, posterior
 
 
@@ -263,14 +217,25 @@ def t_slider_range(T, t):
     return gr.update(maximum=T - 1, value=min(int(t or 0), T - 1))
 
 
+def T_slider_minimum(schedules, T):
+    """Keep T within what the chosen schedule(s) allow, before the user can click into an error."""
+    schedules = [schedules] if isinstance(schedules, str) else list(schedules or [])
+    lo = t_min(schedules)
+    value = T if isinstance(T, (int, float)) and not isinstance(T, bool) else T_MAX
+    return gr.update(minimum=lo, value=max(lo, min(T_MAX, value)))
+
+
 # ---------------------------------------------------------------- schedules
 @user_errors
 def schedule_plots(selected, T):
     """One long DataFrame per curve (t, value, schedule) for the LinePlots, and the whole table as CSV."""
-    if not selected:
-        raise ValueError("Tick at least one schedule.")
     if isinstance(selected, str):
         selected = [selected]
+    if not isinstance(selected, (list, tuple)):
+        raise ValueError(f"selected must be a list of schedule names, got {short_repr(selected)}")
+    if not selected:
+        raise ValueError("Tick at least one schedule.")
+    selected = list(dict.fromkeys(_schedule_name(name) for name in selected))  # each schedule once, in order
     T = _int(T, "T", T_MIN, T_MAX)
     frames = []
     for name in selected:
@@ -298,7 +263,7 @@ def _steps_for(sampler: str, steps) -> int | None:
 
 
 def _model(name):
-    return load_checkpoint(name, DEVICE, DTYPE)
+    return load_checkpoint(name, DEVICE, DTYPE)  # validates the name (type, length, form) with a clear ValueError
 
 
 def _trajectory_image(snapshots) -> object:
@@ -496,14 +461,16 @@ def build_demo() -> gr.Blocks:
                 fwd_outputs = [x_t, noise, strip, readout, posterior_img, posterior_md]
                 fwd = dict(fn=forward, inputs=fwd_inputs, outputs=fwd_outputs, concurrency_limit=4,
                            concurrency_id="forward", show_progress="minimal")
-                gr.on([image.change, t.release, schedule.change, seed.submit], api_name="forward", trigger_mode="always_last", **fwd)
+                gr.on([image.change, t.release, seed.submit], api_name="forward", trigger_mode="always_last", **fwd)
+                schedule.change(T_slider_minimum, [schedule, T], T, api_visibility="private").then(
+                    t_slider_range, [T, t], t, api_visibility="private").then(api_visibility="private", **fwd)
                 t.input(api_visibility="private", trigger_mode="always_last", **fwd)
                 T.release(t_slider_range, [T, t], t, api_visibility="private").then(api_visibility="private", **fwd)
 
             # ---------------- schedules
             with gr.Tab(text["tab_schedules"], id="schedules") as tabs["tab_schedules"]:
                 with gr.Row():
-                    chosen = gr.CheckboxGroup(SCHEDULE_CHOICES, value=["linear", "squaredcos_cap_v2"], label="Schedules", scale=3)
+                    chosen = StrictCheckboxGroup(SCHEDULE_CHOICES, value=["linear", "squaredcos_cap_v2"], label="Schedules", scale=3)
                     T_plot = StrictSlider(T_MIN, T_MAX, value=1000, step=1, label="T", scale=2)
                     csv = gr.File(label="Data (CSV)", scale=1)
                 plots = []
@@ -517,7 +484,9 @@ def build_demo() -> gr.Blocks:
                 md["schedules"] = gr.Markdown(text["schedules"], latex_delimiters=LATEX)
                 sched_io = dict(fn=schedule_plots, inputs=[chosen, T_plot], outputs=[*plots, csv], concurrency_limit=4,
                                 concurrency_id="schedules")
-                gr.on([chosen.change, T_plot.release], api_name="schedules", **sched_io)
+                T_plot.release(api_name="schedules", **sched_io)
+                chosen.change(T_slider_minimum, [chosen, T_plot], T_plot, api_visibility="private").then(
+                    api_visibility="private", **sched_io)
 
             # ---------------- sampling
             with gr.Tab(text["tab_sample"], id="sample") as tabs["tab_sample"]:
@@ -573,8 +542,9 @@ def build_demo() -> gr.Blocks:
                     api_visibility="private")
         demo.load(schedule_plots, [chosen, T_plot], [*plots, csv], api_visibility="private")
         demo.load(api_visibility="private", **fwd)
-    demo.queue(default_concurrency_limit=2, max_size=64)
-    return demo
+    # No global queue size: each concurrency group has its own, and each visitor a share of it (GUARD).
+    demo.queue(default_concurrency_limit=2, max_size=None)
+    return GUARD.install(clear_request_errors(demo))
 
 
 WARM = {"status": "not started"}
@@ -602,8 +572,10 @@ def launch(demo: gr.Blocks | None = None, warm: bool = True, **kwargs):
         threading.Thread(target=warm_up_default, name="warm-up", daemon=True).start()
     kwargs.setdefault("server_name", os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
     kwargs.setdefault("server_port", int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    app_kwargs = kwargs.pop("app_kwargs", None) or {}
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), GUARD.middleware()]
     return demo.launch(theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="pink"), css=CSS,
-                       max_file_size="30mb", **kwargs)
+                       max_file_size="30mb", app_kwargs=app_kwargs, **kwargs)
 
 
 if __name__ == "__main__":

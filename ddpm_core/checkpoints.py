@@ -74,14 +74,20 @@ def bundled_models() -> list[str]:
     return sorted(p.name for p in CHECKPOINT_DIR.iterdir() if (p / "unet" / "config.json").is_file() or (p / "config.json").is_file())
 
 
+MAX_ID_CHARS = 96 + 1 + 96  # huggingface_hub: owner and name of at most 96 characters each
+
+
 def validate_model_id(name: str) -> tuple[str, str]:
     """Classify ``name`` as ``("bundled", name)`` or ``("hub", repo_id)``; ``ValueError`` for anything else.
 
     Paths, URLs, ``..`` and absolute names are refused: local models are only the folders in ``checkpoints/``.
     """
     if not isinstance(name, str):
-        raise ValueError(f"a model name must be a string, got {type(name).__name__}")
+        raise ValueError(f"a model name must be text (a bundled name or a Hub id), got {type(name).__name__}")
     name = name.strip()
+    if len(name) > MAX_ID_CHARS:  # Hub ids are at most 96 characters; never echo a huge string back
+        raise ValueError(f"{name[:40]!r}... ({len(name)} characters) is too long for a model name or Hub id "
+                         f"(at most {MAX_ID_CHARS})")
     if not name:
         raise ValueError("no model given: pick a bundled model or type a Hub id such as google/ddpm-cifar10-32")
     if "://" in name or name.startswith(("/", "~", "\\")) or ".." in name or "\\" in name or "--" in name:
@@ -286,7 +292,8 @@ class ModelCache:
 
     def get(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
             cache_dir: str | None = None) -> LoadedModel:
-        key = (name.strip() if isinstance(name, str) else name, str(torch.device(device)), dtype)
+        validate_model_id(name)  # a list or dict as a name must be a clear ValueError, not a failed dict lookup
+        key = (name.strip(), str(torch.device(device)), dtype)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)

@@ -60,6 +60,7 @@ def served():
     """The Space, built and launched on a free 127.0.0.1 port for one test module: yields (app module, url)."""
     import app
 
+    app.GUARD.trust_proxy = True  # as behind the Spaces proxy: load tests tell their users apart by X-Forwarded-For
     demo = app.build_demo()
     port = free_port()
     app.launch(demo, warm=False, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

@@ -1,0 +1,126 @@
+"""Input components that check what an API client sends before gradio or the handler touch it.
+
+The browser only sends what the widgets allow; a client of the API can send anything JSON can hold (a list for a
+number, 10**400, a string of 10 KB). Each check here turns such a value into a short, clear ``gr.Error``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import gradio as gr
+import gradio.component_meta as _component_meta
+from gradio.exceptions import InvalidPathError
+from gradio.utils import get_upload_folder, is_in_or_equal
+
+#: Beyond this, a number is certainly out of every range the app offers; rejecting it before any float()
+#: conversion also avoids OverflowError for integers of 309 digits and more.
+HUGE = 2**53
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message must not echo a 10 KB request back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_number(value, label: str):
+    """The value if it is a real, finite number of sane size; else a ``gr.Error`` naming ``label``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise gr.Error(f"{label} must be a finite number, got {short_repr(value)}")
+    if isinstance(value, int) and abs(value) > HUGE:
+        raise gr.Error(f"{label} is far out of range (a number of {len(str(abs(value)))} digits)")
+    if not math.isfinite(value):
+        raise gr.Error(f"{label} must be a finite number, got {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def _no_stub_files():
+    """gradio writes a ``.pyi`` stub beside the source of every component subclass when the class is created;
+    the app's folder may be read-only at run time (as on Spaces), and nothing but results may be written."""
+    original = _component_meta.create_or_modify_pyi
+    _component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        _component_meta.create_or_modify_pyi = original
+
+
+with _no_stub_files():
+
+    class UploadImage(gr.Image):
+        """An image upload that passes the raw file path on: ``ddpm_core.imaging`` decodes it safely (gradio
+        would open it with PIL first, turning corrupt files and bombs into an opaque error)."""
+
+        is_template = True
+        #: Besides gradio's upload cache, files may come from these folders (the app's own examples).
+        allowed_folders: tuple[str, ...] = ()
+
+        def preprocess(self, payload):
+            if payload is None:
+                return None
+            if payload.path is None:
+                raise gr.Error("The upload did not arrive as a file; please upload it again.")
+            if not any(is_in_or_equal(payload.path, folder) for folder in (get_upload_folder(), *self.allowed_folders)):
+                # an API client can name any path; only uploads (and the examples) are ever read
+                raise gr.Error("That file was not uploaded to this Space: upload the image, then use it.")
+            return payload.path
+
+    class StrictNumber(gr.Number):
+        """A number input whose API value is checked (type, size, finiteness) before gradio's own handling."""
+
+        is_template = True
+
+        def preprocess(self, payload):
+            if payload is None:
+                return None
+            return super().preprocess(check_number(payload, self.label or "value"))
+
+    class StrictSlider(gr.Slider):
+        """A slider whose API value is checked (type, size, finiteness) before gradio's bounds check."""
+
+        is_template = True
+
+        def preprocess(self, payload):
+            return super().preprocess(check_number(payload, self.label or "value"))
+
+    class StrictCheckboxGroup(gr.CheckboxGroup):
+        """A checkbox group whose API value must be a list of strings (a single string counts as a list of one)."""
+
+        is_template = True
+
+        def preprocess(self, payload):
+            payload = [payload] if isinstance(payload, str) else payload
+            if not isinstance(payload, list) or not all(isinstance(v, str) for v in payload):
+                raise gr.Error(f"{self.label or 'value'} must be a list of names, got {short_repr(payload)}")
+            return super().preprocess(payload)
+
+
+def clear_request_errors(demo: gr.Blocks) -> gr.Blocks:
+    """Requests gradio refuses before any handler runs get a message that says why (gradio's own is generic):
+    too few values, a file path that was never uploaded, a value that does not fit its input's form."""
+    validate, preprocess = demo.validate_inputs, demo.preprocess_data
+
+    def validate_inputs(block_fn, inputs):
+        if len(inputs) < len(block_fn.inputs):
+            names = ", ".join(getattr(b, "label", None) or type(b).__name__ for b in block_fn.inputs)
+            raise gr.Error(f"{block_fn.api_name or block_fn.name} takes {len(block_fn.inputs)} values ({names}); "
+                           f"{len(inputs)} arrived: a value is missing")
+        return validate(block_fn, inputs)
+
+    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
+        try:
+            return await preprocess(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except InvalidPathError as err:
+            raise gr.Error("That file was not uploaded to this Space: upload the image, then use it.") from err
+        except ValueError as err:  # pydantic's ValidationError included: a value of the wrong form
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise gr.Error(f"A value sent to {block_fn.api_name or block_fn.name} does not fit its input "
+                           f"({short_repr(first_line, 120)})") from err
+
+    demo.validate_inputs, demo.preprocess_data = validate_inputs, preprocess_data
+    return demo
