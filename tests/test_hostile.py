@@ -267,3 +267,24 @@ def test_fuzz_every_endpoint_with_arbitrary_json(polite):
                 endpoint, position, json.dumps(value)[:200], message)
 
     check()
+
+
+def test_the_source_folder_is_not_written_at_run_time(tmp_path):
+    """Spaces may mount the app read-only: building and serving the app writes nothing beside its source
+    (gradio writes a .pyi stub beside the source of every component subclass unless told not to)."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("app.py", "ui_text.py"):
+        shutil.copy(root / name, src / name)
+    shutil.copytree(root / "ui", src / "ui", ignore=shutil.ignore_patterns("__pycache__"))
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    code = "import app; app.build_demo(); print('built')"
+    env = {**__import__("os").environ, "PYTHONPATH": f"{src}:{root}", "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=src, env=env, capture_output=True, text=True, timeout=300)
+    assert "built" in out.stdout, out.stderr[-2000:]
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
