@@ -1,7 +1,8 @@
 """Safe image decoding and conversions between PIL images and model tensors in [-1, 1].
 
-Uploads are hostile by default: every failure to decode becomes a ``ValueError`` with a message a user can act
-on, and nothing is decoded past the limits below (decompression bombs are refused before pixels are allocated).
+Uploads are hostile by default: only an allow-list of raster formats is decoded, recognised by their magic bytes
+before any Pillow plugin parses them; every failure to decode becomes a ``ValueError`` with a message a user can
+act on; nothing is decoded past the limits below (decompression bombs are refused before pixels are allocated).
 """
 
 from __future__ import annotations
@@ -24,17 +25,48 @@ MAX_SIDE_DEFAULT = 512
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own bomb guard, as a second line behind the check in load_image
 
+#: The formats decoded. All are pure raster formats, decoded in-process by Pillow's own plugins or the codec
+#: libraries it bundles (libpng/zlib, libjpeg, libwebp, libtiff), and they are what people upload. JPEG includes
+#: the multi-picture variant (MPO) phone cameras write, opened by the same JPEG parser. Binary PPM/PGM/PBM (P4-P6)
+#: is a text header followed by raw samples, the simplest raster there is; the ASCII variants (P1-P3) are not
+#: accepted because Pillow parses their samples in Python, slowly. Not accepted: EPS/PostScript/PDF (Pillow hands
+#: them to Ghostscript, an interpreter of a programming language, in a subprocess), ICO/ICNS (containers whose
+#: directory picks among nested images), TGA (no magic bytes to recognise it by), JPEG 2000, PSD and the other
+#: rarely used formats Pillow can open: each one more parser exposed for no benefit here.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WebP", "GIF", "BMP", "TIFF", "PPM/PGM/PBM")
+ACCEPTED_TEXT = "PNG, JPEG, WebP, GIF, BMP, TIFF or binary PPM/PGM/PBM"
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_MAGIC = (  # leading bytes -> the only Pillow plugin allowed to parse the file
+    (_PNG_MAGIC, "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),  # classic and BigTIFF
+)
+_REFUSED_MAGIC = (  # recognised only to say what the file is
+    (b"%!PS", "a PostScript/EPS document"),
+    (b"\xc5\xd0\xd3\xc6", "a PostScript/EPS document"),  # EPS with a binary preview header
+    (b"%PDF", "a PDF document"),
+    (b"\x00\x00\x01\x00", "an ICO icon"),
+    (b"icns", "an ICNS icon"),
+    (b"8BPS", "a Photoshop document"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
+    (b"\xff\x4f\xff\x51", "a JPEG 2000 image"),
+)
+
 
 def _describe(source) -> str:
-    return Path(source).name if isinstance(source, (str, os.PathLike)) else type(source).__name__
+    return Path(source).name if isinstance(source, (str, os.PathLike)) else "the file"
 
 
 def load_image(source, mode: str = "RGB", max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode ``source`` (a path, bytes, a PIL image or an ``[H x W (x C)]`` array) into an 8-bit ``mode`` image.
 
-    Handles EXIF rotation, transparency (composited on white), palettes, 16-bit and float images, CMYK and the
-    first frame of animations. Raises ``ValueError`` for empty, corrupt, truncated, non-image, non-finite,
-    oversized (> ``max_pixels``) or extremely elongated (aspect > 32:1) inputs.
+    Files must be one of ``ACCEPTED_FORMATS``. Handles EXIF rotation, transparency (composited on white),
+    palettes, 16-bit and float images, CMYK and the first frame of animations. Raises ``ValueError`` for empty,
+    corrupt, truncated, non-image, non-finite, oversized (> ``max_pixels``) or extremely elongated (aspect > 32:1)
+    inputs, and for files in any other format.
     """
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
@@ -44,10 +76,13 @@ def load_image(source, mode: str = "RGB", max_pixels: int = MAX_PIXELS) -> Image
         img = source
     else:
         data = _read_bytes(source)
+        fmt = _sniff(data)
+        if fmt is None:
+            raise ValueError(_refusal(source, data))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
+                img = Image.open(io.BytesIO(data), formats=[fmt])  # no other plugin may claim the bytes
                 _check_size(img.size, max_pixels)
                 img.seek(0)
                 img.load()
@@ -57,9 +92,7 @@ def load_image(source, mode: str = "RGB", max_pixels: int = MAX_PIXELS) -> Image
             raise ValueError(f"image refused: it declares more pixels than the {max_pixels / 1e6:.0f} MP limit "
                              "(a decompression bomb?)") from err
         except UnidentifiedImageError as err:
-            raise ValueError(
-                f"{_describe(source)} is not an image that can be read (PNG, JPEG, WebP, GIF, BMP, TIFF are; SVG and HTML are not)"
-            ) from err
+            raise ValueError(f"{_describe(source)} is corrupt or truncated and cannot be decoded as {fmt}") from err
         except (OSError, SyntaxError, EOFError, IndexError, TypeError, Image.DecompressionBombError) as err:
             raise ValueError(f"{_describe(source)} is corrupt or truncated and cannot be decoded ({err})") from err
     _check_size(img.size, max_pixels)
@@ -89,6 +122,36 @@ def _read_bytes(source) -> bytes:
     if len(data) > MAX_FILE_BYTES:
         raise ValueError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB")
     return data
+
+
+def _sniff(data: bytes) -> str | None:
+    """The Pillow plugin for ``data`` if it is in an accepted format, else None."""
+    for magic, fmt in _MAGIC:
+        if data.startswith(magic):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:1] == b"P" and data[1:2] in (b"4", b"5", b"6") and data[2:3].isspace():
+        return "PPM"
+    return None
+
+
+def _refusal(source, data: bytes) -> str:
+    kind = next((k for magic, k in _REFUSED_MAGIC if data.startswith(magic)), None)
+    if kind is None and data[4:8] == b"ftyp":
+        kind = "a HEIC/AVIF photo (export it as JPEG or PNG first)"
+    if kind is None:
+        text = data[:2048].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+        if b"<svg" in text:
+            kind = "an SVG drawing"
+        elif text.startswith((b"<!doctype html", b"<html")):
+            kind = "an HTML page"
+        elif text.startswith(b"<"):
+            kind = "an XML document"
+        elif data[:1] == b"P" and data[1:2] in (b"1", b"2", b"3"):
+            kind = "an ASCII PPM/PGM/PBM image"
+    what = f"is {kind}, not an image in an accepted format" if kind else "is not an image in an accepted format"
+    return f"{_describe(source)} {what}: upload {ACCEPTED_TEXT} (SVG, PDF, PostScript and HTML are not images)"
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:

@@ -1,5 +1,9 @@
 """Safe decoding of every kind of upload, and a fuzz of the decoder."""
 
+import io
+import os
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -82,8 +86,6 @@ def test_fuzz_random_bytes_never_crash_the_decoder(data):
 @given(st.integers(0, 60), st.sampled_from(["png", "jpeg", "gif", "bmp", "tiff", "webp"]), st.integers(1, 40), st.integers(1, 40))
 def test_fuzz_corrupted_real_images(cut, fmt, w, h):
     """Real encodings of random sizes, with bytes flipped or cut: decoded or refused with ValueError."""
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(w * h).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format=fmt)
     data = bytearray(buf.getvalue())
@@ -96,3 +98,124 @@ def test_fuzz_corrupted_real_images(cut, fmt, w, h):
     except ValueError:
         return
     assert img.size[0] >= 1
+
+
+# --- Only raster formats from an allow-list are parsed ------------------------------------------------------------
+
+ACCEPTED = "PNG, JPEG, WebP, GIF, BMP, TIFF"
+
+EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
+%%BoundingBox: 0 0 16 16
+%%EndComments
+newpath 0 0 moveto 16 0 lineto 16 16 lineto closepath fill
+showpage
+%%EOF
+"""
+
+
+def _encoded(img, fmt, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _blocks(w=24, h=16):
+    """Four flat colours: exact through every lossless format, GIF's palette included."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[: h // 2, : w // 2], a[: h // 2, w // 2:] = (250, 10, 10), (10, 250, 10)
+    a[h // 2:, : w // 2], a[h // 2:, w // 2:] = (10, 10, 250), (240, 240, 240)
+    return a
+
+
+def test_postscript_is_refused_before_any_parser_and_starts_no_process(tmp_path, monkeypatch):
+    """Pillow renders EPS by running Ghostscript on the upload: the file must be refused by its magic bytes."""
+    from PIL import EpsImagePlugin
+
+    marker = tmp_path / "gs-ran"
+    fake_gs = tmp_path / "gs"
+    fake_gs.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake_gs.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", str(fake_gs))  # as if Ghostscript were installed
+    spawned = []
+
+    def no_process(*args, **kwargs):
+        spawned.append(args)
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    path = tmp_path / "upload.eps"
+    path.write_bytes(EPS)
+    for source in (path, EPS, b"\xc5\xd0\xd3\xc6" + bytes(26) + EPS):
+        with pytest.raises(ValueError, match="PostScript") as err:
+            load_image(source)
+        assert ACCEPTED in str(err.value)
+    assert spawned == [] and not marker.exists()
+
+
+def _refused_uploads():
+    rgb = Image.fromarray(_blocks())
+    files = {
+        "pdf": _encoded(rgb, "PDF"),
+        "ico": _encoded(rgb, "ICO"),
+        "tga": _encoded(rgb, "TGA"),
+        "pcx": _encoded(rgb, "PCX"),
+        "xbm": _encoded(rgb.convert("1"), "XBM"),
+        "ascii_ppm": b"P3\n2 1\n255\n255 0 0 0 255 0\n",
+        "heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64),
+        "svg": b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>',
+        "html": b"<!DOCTYPE html><html><body>hi</body></html>",
+    }
+    from PIL import features
+
+    if features.check("jpg_2000"):
+        files["jp2"] = _encoded(rgb, "JPEG2000")
+    return files
+
+
+@pytest.mark.parametrize("kind", list(_refused_uploads()))
+def test_formats_outside_the_allow_list_are_refused_naming_the_accepted_ones(kind):
+    data = _refused_uploads()[kind]
+    with pytest.raises(ValueError, match="accepted format") as err:
+        load_image(data)
+    assert ACCEPTED in str(err.value)
+    assert {"pdf": "PDF", "ico": "ICO", "svg": "SVG", "html": "HTML", "heic": "HEIC", "ascii_ppm": "ASCII"}.get(kind, "") in str(err.value)
+
+
+def _accepted_uploads():
+    a = _blocks()
+    rgb = Image.fromarray(a)
+    files = {  # name -> (bytes, expected RGB pixels; None: what Pillow's own decoder gives for a lossy format)
+        "png": (_encoded(rgb, "PNG"), a),
+        "jpeg": (_encoded(rgb, "JPEG", quality=95), None),
+        "mpo": (_encoded(rgb, "MPO", save_all=True, append_images=[rgb.rotate(180)]), None),
+        "webp": (_encoded(rgb, "WEBP", lossless=True), a),
+        "webp_lossy": (_encoded(rgb, "WEBP", quality=95), None),
+        "gif": (_encoded(rgb, "GIF"), a),
+        "bmp": (_encoded(rgb, "BMP"), a),
+        "tiff": (_encoded(rgb, "TIFF"), a),
+        "tiff_lzw": (_encoded(rgb, "TIFF", compression="tiff_lzw"), a),
+        "tiff_deflate": (_encoded(rgb, "TIFF", compression="tiff_adobe_deflate"), a),
+        "tiff_packbits": (_encoded(rgb, "TIFF", compression="packbits"), a),
+        "bigtiff": (_encoded(rgb, "TIFF", big_tiff=True), a),
+        "ppm": (_encoded(rgb, "PPM"), a),
+        "pgm": (_encoded(rgb.convert("L"), "PPM"), np.asarray(rgb.convert("L").convert("RGB"))),
+        "pbm": (_encoded(rgb.convert("1"), "PPM"), np.asarray(rgb.convert("1").convert("RGB"))),
+    }
+    assert files["ppm"][0][:2] == b"P6" and files["pgm"][0][:2] == b"P5" and files["pbm"][0][:2] == b"P4"
+    assert files["bigtiff"][0][:4] == b"II+\x00"
+    return files
+
+
+@pytest.mark.parametrize("kind", list(_accepted_uploads()))
+def test_every_accepted_format_still_decodes(kind, tmp_path):
+    data, expected = _accepted_uploads()[kind]
+    if expected is None:
+        with Image.open(io.BytesIO(data)) as im:
+            expected = np.asarray(im.convert("RGB"))
+        assert np.abs(expected.astype(int) - _blocks()).mean() < 15  # the same picture, give or take compression
+    path = tmp_path / "upload.png"  # the name does not matter, the bytes do
+    path.write_bytes(data)
+    for source in (data, path):
+        assert np.array_equal(np.asarray(load_image(source)), expected), kind
+    assert load_image(data, mode="L").size == (24, 16)
