@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import os
 import warnings
+import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 #: Limits on what is decoded. 6000x4000 (24 MP) photos pass; a 1x100000 strip or a 100k x 100k bomb does not.
 MAX_FILE_BYTES = int(os.environ.get("DDPM_MAX_UPLOAD_BYTES", 30 * 1024 * 1024))
@@ -79,6 +80,8 @@ def load_image(source, mode: str = "RGB", max_pixels: int = MAX_PIXELS) -> Image
         fmt = _sniff(data)
         if fmt is None:
             raise ValueError(_refusal(source, data))
+        if fmt == "PNG":
+            data = _png_without_oversized_metadata(data)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -152,6 +155,76 @@ def _refusal(source, data: bytes) -> str:
             kind = "an ASCII PPM/PGM/PBM image"
     what = f"is {kind}, not an image in an accepted format" if kind else "is not an image in an accepted format"
     return f"{_describe(source)} {what}: upload {ACCEPTED_TEXT} (SVG, PDF, PostScript and HTML are not images)"
+
+
+_PNG_METADATA = (b"tEXt", b"zTXt", b"iTXt", b"iCCP")
+
+
+def _png_without_oversized_metadata(data: bytes) -> bytes:
+    """Drop the text and ICC-profile chunks Pillow would refuse to read (over ``PngImagePlugin.MAX_TEXT_CHUNK``
+    once inflated, too many in total, or malformed): they describe the image, they are not the image, and load_image
+    does not use an ICC profile. The rest of the stream is kept byte for byte, CRCs included; chunks within limits
+    stay (XMP and "Raw profile type exif" text can carry the orientation)."""
+    limit = PngImagePlugin.MAX_TEXT_CHUNK
+    budget = PngImagePlugin.MAX_TEXT_MEMORY // 4  # bytes inflated here in all, well under Pillow's own total
+    view = memoryview(data)
+    kept: list[memoryview] = []
+    start, pos = 0, len(_PNG_MAGIC)
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        end = pos + 12 + length
+        if end > len(data):
+            break  # truncated: Pillow says so
+        kind = data[pos + 4:pos + 8]
+        if kind in _PNG_METADATA:
+            size = _metadata_size(kind, view[pos + 8:pos + 8 + length], min(limit, budget))
+            if size is None:
+                kept.append(view[start:pos])
+                start = end
+            else:
+                budget -= size
+        if kind == b"IEND":
+            break
+        pos = end
+    if not kept:
+        return data
+    kept.append(view[start:])
+    return b"".join(kept)
+
+
+def _metadata_size(kind: bytes, body: memoryview, limit: int) -> int | None:
+    """The size of a PNG text or ICC chunk's content once inflated, or None if it is over ``limit`` or malformed.
+    Inflates at most ``limit`` bytes, whatever the chunk claims."""
+    if limit <= 0:
+        return None
+    body = bytes(body)
+    if kind == b"tEXt":
+        return len(body) if len(body) <= limit else None
+    keyword, sep, rest = body.partition(b"\0")
+    if not sep or not keyword:
+        return None
+    if kind == b"iTXt":
+        if len(rest) < 2:
+            return None
+        compressed, method, rest = rest[0], rest[1], rest[2:]
+        parts = rest.split(b"\0", 2)
+        if len(parts) != 3:
+            return None
+        if not compressed:
+            return len(parts[2]) if len(parts[2]) <= limit else None
+        if method != 0:
+            return None
+        stream = parts[2]
+    else:  # zTXt and iCCP: a compression method byte (0 is zlib, the only one defined) then the stream
+        if rest[:1] != b"\0":
+            return None
+        stream = rest[1:]
+    inflate = zlib.decompressobj()
+    try:
+        out = inflate.decompress(stream, limit)
+    except zlib.error:
+        return None
+    return None if inflate.unconsumed_tail else len(out)
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import ddpm_core.imaging as imaging
 from ddpm_core.imaging import (
     center_crop_resize, fit_longest_side, load_image, make_grid, pil_to_tensor, save_animation, tensor_to_pil, to_uint8,
 )
@@ -219,3 +220,54 @@ def test_every_accepted_format_still_decodes(kind, tmp_path):
     for source in (data, path):
         assert np.array_equal(np.asarray(load_image(source)), expected), kind
     assert load_image(data, mode="L").size == (24, 16)
+
+
+# --- PNG metadata never stops the pixels from decoding -------------------------------------------------------------
+
+def _png_with(info=None, **kw):
+    a = np.random.default_rng(1).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    return a, _encoded(Image.fromarray(a), "PNG", pnginfo=info, **kw)
+
+
+def _oversized_metadata():
+    from PIL import PngImagePlugin
+
+    big = PngImagePlugin.MAX_TEXT_CHUNK * 2  # 2 MB inflated; a few KB in the file
+    ztxt, itxt, text, many = (PngImagePlugin.PngInfo() for _ in range(4))
+    ztxt.add_text("Comment", "z" * big, zip=True)
+    itxt.add_itxt("Description", "i" * big, zip=True)
+    text.add_text("Comment", "t" * big)
+    for k in range(80):  # each under the per-chunk limit, together over Pillow's 64 MB for all text
+        many.add_text(f"note{k}", "m" * (PngImagePlugin.MAX_TEXT_CHUNK - 10), zip=True)
+    return {"zTXt": {"info": ztxt}, "iTXt": {"info": itxt}, "tEXt": {"info": text}, "many_zTXt": {"info": many},
+            "iCCP": {"icc_profile": bytes(3 * PngImagePlugin.MAX_TEXT_CHUNK)}}
+
+
+@pytest.mark.parametrize("kind", list(_oversized_metadata()))
+def test_png_with_oversized_metadata_decodes_to_its_pixels(kind):
+    kw = _oversized_metadata()[kind]
+    a, data = _png_with(**kw)
+    got = load_image(data)
+    assert np.array_equal(np.asarray(got), a)
+    assert np.array_equal(np.asarray(load_image(data, mode="L")), np.asarray(Image.fromarray(a).convert("L")))
+
+
+def test_png_metadata_within_limits_is_kept():
+    from PIL import PngImagePlugin
+
+    _, plain = _png_with()
+    assert imaging._png_without_oversized_metadata(plain) is plain  # nothing dropped, nothing copied
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+                  '02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+                  'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    info.add_text("Comment", "z" * 2 * PngImagePlugin.MAX_TEXT_CHUNK, zip=True)
+    a, data = _png_with(info)
+    stripped = imaging._png_without_oversized_metadata(data)
+    assert len(stripped) < len(data)
+    with Image.open(io.BytesIO(stripped)) as im:
+        im.verify()  # the chunks left are intact, CRCs included
+    with Image.open(io.BytesIO(stripped)) as im:
+        assert "XML:com.adobe.xmp" in im.info and "Comment" not in im.info
+    got = load_image(data)  # the XMP orientation survived: rotated a quarter turn
+    assert got.size == (12, 20) and np.array_equal(np.asarray(got), np.rot90(a, -1))
