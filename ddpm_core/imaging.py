@@ -3,20 +3,23 @@
 Uploads are hostile by default: only an allow-list of raster formats is decoded, recognised by their magic bytes
 before any Pillow plugin parses them; every failure to decode becomes a ``ValueError`` with a message a user can
 act on; nothing is decoded past the limits below (decompression bombs are refused before pixels are allocated).
+A decode holds at most the full-size image and its converted copy (conversions run in bands of rows), and at most
+``DECODE_CONCURRENCY`` decodes run at once.
 """
 
 from __future__ import annotations
 
 import io
+import operator
 import os
-import warnings
+import threading
 import zlib
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
 #: Limits on what is decoded. 6000x4000 (24 MP) photos pass; a 1x100000 strip or a 100k x 100k bomb does not.
 MAX_FILE_BYTES = int(os.environ.get("DDPM_MAX_UPLOAD_BYTES", 30 * 1024 * 1024))
@@ -25,6 +28,19 @@ MAX_ASPECT = 32
 MAX_SIDE_DEFAULT = 512
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own bomb guard, as a second line behind the check in load_image
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:  # a typo in the environment must not stop the app from starting
+        return default
+
+
+#: How many decodes run at once, process-wide (``DDPM_DECODE_CONCURRENCY``, default 2). Each one can hold a
+#: full-size image (120 MB for 40 MP RGB), so concurrent uploads wait for a slot instead of multiplying that.
+DECODE_CONCURRENCY = _env_int("DDPM_DECODE_CONCURRENCY", 2)
+_DECODE_SLOTS = threading.BoundedSemaphore(DECODE_CONCURRENCY)
 
 #: The formats decoded. All are pure raster formats, decoded in-process by Pillow's own plugins or the codec
 #: libraries it bundles (libpng/zlib, libjpeg, libwebp, libtiff), and they are what people upload. JPEG includes
@@ -56,54 +72,129 @@ _REFUSED_MAGIC = (  # recognised only to say what the file is
     (b"\xff\x4f\xff\x51", "a JPEG 2000 image"),
 )
 
+# Reduce (box filter) or draft a JPEG down to no less than this many times the requested size, then resample with
+# Lanczos: the reduction saves work and memory, the final Lanczos keeps the result within a few levels of
+# resampling the full image (Pillow's resize(reducing_gap=3) is documented as indistinguishable in most cases).
+_REDUCING_GAP = 3.0
+_BAND_PIXELS = 1 << 18  # pixels converted per band: the scratch (a few MB) a conversion needs, whatever the image size
+
+_TRANSPOSE = {  # EXIF orientation -> what undoes it
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
 
 def _describe(source) -> str:
     return Path(source).name if isinstance(source, (str, os.PathLike)) else "the file"
 
 
-def load_image(source, mode: str = "RGB", max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(source, mode: str = "RGB", max_pixels: int = MAX_PIXELS, max_side: int | None = None) -> Image.Image:
     """Decode ``source`` (a path, bytes, a PIL image or an ``[H x W (x C)]`` array) into an 8-bit ``mode`` image.
 
     Files must be one of ``ACCEPTED_FORMATS``. Handles EXIF rotation, transparency (composited on white),
     palettes, 16-bit and float images, CMYK and the first frame of animations. Raises ``ValueError`` for empty,
     corrupt, truncated, non-image, non-finite, oversized (> ``max_pixels``) or extremely elongated (aspect > 32:1)
     inputs, and for files in any other format.
+
+    With ``max_side``, the result's longest side is at most ``max_side`` (the same as ``fit_longest_side`` on
+    the full result, up to rounding), reduced while decoding so that no full-size copy is made.
     """
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
+    if max_side is not None:
+        try:
+            side = -1 if isinstance(max_side, bool) else operator.index(max_side)
+        except TypeError:
+            side = -1
+        if side < 1:
+            raise ValueError(f"max_side must be a positive whole number or None, got {max_side!r}")
+        max_side = side
+    with _DECODE_SLOTS:
+        return _load(source, mode, max_pixels, max_side)
+
+
+def _load(source, mode: str, max_pixels: int, max_side: int | None) -> Image.Image:
+    opened = None
     if isinstance(source, np.ndarray):
         img = _from_array(source)
     elif isinstance(source, Image.Image):
         img = source
     else:
-        data = _read_bytes(source)
-        fmt = _sniff(data)
-        if fmt is None:
-            raise ValueError(_refusal(source, data))
-        if fmt == "PNG":
-            data = _png_without_oversized_metadata(data)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data), formats=[fmt])  # no other plugin may claim the bytes
-                _check_size(img.size, max_pixels)
-                img.seek(0)
-                img.load()
-        except ValueError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise ValueError(f"image refused: it declares more pixels than the {max_pixels / 1e6:.0f} MP limit "
-                             "(a decompression bomb?)") from err
-        except UnidentifiedImageError as err:
-            raise ValueError(f"{_describe(source)} is corrupt or truncated and cannot be decoded as {fmt}") from err
-        except (OSError, SyntaxError, EOFError, IndexError, TypeError, Image.DecompressionBombError) as err:
-            raise ValueError(f"{_describe(source)} is corrupt or truncated and cannot be decoded ({err})") from err
-    _check_size(img.size, max_pixels)
+        opened = _open(source, max_pixels, max_side)
+        img = opened.img
     try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block must not lose the image itself
-        pass
-    return _to_8bit(img, mode)
+        _check_size(img.size, max_pixels)
+        full_size = opened.full_size if opened else img.size  # before a JPEG draft shrank it
+        extent = opened.extent if opened else img.size  # the decoded area that covers the whole picture
+        target = None if max_side is None else _fit_size(full_size, max_side)
+        if target == full_size:
+            target = None  # never upscale
+        factor = 1 if target is None else max(1, int(min(extent[0] / target[0], extent[1] / target[1]) / _REDUCING_GAP))
+        orientation = _orientation(img)
+        out = _to_8bit(img, mode, factor)
+    finally:
+        if opened is not None:
+            opened.close()  # the full-size pixels and the file's bytes go now, not when the caller drops the result
+    if target is not None:
+        out = out.resize(target, Image.Resampling.LANCZOS, box=(0, 0, extent[0] / factor, extent[1] / factor))
+    if orientation is not None:
+        out = out.transpose(orientation)
+    return out
+
+
+class _Opened:
+    """A decoded file: the loaded image, its declared size and the part of the decoded pixels covering it."""
+
+    def __init__(self, img: Image.Image, full_size: tuple[int, int], extent: tuple[float, float]):
+        self.img, self.full_size, self.extent = img, full_size, extent
+
+    def close(self) -> None:
+        self.img.close()
+
+
+def _open(source, max_pixels: int, max_side: int | None) -> _Opened:
+    """Parse and decode a file (path or bytes) in an accepted format; a JPEG is decoded at a reduced scale when
+    ``max_side`` allows."""
+    data = _read_bytes(source)
+    fmt = _sniff(data)
+    if fmt is None:
+        raise ValueError(_refusal(source, data))
+    if fmt == "PNG":
+        data = _png_without_oversized_metadata(data)
+    name = _describe(source)
+    try:
+        img = Image.open(io.BytesIO(data), formats=[fmt])  # no other plugin may claim the bytes
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image refused: it declares more pixels than the {max_pixels / 1e6:.0f} MP limit "
+                         "(a decompression bomb?)") from err
+    except Exception as err:  # whatever a hostile header makes a parser raise, the user gets a sentence
+        raise ValueError(f"{name} is corrupt or truncated and cannot be decoded as {fmt} ({err})") from err
+    full_size = extent = img.size
+    try:
+        # Between one and two times Image.MAX_IMAGE_PIXELS Pillow only warns; this refuses it. (No
+        # warnings.catch_warnings to make that warning an error: it swaps process-wide state, not thread-safe.)
+        _check_size(full_size, max_pixels)  # before any pixel is allocated
+    except ValueError:
+        img.close()
+        raise
+    try:
+        img.seek(0)
+        if max_side is not None and img.format in ("JPEG", "MPO"):
+            target = _fit_size(full_size, max_side)
+            if target != full_size:  # libjpeg decodes at 1/2, 1/4 or 1/8 scale, for a fraction of the memory
+                drafted = img.draft(None, (int(target[0] * _REDUCING_GAP), int(target[1] * _REDUCING_GAP)))
+                if drafted is not None:
+                    extent = drafted[1][2:]
+        img.load()
+    except Exception as err:
+        img.close()
+        raise ValueError(f"{name} is corrupt or truncated and cannot be decoded ({err})") from err
+    return _Opened(img, full_size, extent)
 
 
 def _read_bytes(source) -> bytes:
@@ -237,6 +328,23 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
         raise ValueError(f"image is {w}x{h}: an aspect ratio over {MAX_ASPECT}:1 is not supported")
 
 
+def _fit_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The size ``fit_longest_side`` gives ``size``."""
+    w, h = size
+    scale = max_side / max(w, h)
+    if scale >= 1:
+        return size
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _orientation(img: Image.Image):
+    """The transpose that undoes the image's EXIF (or XMP) orientation, or None."""
+    try:
+        return _TRANSPOSE.get(img.getexif().get(0x0112))
+    except Exception:  # a broken EXIF block must not lose the image itself
+        return None
+
+
 def _from_array(a: np.ndarray) -> Image.Image:
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
         raise ValueError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {a.shape}")
@@ -247,10 +355,11 @@ def _from_array(a: np.ndarray) -> Image.Image:
     return Image.fromarray(a)
 
 
-def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
-    if not np.isfinite(a).all():
-        raise ValueError("image contains NaN or infinite values")
-    lo, hi = float(a.min()), float(a.max())
+def _scale_to_uint8(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Float samples -> uint8: [0, 1] is stretched to [0, 255], a range over 255 is rescaled from [lo, hi] (the
+    whole image's, given when ``a`` is one band of it), anything else is clipped."""
+    if lo is None or hi is None:
+        lo, hi = _finite_range(a)
     if 0.0 <= lo and hi <= 1.0 and hi > 0:
         a = a * 255.0  # float images in [0, 1]
     elif hi > 255:
@@ -258,27 +367,58 @@ def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(np.round(a), 0, 255).astype(np.uint8)
 
 
-def _to_8bit(img: Image.Image, mode: str) -> Image.Image:
+def _finite_range(a: np.ndarray) -> tuple[float, float]:
+    if not np.isfinite(a).all():
+        raise ValueError("image contains NaN or infinite values")
+    return float(a.min()), float(a.max())
+
+
+def _bands(img: Image.Image, rows: int) -> Iterable[tuple[int, Image.Image]]:
+    w, h = img.size
+    for y in range(0, h, rows):
+        yield y, img.crop((0, y, w, min(h, y + rows)))
+
+
+def _to_8bit(img: Image.Image, mode: str, factor: int = 1) -> Image.Image:
+    """``img`` as a new 8-bit ``mode`` image, box-reduced by ``factor``. Converted band by band, so the scratch
+    (float64 samples, an RGBA copy, the white background) is bounded whatever the image size; every step is
+    per pixel, or per ``factor`` x ``factor`` block with bands a multiple of ``factor`` high, so the result is the
+    same as converting the whole image at once."""
+    img.load()
+    convert = _band_converter(img, mode)
+    w, h = img.size
+    rows = max(1, _BAND_PIXELS // w)
+    rows = max(factor, rows - rows % factor)
+    out = Image.new(mode, (-(-w // factor), -(-h // factor)))
+    for y, band in _bands(img, rows):
+        band = convert(band)
+        out.paste(band.reduce(factor) if factor > 1 else band, (0, y // factor))
+    return out
+
+
+def _band_converter(img: Image.Image, mode: str) -> Callable[[Image.Image], Image.Image]:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257.0).round().astype(np.uint8))
-    elif img.mode in ("I", "F"):
-        img = Image.fromarray(_scale_to_uint8(np.asarray(img, dtype=np.float64)))
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img.convert(mode)
+        return lambda band: Image.fromarray(
+            (np.asarray(band, dtype=np.float64) / 257.0).round().astype(np.uint8)).convert(mode)
+    if img.mode in ("I", "F"):
+        # scaled by the whole image's range: a first pass finds it (and refuses NaN/inf) a band at a time
+        rows = max(1, _BAND_PIXELS // img.size[0])
+        ranges = [_finite_range(np.asarray(band, dtype=np.float64)) for _, band in _bands(img, rows)]
+        lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        return lambda band: Image.fromarray(_scale_to_uint8(np.asarray(band, dtype=np.float64), lo, hi)).convert(mode)
+    if img.mode in ("P", "RGBA", "LA", "PA", "RGBa", "La"):  # a palette may carry transparency
+        def on_white(band: Image.Image) -> Image.Image:
+            rgba = band.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert(mode)
+        return on_white
+    return lambda band: band.convert(mode)
 
 
 def fit_longest_side(img: Image.Image, max_side: int = MAX_SIDE_DEFAULT) -> Image.Image:
     """Downscale (never upscale) so that the longest side is at most ``max_side``, keeping the aspect ratio."""
-    w, h = img.size
-    scale = max_side / max(w, h)
-    if scale >= 1:
-        return img
-    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+    size = _fit_size(img.size, max_side)
+    return img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
 
 
 def center_crop_resize(img: Image.Image, size: int) -> Image.Image:

@@ -3,6 +3,10 @@
 import io
 import os
 import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,3 +275,162 @@ def test_png_metadata_within_limits_is_kept():
         assert "XML:com.adobe.xmp" in im.info and "Comment" not in im.info
     got = load_image(data)  # the XMP orientation survived: rotated a quarter turn
     assert got.size == (12, 20) and np.array_equal(np.asarray(got), np.rot90(a, -1))
+
+
+# --- Bounded memory and concurrency; reduced while decoding -------------------------------------------------------
+
+def _smooth(w, h, channels=3, seed=0):
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    base = [np.sin(6 * x + 2 * y), np.cos(4 * y - 3 * x), np.sin(5 * (x + y))]
+    a = np.stack(base[:channels], -1) * 100 + 128
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
+def _close_to(a, b, mean=0.6, worst=6):
+    a, b = np.asarray(a).astype(int), np.asarray(b).astype(int)
+    assert a.shape == b.shape
+    assert np.abs(a - b).mean() < mean and np.abs(a - b).max() <= worst, (np.abs(a - b).mean(), np.abs(a - b).max())
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_max_side_matches_fit_longest_side(mode):
+    exif = Image.Exif()
+    exif[274] = 6
+    smooth = Image.fromarray(_smooth(1600, 1200))
+    rgba = Image.fromarray(np.dstack([_smooth(900, 700), _smooth(900, 700, 1)]))
+    sixteen = Image.fromarray(_smooth(800, 600, 1)[..., 0].astype(np.uint16) * 257)
+    cases = {  # name -> (upload, max_side)
+        "jpeg_drafted": (_encoded(smooth, "JPEG", quality=95), 100),
+        "jpeg_rotated": (_encoded(smooth.crop((0, 0, 800, 400)), "JPEG", quality=95, exif=exif), 100),
+        "png_reduced": (_encoded(smooth, "PNG"), 100),
+        "rgba_reduced": (_encoded(rgba, "PNG"), 64),
+        "sixteen_bit": (_encoded(sixteen, "PNG"), 50),
+        "tiff_lzw": (_encoded(smooth, "TIFF", compression="tiff_lzw"), 128),
+    }
+    for name, (data, side) in cases.items():
+        reference = fit_longest_side(load_image(data, mode=mode), side)
+        got = load_image(data, mode=mode, max_side=side)
+        assert got.mode == mode and got.size == reference.size and max(got.size) == side, name
+        _close_to(got, reference)
+    assert load_image(cases["jpeg_rotated"][0], max_side=100).size == (50, 100)  # EXIF rotation still applied
+
+
+def test_max_side_is_exact_without_reduction_and_never_upscales():
+    a = _smooth(300, 200)
+    data = _encoded(Image.fromarray(a), "PNG")
+    for source in (data, Image.fromarray(a), a):  # under 3x the target: one Lanczos pass, as fit_longest_side does
+        assert np.array_equal(np.asarray(load_image(source, max_side=128)), np.asarray(fit_longest_side(load_image(source), 128)))
+    assert np.array_equal(np.asarray(load_image(data, max_side=1000)), a)
+    assert load_image(data, max_side=300).size == (300, 200)
+    for bad in (0, -5, 2.5, "512", True):
+        with pytest.raises(ValueError, match="max_side"):
+            load_image(data, max_side=bad)
+
+
+def test_a_callers_image_is_not_closed():
+    img = Image.fromarray(_smooth(40, 30))
+    load_image(img, max_side=10)
+    assert img.getpixel((0, 0)) == tuple(_smooth(40, 30)[0, 0])
+
+
+@pytest.mark.parametrize("factor", [1, 3])
+def test_converting_in_bands_equals_converting_whole_images(monkeypatch, factor):
+    monkeypatch.setattr(imaging, "_BAND_PIXELS", 37)  # bands of one or two rows
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (23, 31, 4), dtype=np.uint8)
+    palette = Image.fromarray(a[..., :3]).convert("P")
+    palette.info["transparency"] = 5
+    floats = rng.random((23, 31)).astype(np.float32) * 1000 - 200
+    white = Image.new("RGBA", (31, 23), (255, 255, 255, 255))
+    sources = {  # image -> what converting it whole gives (the module's previous behaviour)
+        "rgba": (Image.fromarray(a), lambda m: Image.alpha_composite(white, Image.fromarray(a)).convert(m)),
+        "la": (Image.fromarray(a).convert("LA"), lambda m: Image.alpha_composite(white, Image.fromarray(a).convert("LA").convert("RGBA")).convert(m)),
+        "palette": (palette, lambda m: Image.alpha_composite(white, palette.convert("RGBA")).convert(m)),
+        "sixteen": (Image.fromarray(a[..., 0].astype(np.uint16) * 250), lambda m: Image.fromarray(np.round(a[..., 0].astype(np.float64) * 250 / 257).astype(np.uint8)).convert(m)),
+        "float": (Image.fromarray(floats), lambda m: Image.fromarray(imaging._scale_to_uint8(floats.astype(np.float64))).convert(m)),
+        "cmyk": (Image.fromarray(a).convert("RGB").convert("CMYK"), lambda m: Image.fromarray(a).convert("RGB").convert("CMYK").convert(m)),
+    }
+    for name, (img, whole) in sources.items():
+        for mode in ("RGB", "L"):
+            expected = whole(mode)
+            expected = expected.reduce(factor) if factor > 1 else expected
+            assert np.array_equal(np.asarray(imaging._to_8bit(img, mode, factor)), np.asarray(expected)), (name, mode)
+
+
+def test_concurrent_decodes_are_bounded(tmp_path, monkeypatch):
+    """8 uploads at once: never more than DECODE_CONCURRENCY full decodes in flight (counted, not timed)."""
+    from PIL import ImageFile
+
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.broadcast_to(np.linspace(0, 255, 6000, dtype=np.uint8)[None, :, None], (4000, 6000, 3))).save(path, quality=70)
+    real_load, lock, state = ImageFile.ImageFile.load, threading.Lock(), {"now": 0, "max": 0}
+
+    def counting_load(self):
+        if not getattr(self, "tile", None):  # already decoded: nothing in flight
+            return real_load(self)
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        try:
+            time.sleep(0.05)  # holds the decode open so that unbounded callers would overlap
+            return real_load(self)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    start, sizes, errors = threading.Barrier(8), [None] * 8, []
+
+    def upload(k):
+        try:
+            start.wait()
+            sizes[k] = load_image(path, max_side=512 if k % 2 else None).size
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=upload, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and sizes == [(6000, 4000), (512, 341)] * 4
+    assert 1 <= state["max"] <= getattr(imaging, "DECODE_CONCURRENCY", 2) == 2
+
+
+def test_decode_concurrency_is_configurable(monkeypatch):
+    for value, expected in (("3", 3), ("0", 1), ("many", 2)):
+        monkeypatch.setenv("DDPM_DECODE_CONCURRENCY", value)
+        assert imaging._env_int("DDPM_DECODE_CONCURRENCY", 2) == expected
+    monkeypatch.delenv("DDPM_DECODE_CONCURRENCY")
+    assert imaging._env_int("DDPM_DECODE_CONCURRENCY", 2) == 2
+
+
+PEAK_RSS = """
+import re, sys
+from PIL import Image
+from ddpm_core.imaging import load_image
+load_image(Image.new("RGBA", (64, 64)), max_side=8)  # warm up: plugins, allocator
+kib = lambda field: int(re.search(field + r":\\s+(\\d+)", open("/proc/self/status").read())[1])
+open("/proc/self/clear_refs", "w").write("5")  # restart the peak (VmHWM) from the current resident size
+before = kib("VmRSS")
+load_image(sys.argv[1], max_side=None if sys.argv[2] == "full" else int(sys.argv[2]))
+print((kib("VmHWM") - before) * 1024)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak resident size through Linux's /proc")
+def test_peak_memory_of_one_decode(tmp_path):
+    """A 12 MP RGBA PNG (48 MB decoded) costs the decoded image plus its 8-bit copy (about 2.2x), or plus a
+    reduced copy with max_side (about 1.45x); converting the whole image at once used to cost 5x."""
+    path = tmp_path / "rgba.png"
+    Image.fromarray(np.dstack([_smooth(4000, 3000), _smooth(4000, 3000, 1)])).save(path, compress_level=1)
+    decoded = 4000 * 3000 * 4
+    root = Path(__file__).resolve().parents[1]
+
+    def peak(max_side):
+        out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path), max_side], cwd=root, check=True,
+                             capture_output=True, text=True, timeout=300)
+        return int(out.stdout.split()[-1])
+
+    assert peak("512") < 1.6 * decoded
+    assert peak("full") < 2.6 * decoded
