@@ -434,3 +434,24 @@ def test_peak_memory_of_one_decode(tmp_path):
 
     assert peak("512") < 1.6 * decoded
     assert peak("full") < 2.6 * decoded
+
+
+# --- Shapes survive 1-pixel-wide or -high images ------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [(1, 1), (32, 1), (1, 32)])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_one_pixel_wide_or_high_images_keep_their_shape(size, mode):
+    w, h = size
+    channels = 3 if mode == "RGB" else 1
+    a = np.random.default_rng(w * 100 + h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(a).convert(mode))
+    img = load_image(_encoded(Image.fromarray(a), "PNG"), mode=mode)
+    assert img.size == size and img.mode == mode and np.array_equal(np.asarray(img), expected)
+    assert load_image(_encoded(Image.fromarray(a), "PNG"), mode=mode, max_side=8).size == (min(w, 8), min(h, 8))
+    x = pil_to_tensor(img)
+    assert x.shape == (1, channels, h, w)
+    u = to_uint8(x)
+    assert u.shape == (1, h, w, channels) and to_uint8(x[0]).shape == (h, w, channels)
+    assert np.array_equal(u[0].reshape(expected.shape), expected)
+    for back in (tensor_to_pil(x)[0], tensor_to_pil(x[0])[0]):
+        assert back.size == size and back.mode == mode and np.array_equal(np.asarray(back), expected)
