@@ -117,8 +117,9 @@ def main(argv=None) -> int:
     mine = range(rank, n_batches, world)  # each batch has exactly one owner
     todo = [b for b in mine if not all(f.exists() for f in batch_files(out, b, args.batch, args.num))]
     # a killed run may leave temporary files behind; only the owner of their batch may remove them
-    for tmp in out.glob(".*.png.*.tmp"):
-        if int(tmp.name[1:].split(".")[0]) // args.batch % world == rank:
+    for tmp in out.glob(".[0-9]*.png.*.tmp"):
+        index = tmp.name[1:].split(".")[0]
+        if index.isdigit() and int(index) // args.batch % world == rank:
             tmp.unlink(missing_ok=True)
     run = {**vars(args), "device": str(device), "dtype": str(dtype).replace("torch.", ""), "num_processes": world,
            "batches": n_batches}
