@@ -229,7 +229,7 @@ def test_warm_up_prepares_the_default_request_and_skips_zero_gpu(monkeypatch):
 
     app.warm_up_default()
     assert app.WARM["status"].startswith("ready")
-    first = generate(app._model(app.BUNDLED_DEFAULT), batch_size=app.DEFAULT_BATCH, num_inference_steps=app.DEFAULT_STEPS,
+    first = generate(app.model(app.BUNDLED_DEFAULT), batch_size=app.DEFAULT_BATCH, num_inference_steps=app.DEFAULT_STEPS,
                      n_snapshots=0, n_frames=0)
     assert first.setup_seconds == 0.0  # the first visitor's request found its loop ready
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")

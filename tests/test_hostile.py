@@ -279,8 +279,7 @@ def test_the_source_folder_is_not_written_at_run_time(tmp_path):
     root = Path(__file__).resolve().parents[1]
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("app.py", "ui_text.py"):
-        shutil.copy(root / name, src / name)
+    shutil.copy(root / "app.py", src / "app.py")
     shutil.copytree(root / "ui", src / "ui", ignore=shutil.ignore_patterns("__pycache__"))
     before = sorted(p.relative_to(src) for p in src.rglob("*"))
     code = "import app; app.build_demo(); print('built')"

@@ -59,7 +59,9 @@ def test_out_of_memory_becomes_a_clear_message(served, client, monkeypatch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         yield  # noqa: unreachable - makes this a generator like the real one
 
-    monkeypatch.setattr(app, "generate_steps", boom)
+    import ui.tabs.sample
+
+    monkeypatch.setattr(ui.tabs.sample, "generate_steps", boom)
     with pytest.raises(AppError, match="Out of memory: try a smaller batch"):
         client.predict("ddpm-mnist-28", "DDPM (fewer steps)", 5, 0.0, "model default", 1, 0, api_name="/sample")
     monkeypatch.undo()

@@ -1,0 +1,186 @@
+"""What every tab shares: device and limits, error translation, argument checks, decoded uploads, the model cache,
+and the driver that streams a sampling loop to gradio with progress and prompt cancellation."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import math
+import os
+import time
+
+import gradio as gr
+import torch
+
+from ddpm_core.checkpoints import BUNDLED_DEFAULT, HUB_MODELS, bundled_models, load_checkpoint
+from ddpm_core.imaging import MAX_SIDE_DEFAULT, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
+from ddpm_core.sampling import SampleResult, SamplingCancelled, pick_device
+from ui.components import short_repr
+from ui.files import png
+from ui.guard import QueueGuard
+
+try:  # ZeroGPU: `spaces` must be imported before torch initialises CUDA (app.py imports it first of all)
+    import spaces
+except ImportError:  # pragma: no cover - spaces is in requirements.txt
+    spaces = None
+
+# Limits a public Space needs (also documented in the README's security section).
+T_MIN, T_MAX = 10, 1000
+MAX_BATCH = 16
+DEFAULT_BATCH = 8
+MAX_SEEDS = 8
+DEVICE, DTYPE = pick_device()
+ON_CPU = DEVICE.type == "cpu"
+DEFAULT_STEPS = 100 if ON_CPU else 1000
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
+
+#: Queue limits (README, security section): the jobs one visitor may hold per group (at most half of the group's
+#: workers, so that a visitor who never listens can hold up the others for at most the listener grace of 3 s), and
+#: the length of each group's queue.
+GUARD = QueueGuard(per_client={"sampler": 2, "forward": 2, "schedules": 2},
+                   per_group={"sampler": 16, "forward": 32, "schedules": 32}, grace_s=3.0)
+
+
+def gpu(duration: int):
+    """``spaces.GPU`` on ZeroGPU (a no-op elsewhere); identity when spaces is unavailable."""
+    return spaces.GPU(duration=duration) if spaces is not None else (lambda fn: fn)
+
+
+# ---------------------------------------------------------------- errors a user can act on
+def _user_message(err: BaseException) -> gr.Error | None:
+    if isinstance(err, ValueError):
+        return gr.Error(str(err))
+    if isinstance(err, SamplingCancelled):
+        return gr.Error("Sampling was cancelled.")
+    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+            isinstance(err, RuntimeError) and "out of memory" in str(err).lower()):
+        return gr.Error("Out of memory: try a smaller batch, fewer seeds or a smaller model.")
+    return None
+
+
+@contextlib.contextmanager
+def _as_user_errors():
+    GUARD.require_listener()  # a job nobody will receive is dropped before it costs anything
+    try:
+        yield
+    except gr.Error:
+        raise
+    except Exception as err:
+        msg = _user_message(err)
+        if msg is None:
+            raise
+        raise msg from err
+
+
+def user_errors(fn):
+    """Turn the library's ValueErrors and resource failures into messages the user sees; the app stays up.
+    Works for plain handlers and for generator handlers (which stream previews and stop when cancelled)."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            with _as_user_errors():
+                yield from fn(*args, **kwargs)
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _as_user_errors():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- arguments
+def int_arg(value, name: str, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi], or a ``ValueError`` naming ``name``."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {short_repr(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if isinstance(value, int) and not lo <= value <= hi:  # compared as integers: 10**400 has no float
+        raise ValueError(f"{name} must be between {lo} and {hi}, got a number of {len(str(abs(value)))} digits"
+                         if abs(value) > 2**53 else f"{name} must be between {lo} and {hi}, got {value}")
+    if value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value}")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, got {int(value)}")
+    return int(value)
+
+
+def seed_arg(value) -> int:
+    return int_arg(value, "seed", 0, 2**32 - 1)
+
+
+# ---------------------------------------------------------------- images in and out
+@functools.lru_cache(maxsize=8)
+def _decoded(path: str, mtime: float, size: int, mode: str, max_side: int | None, crop: int | None) -> torch.Tensor:
+    if crop:  # the crop needs the short side at full resolution
+        return pil_to_tensor(center_crop_resize(load_image(path, mode=mode), crop))
+    # shrunk while decoding (JPEG draft, strip-wise reduce): no full-size copy outlives the decode
+    return pil_to_tensor(load_image(path, mode=mode, max_side=max_side))
+
+
+def image_tensor(path, mode: str = "RGB", max_side: int | None = MAX_SIDE_DEFAULT, crop: int | None = None) -> torch.Tensor:
+    """Decode an upload once (cached by path and modification time): ``[1 x C x H x W]`` in [-1, 1]."""
+    if not path:
+        raise ValueError("Upload an image (or pick an example) first.")
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError) as err:
+        raise ValueError("The uploaded file is no longer available; please upload it again.") from err
+    return _decoded(str(path), st.st_mtime, st.st_size, mode, max_side, crop)
+
+
+def display(img, min_side: int = 160):
+    """Upscale small images with nearest neighbour so pixels stay crisp in the browser."""
+    factor = max(1, math.ceil(min_side / max(1, min(img.size))))
+    return img.resize((img.width * factor, img.height * factor), 0) if factor > 1 else img
+
+
+# ---------------------------------------------------------------- models
+def model(name):
+    return load_checkpoint(name, DEVICE, DTYPE)  # validates the name (type, length, form) with a clear ValueError
+
+
+def model_choices() -> list[tuple[str, str]]:
+    bundled = [(f"{name} (bundled, offline)", name) for name in bundled_models()]
+    return bundled + [(repo, repo) for repo in HUB_MODELS]
+
+
+def default_model() -> str:
+    bundled = bundled_models()
+    return BUNDLED_DEFAULT if BUNDLED_DEFAULT in bundled else (bundled[0] if bundled else HUB_MODELS[0])
+
+
+# ---------------------------------------------------------------- streaming a sampling loop
+#: Reverse steps run by the sampling handlers (a cancelled request stops adding to it).
+STATS = {"steps": 0}
+PREVIEWS = 10  # intermediate gallery updates per run
+YIELD_EVERY_S = 0.25  # hand control back to gradio at least this often, so a cancel stops the loop promptly
+
+
+def drive(steps, total: int, progress, label: str):
+    """Run ddpm_core's sampler generator for a handler: yields ("preview", StepOutput) about PREVIEWS times,
+    ("beat", None) at least every YIELD_EVERY_S (a no-op update that lets gradio stop a cancelled run), and
+    finally ("done", SampleResult)."""
+    last = time.monotonic()
+    for item in steps:
+        if isinstance(item, SampleResult):
+            yield "done", item
+            return
+        STATS["steps"] += 1
+        progress((item.index + 1, total), desc=label, unit="steps")
+        if (item.index + 1) % max(1, total // PREVIEWS) == 0 and item.index + 1 < total:
+            last = time.monotonic()
+            yield "preview", item
+        elif time.monotonic() - last >= YIELD_EVERY_S:
+            last = time.monotonic()
+            yield "beat", None
+
+
+def previews(step, label: str) -> list:
+    """The predicted x_0 of a running batch as gallery items."""
+    return [(png(display(img)), label) for img in tensor_to_pil(step.pred_original_sample.float().clamp(-1, 1))]

@@ -1,0 +1,169 @@
+"""The forward process: an upload noised to any t, the noise, a strip of timesteps, the readouts and the true
+posterior mean. Endpoint ``/forward``."""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import gradio as gr
+
+from ddpm_core import SCHEDULES, GaussianDiffusion, NoiseSchedule
+from ddpm_core.explore import forward_views
+from ddpm_core.imaging import make_grid, noise_to_pil, tensor_to_pil
+from ui.common import LATEX, T_MAX, T_MIN, image_tensor, int_arg, seed_arg, user_errors
+from ui.components import StrictNumber, StrictSlider, UploadImage, short_repr
+from ui.files import pngs
+from ui.i18n import tr
+
+HERE = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*.png"))
+DEFAULT_IMAGE = str(HERE / "examples" / "sunset.png") if (HERE / "examples" / "sunset.png").is_file() else None
+UploadImage.allowed_folders = (str(HERE / "examples"),)
+
+SCHEDULE_CHOICES = list(SCHEDULES)
+LINEAR_IMPROVED_T_MIN = 21
+
+TEXT = {
+    "en": {
+        "tab": "Forward process",
+        "image": "Image x₀", "examples": "Examples (made by this repo)", "t": "t (timestep)", "schedule": "Schedule",
+        "T": "T (steps)", "seed": "Seed", "x_t": "x_t", "noise": "ε (the noise that was added, ±3σ)",
+        "strip": "x_t at 8 timesteps (same ε)", "posterior_img": "Posterior mean μ̃_t(x_t, x₀)",
+        "forward": r"""### The forward process $q(x_t \mid x_0)$
+Noise is added in $T$ small Gaussian steps, $q(x_t \mid x_{t-1}) = \mathcal N(\sqrt{1-\beta_t}\,x_{t-1}, \beta_t I)$.
+Their product has a closed form, so any $x_t$ is one draw away from the image:
+$$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon,\qquad \epsilon \sim \mathcal N(0, I),\quad \bar\alpha_t = \textstyle\prod_{s\le t}(1-\beta_s).$$
+$\sqrt{\bar\alpha_t}$ is how much image survives, $\sqrt{1-\bar\alpha_t}$ how much noise is mixed in; the
+signal-to-noise ratio is $\mathrm{SNR}(t) = \bar\alpha_t / (1-\bar\alpha_t)$. The same seed always draws the same $\epsilon$.""",
+        "posterior": r"""### The "true" posterior $q(x_{t-1} \mid x_t, x_0)$
+Given both $x_t$ and the clean image $x_0$, the previous step is exactly Gaussian:
+$$q(x_{t-1}\mid x_t, x_0) = \mathcal N\big(\tilde\mu_t, \tilde\beta_t I\big),\quad
+\tilde\mu_t = \tfrac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}x_0 + \tfrac{\sqrt{\alpha_t}(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}x_t,\quad
+\tilde\beta_t = \tfrac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t.$$
+It is called **true** because (1) it follows exactly from the forward process we defined, (2) it is the ideal
+distribution to draw $x_{t-1}$ from, and (3) in practice we can only approximate it: at sampling time $x_0$ is
+unknown, so the network's *predicted* $x_0$ takes its place. The image on the right is $\tilde\mu_t$ for your upload.""",
+    },
+    "zh": {
+        "tab": "前向扩散",
+        "image": "图像 x₀", "examples": "示例（本仓库生成）", "t": "t（时间步）", "schedule": "噪声调度",
+        "T": "T（总步数）", "seed": "随机种子", "x_t": "x_t", "noise": "ε（加入的噪声，±3σ）",
+        "strip": "8 个时间步的 x_t（同一 ε）", "posterior_img": "后验均值 μ̃_t(x_t, x₀)",
+        "forward": r"""### 前向扩散 $q(x_t \mid x_0)$
+噪声分 $T$ 小步加入：$q(x_t \mid x_{t-1}) = \mathcal N(\sqrt{1-\beta_t}\,x_{t-1}, \beta_t I)$。
+这些高斯步骤的复合有闭式解，所以任意时刻的 $x_t$ 都可以一次采样得到：
+$$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon,\qquad \epsilon \sim \mathcal N(0, I),\quad \bar\alpha_t = \textstyle\prod_{s\le t}(1-\beta_s).$$
+$\sqrt{\bar\alpha_t}$ 是保留下来的图像比例，$\sqrt{1-\bar\alpha_t}$ 是混入的噪声比例；信噪比
+$\mathrm{SNR}(t) = \bar\alpha_t / (1-\bar\alpha_t)$。相同的随机种子总会抽到相同的 $\epsilon$。""",
+        "posterior": r"""### “真实”后验 $q(x_{t-1} \mid x_t, x_0)$
+同时知道 $x_t$ 和原图 $x_0$ 时，上一步的分布恰好是高斯分布：
+$$q(x_{t-1}\mid x_t, x_0) = \mathcal N\big(\tilde\mu_t, \tilde\beta_t I\big),\quad
+\tilde\mu_t = \tfrac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}x_0 + \tfrac{\sqrt{\alpha_t}(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}x_t,\quad
+\tilde\beta_t = \tfrac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t.$$
+之所以叫“**真实**”后验：1. 它由我们定义的扩散过程精确可算；2. 它是生成 $x_{t-1}$ 的理论最优分布；
+3. 但实际采样时 $x_0$ 未知，只能用网络**预测**的 $x_0$ 去近似它。右侧图像就是你上传图片的 $\tilde\mu_t$。""",
+    },
+}
+
+
+# ---------------------------------------------------------------- handlers
+@functools.lru_cache(maxsize=64)
+def diffusion(schedule: str, T: int) -> GaussianDiffusion:
+    return GaussianDiffusion(NoiseSchedule.make(schedule, T))
+
+
+def schedule_name(schedule) -> str:
+    if not isinstance(schedule, str) or schedule not in SCHEDULE_CHOICES:
+        raise ValueError(f"unknown schedule {short_repr(schedule)}; choose one of {', '.join(SCHEDULE_CHOICES)}")
+    return schedule
+
+
+def t_min(schedules) -> int:
+    """The smallest T every schedule in ``schedules`` allows: linear_improved scales beta_end = 0.02 by 1000/T,
+    which must stay below 1."""
+    return LINEAR_IMPROVED_T_MIN if "linear_improved" in schedules else T_MIN
+
+
+def schedule_args(schedule, T) -> tuple[str, int]:
+    schedule = schedule_name(schedule)
+    lo = t_min([schedule])
+    T = int_arg(T, "T", T_MIN, T_MAX)
+    if T < lo:
+        raise ValueError(f"{schedule} needs T ≥ {lo}: it scales β_end = 0.02 by 1000/T, which must stay below 1")
+    return schedule, T
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if math.isfinite(x) else ("∞" if x > 0 else "−∞")
+
+
+@user_errors
+def forward(image, t, schedule, T, seed):
+    """x_t, the noise, a strip of x_t at 8 timesteps, the readouts and the true posterior mean at t."""
+    schedule, T = schedule_args(schedule, T)
+    t = int_arg(t, "t", 0, T - 1)
+    v = forward_views(image_tensor(image), diffusion(schedule, T), t, seed_arg(seed))
+    r = v.readout
+    strip = make_grid([tensor_to_pil(x)[0] for _, x in v.strip], labels=[f"t={s}" for s, _ in v.strip], pad=4)
+    readout = (f"| t | ᾱ_t | √ᾱ_t | √(1−ᾱ_t) | SNR | SNR (dB) | β_t |\n|---|---|---|---|---|---|---|\n"
+               f"| {t} | {_fmt(r['alpha_bar'])} | {_fmt(r['sqrt_alpha_bar'])} | {_fmt(r['sqrt_one_minus_alpha_bar'])} | "
+               f"{_fmt(r['snr'])} | {_fmt(r['snr_db'])} | {_fmt(r['beta'])} |")
+    posterior = f"σ̃_t = √β̃_t = **{_fmt(r['posterior_std'])}**" + ("  (t = 0: x₀ is returned exactly)" if t == 0 else "")
+    x_t, noise, strip, mean = pngs([
+        (tensor_to_pil(v.x_t)[0], f"x_t-t{t}.png"), (noise_to_pil(v.noise), "noise.png"), (strip, "strip.png"),
+        (tensor_to_pil(v.posterior_mean)[0], f"posterior-mean-t{t}.png")])
+    return x_t, noise, strip, readout, mean, posterior
+
+
+def t_slider_range(T, t):
+    T = int_arg(T, "T", T_MIN, T_MAX) if isinstance(T, (int, float)) else T_MAX
+    return gr.update(maximum=T - 1, value=min(int(t or 0), T - 1))
+
+
+def T_slider_minimum(schedules, T):
+    """Keep T within what the chosen schedule(s) allow, before the user can click into an error."""
+    schedules = [schedules] if isinstance(schedules, str) else list(schedules or [])
+    lo = t_min(schedules)
+    value = T if isinstance(T, (int, float)) and not isinstance(T, bool) else T_MAX
+    return gr.update(minimum=lo, value=max(lo, min(T_MAX, value)))
+
+
+# ---------------------------------------------------------------- layout
+def build(ctx) -> None:
+    t_ = functools.partial(tr, TEXT)
+    add = functools.partial(ctx.i18n.add, text=TEXT)
+    with add(gr.Tab(t_("tab"), id="forward"), key="tab"):
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                image = add(UploadImage(value=DEFAULT_IMAGE, label=t_("image"), type="filepath", sources=["upload", "clipboard"],
+                                        height=280, elem_id="input-image"), key="image")
+                gr.Examples(EXAMPLES, inputs=image, label=t_("examples"))
+                t = add(StrictSlider(0, T_MAX - 1, value=250, step=1, label=t_("t"), elem_id="t-slider"), key="t")
+                with gr.Row():
+                    schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
+                    T = add(StrictSlider(T_MIN, T_MAX, value=1000, step=1, label=t_("T")), key="T")
+                seed = add(StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    x_t = add(gr.Image(label=t_("x_t"), format="png", interactive=False, height=300, elem_id="xt-image"), key="x_t")
+                    noise = add(gr.Image(label=t_("noise"), format="png", interactive=False, height=300), key="noise")
+                readout = gr.Markdown(elem_id="readout")
+                strip = add(gr.Image(label=t_("strip"), format="png", interactive=False, elem_id="strip"), key="strip")
+        add(gr.Markdown(t_("forward"), latex_delimiters=LATEX), key="forward", attr="value")
+        with gr.Row():
+            with gr.Column(scale=2):
+                add(gr.Markdown(t_("posterior"), latex_delimiters=LATEX), key="posterior", attr="value")
+            with gr.Column(scale=1):
+                posterior_img = add(gr.Image(label=t_("posterior_img"), format="png", interactive=False, height=260),
+                                    key="posterior_img")
+                posterior_md = gr.Markdown()
+    fwd = dict(fn=forward, inputs=[image, t, schedule, T, seed], outputs=[x_t, noise, strip, readout, posterior_img, posterior_md],
+               concurrency_limit=4, concurrency_id="forward", show_progress="minimal")
+    gr.on([image.change, t.release, seed.submit], api_name="forward", trigger_mode="always_last", **fwd)
+    t.input(api_visibility="private", trigger_mode="always_last", **fwd)
+    schedule.change(T_slider_minimum, [schedule, T], T, api_visibility="private").then(
+        t_slider_range, [T, t], t, api_visibility="private").then(api_visibility="private", **fwd)
+    T.release(t_slider_range, [T, t], t, api_visibility="private").then(api_visibility="private", **fwd)
+    ctx.demo.load(api_visibility="private", **fwd)

@@ -1,0 +1,96 @@
+"""Noise schedules side by side: beta_t, abar_t, sqrt(abar_t), sqrt(1 - abar_t), log-SNR and beta~_t vs beta_t, with
+the data as CSV. Endpoint ``/schedules``."""
+
+from __future__ import annotations
+
+import functools
+
+import gradio as gr
+import pandas as pd
+
+from ddpm_core.explore import CURVES, curves
+from ui.common import LATEX, T_MAX, T_MIN, int_arg, user_errors
+from ui.components import StrictCheckboxGroup, StrictSlider, short_repr
+from ui.files import out_path
+from ui.i18n import tr
+from ui.tabs.forward import SCHEDULE_CHOICES, T_slider_minimum, diffusion, schedule_args, schedule_name
+
+TEXT = {
+    "en": {
+        "tab": "Noise schedules", "chosen": "Schedules", "T": "T", "csv": "Data (CSV)",
+        "variance_plot": "log₁₀ β̃_t (fixed_small) vs log₁₀ β_t (fixed_large)",
+        "schedules": r"""### Noise schedules
+$\beta_t$ sets how fast information is destroyed. **linear** (Ho et al.): $\beta_t$ from $10^{-4}$ to $0.02$;
+**linear_improved** (the teaching notes / improved-diffusion): the same, with both ends scaled by $1000/T$ so any $T$
+destroys as much; **scaled_linear**: $\sqrt{\beta}$ linear; **cosine** (Nichol & Dhariwal): $\bar\alpha_t$ follows
+$\cos^2$, gentler at both ends; **sigmoid**: $\beta$ along a sigmoid. The last plot is the variance choice of the
+reverse step: $\tilde\beta_t$ (**fixed_small**, the true posterior's variance) against $\beta_t$ (**fixed_large**,
+Ho et al.'s other choice $\sigma_t^2=\beta_t$); they differ only near $t=0$. The first and last plots use a log
+scale ($\log_{10}$): cosine's $\beta_t$ reaches its 0.999 cap at the end and would flatten the others.""",
+    },
+    "zh": {
+        "tab": "噪声调度", "chosen": "噪声调度", "T": "T", "csv": "数据（CSV）",
+        "variance_plot": "log₁₀ β̃_t（fixed_small）与 log₁₀ β_t（fixed_large）",
+        "schedules": r"""### 噪声调度
+$\beta_t$ 决定信息被破坏的速度。**linear**（Ho 等）：$\beta_t$ 从 $10^{-4}$ 线性增至 $0.02$；
+**linear_improved**（教学笔记 / improved-diffusion）：两端再乘以 $1000/T$，任意 $T$ 下总噪声量相同；
+**scaled_linear**：$\sqrt{\beta}$ 线性；**cosine**（Nichol & Dhariwal）：$\bar\alpha_t$ 按 $\cos^2$ 变化，两端更平缓；
+**sigmoid**：$\beta$ 沿 sigmoid 曲线。最后一张图是逆向一步的方差选择：$\tilde\beta_t$（**fixed_small**，真实后验的方差）
+与 $\beta_t$（**fixed_large**，Ho 等的另一选择 $\sigma_t^2=\beta_t$），二者只在 $t$ 接近 0 时不同。第一张和最后一张图使用对数坐标
+（$\log_{10}$）：cosine 调度的 $\beta_t$ 在末尾达到 0.999 的上限，否则会把其他曲线压平。""",
+    },
+}
+
+
+@user_errors
+def schedule_plots(selected, T):
+    """One long DataFrame per curve (t, value, schedule) for the LinePlots, and the whole table as CSV."""
+    if isinstance(selected, str):
+        selected = [selected]
+    if not isinstance(selected, (list, tuple)):
+        raise ValueError(f"selected must be a list of schedule names, got {short_repr(selected)}")
+    if not selected:
+        raise ValueError("Tick at least one schedule.")
+    selected = list(dict.fromkeys(schedule_name(name) for name in selected))  # each schedule once, in order
+    T = int_arg(T, "T", T_MIN, T_MAX)
+    frames = []
+    for name in selected:
+        schedule, _ = schedule_args(name, T)
+        frame = pd.DataFrame(curves(diffusion(schedule, T).schedule))
+        frame.insert(0, "schedule", schedule)
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    csv = out_path(f"ddpm-schedules-T{T}.csv")
+    table.to_csv(csv, index=False, float_format="%.10g")
+    plots = [table[["t", key, "schedule"]].rename(columns={key: "value"}) for key, _ in CURVES[:-1]]
+    variance = pd.concat([
+        table[["t", "log10_posterior_variance", "schedule"]].rename(columns={"log10_posterior_variance": "value"})
+        .assign(schedule=table["schedule"] + " β̃_t").dropna(),
+        table[["t", "log10_beta", "schedule"]].rename(columns={"log10_beta": "value"}).assign(schedule=table["schedule"] + " β_t"),
+    ])
+    return (*plots, variance, str(csv))
+
+
+def build(ctx) -> None:
+    t_ = functools.partial(tr, TEXT)
+    add = functools.partial(ctx.i18n.add, text=TEXT)
+    with add(gr.Tab(t_("tab"), id="schedules"), key="tab"):
+        with gr.Row():
+            chosen = add(StrictCheckboxGroup(SCHEDULE_CHOICES, value=["linear", "squaredcos_cap_v2"], label=t_("chosen"),
+                                             scale=3), key="chosen")
+            T_plot = add(StrictSlider(T_MIN, T_MAX, value=1000, step=1, label=t_("T"), scale=2), key="T")
+            csv = add(gr.File(label=t_("csv"), scale=1), key="csv")
+        plots = []
+        labels = [label for _, label in CURVES[:-1]] + [t_("variance_plot")]
+        for row in range(3):
+            with gr.Row():
+                for col in range(2):
+                    k = 2 * row + col
+                    plots.append(gr.LinePlot(x="t", y="value", color="schedule", title=labels[k], height=260,
+                                             y_title=labels[k], x_title="t"))
+        add(gr.Markdown(t_("schedules"), latex_delimiters=LATEX), key="schedules", attr="value")
+    sched_io = dict(fn=schedule_plots, inputs=[chosen, T_plot], outputs=[*plots, csv], concurrency_limit=4,
+                    concurrency_id="schedules")
+    T_plot.release(api_name="schedules", **sched_io)
+    chosen.change(T_slider_minimum, [chosen, T_plot], T_plot, api_visibility="private").then(api_visibility="private", **sched_io)
+    ctx.demo.load(api_visibility="private", **sched_io)
