@@ -193,8 +193,9 @@ def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, ca
 
     def huge_upload(k: int):
         path = f"/tmp/ddpm-huge-{k}.tif"
-        if not Path(path).exists():  # 40 MP, 8-bit RGB: the upload limit
-            Image.fromarray(np.random.default_rng(k).integers(0, 256, (5000, 8000, 3), dtype=np.uint8)).save(path)
+        if not Path(path).exists():  # 40 MP, 8-bit RGB (the pixel limit), deflated to a few MB (under the 30 MB one)
+            ramp = np.linspace(0, 255, 8000, dtype=np.float32)[None, :, None] * np.ones((5000, 1, 3), np.float32)
+            Image.fromarray(((ramp + 40 * k) % 256).astype(np.uint8)).save(path, compression="tiff_deflate")
         client = Client(url, verbose=False, analytics_enabled=False, download_files=f"/tmp/ddpm-load-dl/huge{k}",
                         headers={"X-Forwarded-For": f"192.0.2.{100 + k}"})
         t0 = time.perf_counter()
