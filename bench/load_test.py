@@ -24,6 +24,7 @@ import hashlib
 import io
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -32,21 +33,23 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def user_address(k: int) -> str:
     return f"203.0.113.{k % 250 + 1}"
 
 
-def run_load(url: str, users: int = 16, calls: int = 6, image: str | None = None, deadline_s: float = 600) -> dict:
+def run_load(url: str, users: int = 16, calls: int = 6, image: str | None = None, deadline_s: float = 600,
+             pid: int | None = None) -> dict:
     import numpy as np
     import psutil
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
     from PIL import Image
 
-    proc = psutil.Process()
+    proc = psutil.Process(pid)  # the server (this process when it serves in-process)
     peak = {"rss": proc.memory_info().rss}
     stop = threading.Event()
 
@@ -126,7 +129,21 @@ def run_load(url: str, users: int = 16, calls: int = 6, image: str | None = None
 HOSTILE = "198.51.100.7"
 
 
-def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, cache: Path | None = None) -> dict:
+def huge_tiff(k: int) -> str:
+    """A 40-megapixel 8-bit RGB TIFF (the pixel limit), deflated to a few MB (under the 30 MB upload limit)."""
+    import numpy as np
+    from PIL import Image
+
+    path = f"/tmp/ddpm-huge-{k}.tif"
+    if not Path(path).exists():
+        ramp = (np.arange(8000, dtype=np.uint16)[None, :] * 255 // 7999 + 40 * k) % 256
+        Image.fromarray(np.repeat(np.broadcast_to(ramp.astype(np.uint8)[:, :, None], (5000, 8000, 1)), 3, axis=2)).save(
+            path, compression="tiff_deflate")
+    return path
+
+
+def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, cache: Path | None = None,
+                pid: int | None = None) -> dict:
     """The flood of unlistened joins, a polite client, and optionally ``users`` ordinary users and ``huge``
     40-megapixel uploads, all at once for ``seconds``."""
     import uuid
@@ -143,8 +160,9 @@ def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, ca
     cache = cache or cache_root()
     deps = httpx.get(url + "config", timeout=10).json()["dependencies"]
     ids = {d.get("api_name"): d["id"] for d in deps}
-    proc = psutil.Process()
+    proc = psutil.Process(pid)  # the server
     peak = {"rss": proc.memory_info().rss, "disk": 0}
+    huge_paths = [huge_tiff(k) for k in range(huge)]  # made before the clock starts
     stop = threading.Event()
     t_end = time.monotonic() + seconds
     flood = {"accepted": 0, "refused": 0}
@@ -192,10 +210,7 @@ def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, ca
             c += 1
 
     def huge_upload(k: int):
-        path = f"/tmp/ddpm-huge-{k}.tif"
-        if not Path(path).exists():  # 40 MP, 8-bit RGB (the pixel limit), deflated to a few MB (under the 30 MB one)
-            ramp = np.linspace(0, 255, 8000, dtype=np.float32)[None, :, None] * np.ones((5000, 1, 3), np.float32)
-            Image.fromarray(((ramp + 40 * k) % 256).astype(np.uint8)).save(path, compression="tiff_deflate")
+        path = huge_paths[k]
         client = Client(url, verbose=False, analytics_enabled=False, download_files=f"/tmp/ddpm-load-dl/huge{k}",
                         headers={"X-Forwarded-For": f"192.0.2.{100 + k}"})
         t0 = time.perf_counter()
@@ -209,7 +224,8 @@ def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, ca
     threads = [threading.Thread(target=watch, daemon=True), threading.Thread(target=attacker), threading.Thread(target=polite)]
     threads += [threading.Thread(target=huge_upload, args=(k,)) for k in range(huge)]
     if users:
-        threads.append(threading.Thread(target=lambda: background.update(run_load(url, users, calls=10**6, deadline_s=seconds))))
+        threads.append(threading.Thread(target=lambda: background.update(
+            run_load(url, users, calls=10**6, deadline_s=seconds, pid=pid))))
     for th in threads:
         th.start()
     for th in threads[1:]:
@@ -228,6 +244,29 @@ def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, ca
     }
 
 
+def serve(port: int, cache: str) -> subprocess.Popen:
+    """The app in a process of its own (so that the clients here neither share its interpreter lock nor count
+    in its memory), as behind the Spaces proxy: users are told apart by X-Forwarded-For."""
+    code = ("import app; app.GUARD.trust_proxy = True; "
+            f"app.launch(warm=False, server_name='127.0.0.1', server_port={port}, quiet=True)")
+    env = {**os.environ, "GRADIO_TEMP_DIR": cache, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
+    import httpx
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/config", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError("the app exited during start-up")
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("the app did not start within 180 s")
+
+
 def main():
     import tempfile
 
@@ -237,30 +276,31 @@ def main():
     p.add_argument("--hostile", action="store_true")
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--huge", type=int, default=0)
+    p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
-    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="ddpm-load-cache-")  # measured on its own
-    import app
-
-    app.GUARD.trust_proxy = True  # users are told apart by X-Forwarded-For, as behind the Spaces proxy
+    cache = tempfile.mkdtemp(prefix="ddpm-load-cache-")  # the server's gradio cache, measured on its own
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo = app.build_demo()
-    app.launch(demo, warm=False, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    server = serve(port, cache)
     url = f"http://127.0.0.1:{port}/"
     try:
         if args.hostile:
-            r = run_hostile(url, args.seconds, args.users, args.huge)
+            r = run_hostile(url, args.seconds, args.users, args.huge, cache=Path(cache), pid=server.pid)
         else:
-            r = run_load(url, args.users, args.calls)
+            r = run_load(url, args.users, args.calls, pid=server.pid)
     finally:
-        demo.close()
-    if args.hostile:
+        server.terminate()
+        server.wait(30)
+    if args.json:
+        import platform
+
         import json
 
-        print(json.dumps(r, indent=1))
-        print(f"flood: {r['flood']['accepted']} joins accepted, {r['flood']['refused']} refused; dropped unrun: "
-              f"{app.GUARD.stats['dropped']}; polite refusals: {r['polite_refused']}; huge uploads "
+        meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "load_average_at_end": os.getloadavg()}
+        Path(args.json).write_text(json.dumps({**vars(args), **meta, "results": r}, indent=1) + "\n")
+    if args.hostile:
+        print(f"flood: {r['flood']['accepted']} joins accepted, {r['flood']['refused']} refused; polite refusals: {r['polite_refused']}; huge uploads "
               f"{r['huge_uploads']['completed']}/{r['huge_uploads']['n']}; peak RSS {r['peak_rss_mb']:.0f} MB; "
               f"peak cache folder {r['peak_cache_mb']:.0f} MB")
         print("| polite endpoint | n | p50 s | p95 s | max s |\n|---|---|---|---|---|")
