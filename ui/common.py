@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 import math
 import os
 import time
@@ -24,6 +25,8 @@ try:  # ZeroGPU: `spaces` must be imported before torch initialises CUDA (app.py
     import spaces
 except ImportError:  # pragma: no cover - spaces is in requirements.txt
     spaces = None
+
+log = logging.getLogger("ddpm_explorer")
 
 # Limits a public Space needs (also documented in the README's security section).
 T_MIN, T_MAX = 10, 1000
@@ -49,14 +52,19 @@ def gpu(duration: int):
 
 # ---------------------------------------------------------------- errors a user can act on
 def _user_message(err: BaseException) -> gr.Error | None:
+    """The message for an expected failure (bad input, a cancel, no memory), or None for a real fault. Expected
+    failures are logged in one line, not with a traceback: the log is for the operator."""
     if isinstance(err, ValueError):
-        return gr.Error(str(err))
-    if isinstance(err, SamplingCancelled):
-        return gr.Error("Sampling was cancelled.")
-    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+        message = str(err)
+    elif isinstance(err, SamplingCancelled):
+        message = "Sampling was cancelled."
+    elif isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or (
             isinstance(err, RuntimeError) and "out of memory" in str(err).lower()):
-        return gr.Error("Out of memory: try a smaller batch, fewer seeds or a smaller model.")
-    return None
+        message = "Out of memory: try a smaller batch, fewer seeds or a smaller model."
+    else:
+        return None
+    log.info("user error: %s", message.splitlines()[0][:200] if message else type(err).__name__)
+    return gr.Error(message, print_exception=False)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,11 @@ from gradio.utils import get_upload_folder, is_in_or_equal
 HUGE = 2**53
 
 
+def user_error(message: str) -> gr.Error:
+    """A message for the user about their request; the server log keeps no traceback for it (not a fault)."""
+    return gr.Error(message, print_exception=False)
+
+
 def short_repr(value, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters: an error message must not echo a 10 KB request back."""
     text = repr(value)
@@ -28,11 +33,11 @@ def short_repr(value, limit: int = 60) -> str:
 def check_number(value, label: str):
     """The value if it is a real, finite number of sane size; else a ``gr.Error`` naming ``label``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise gr.Error(f"{label} must be a finite number, got {short_repr(value)}")
+        raise user_error(f"{label} must be a finite number, got {short_repr(value)}")
     if isinstance(value, int) and abs(value) > HUGE:
-        raise gr.Error(f"{label} is far out of range (a number of {len(str(abs(value)))} digits)")
+        raise user_error(f"{label} is far out of range (a number of {len(str(abs(value)))} digits)")
     if not math.isfinite(value):
-        raise gr.Error(f"{label} must be a finite number, got {value!r}")
+        raise user_error(f"{label} must be a finite number, got {value!r}")
     return value
 
 
@@ -62,10 +67,10 @@ with _no_stub_files():
             if payload is None:
                 return None
             if payload.path is None:
-                raise gr.Error("The upload did not arrive as a file; please upload it again.")
+                raise user_error("The upload did not arrive as a file; please upload it again.")
             if not any(is_in_or_equal(payload.path, folder) for folder in (get_upload_folder(), *self.allowed_folders)):
                 # an API client can name any path; only uploads (and the examples) are ever read
-                raise gr.Error("That file was not uploaded to this Space: upload the image, then use it.")
+                raise user_error("That file was not uploaded to this Space: upload the image, then use it.")
             return payload.path
 
     class StrictNumber(gr.Number):
@@ -94,7 +99,7 @@ with _no_stub_files():
         def preprocess(self, payload):
             payload = [payload] if isinstance(payload, str) else payload
             if not isinstance(payload, list) or not all(isinstance(v, str) for v in payload):
-                raise gr.Error(f"{self.label or 'value'} must be a list of names, got {short_repr(payload)}")
+                raise user_error(f"{self.label or 'value'} must be a list of names, got {short_repr(payload)}")
             return super().preprocess(payload)
 
 
@@ -106,7 +111,7 @@ def clear_request_errors(demo: gr.Blocks) -> gr.Blocks:
     def validate_inputs(block_fn, inputs):
         if len(inputs) < len(block_fn.inputs):
             names = ", ".join(getattr(b, "label", None) or type(b).__name__ for b in block_fn.inputs)
-            raise gr.Error(f"{block_fn.api_name or block_fn.name} takes {len(block_fn.inputs)} values ({names}); "
+            raise user_error(f"{block_fn.api_name or block_fn.name} takes {len(block_fn.inputs)} values ({names}); "
                            f"{len(inputs)} arrived: a value is missing")
         return validate(block_fn, inputs)
 
@@ -116,10 +121,10 @@ def clear_request_errors(demo: gr.Blocks) -> gr.Blocks:
         except gr.Error:
             raise
         except InvalidPathError as err:
-            raise gr.Error("That file was not uploaded to this Space: upload the image, then use it.") from err
+            raise user_error("That file was not uploaded to this Space: upload the image, then use it.") from err
         except ValueError as err:  # pydantic's ValidationError included: a value of the wrong form
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise gr.Error(f"A value sent to {block_fn.api_name or block_fn.name} does not fit its input "
+            raise user_error(f"A value sent to {block_fn.api_name or block_fn.name} does not fit its input "
                            f"({short_repr(first_line, 120)})") from err
 
     demo.validate_inputs, demo.preprocess_data = validate_inputs, preprocess_data

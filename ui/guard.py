@@ -17,6 +17,7 @@ Refusals are HTTP 503 with a message saying which limit applies.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,8 @@ from urllib.parse import parse_qs
 import gradio as gr
 from gradio import route_utils
 from gradio.context import LocalContext
+
+log = logging.getLogger("ddpm_explorer")
 
 DEFAULT_PER_CLIENT = 4
 DEFAULT_PER_GROUP = 64
@@ -150,7 +153,8 @@ class QueueGuard:
             if self.listening.get(session):
                 return
         self.stats["dropped"] += 1
-        raise NotListening("Nobody is listening for this result: the request was dropped unrun.")
+        log.info("dropped a %s job unrun: nobody listening", getattr(event, "concurrency_id", "?"))
+        raise NotListening("Nobody is listening for this result: the request was dropped unrun.", print_exception=False)
 
 
 class _StreamCounter:
