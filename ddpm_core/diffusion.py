@@ -55,17 +55,21 @@ class StepOutput:
     x_t: Tensor | None = None
 
 
-def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> Tensor:
+@dataclass
+class ModelPrediction:
+    """What a model output says about x_t ``[B x C x H x W]``: the predicted x_0 (clipped or thresholded as
+    configured), the predicted noise eps (from the unclipped prediction, as diffusers derives it), and the
+    learned-variance values v ``[B x C x ...]`` (``learned_range`` only, else None)."""
+
+    pred_xstart: Tensor
+    pred_noise: Tensor
+    var_values: Tensor | None = None
+
+
+def randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Standard normal noise drawn as diffusers' ``randn_tensor`` draws it (on the generator's device, then moved)."""
     rand_device = generator.device if generator is not None else device
     return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
-
-
-def _model_device_dtype(model: Any) -> tuple[torch.device | None, torch.dtype | None]:
-    if isinstance(model, torch.nn.Module):
-        for p in model.parameters():
-            return p.device, p.dtype
-    return None, None
 
 
 def call_model(model: Callable, x: Tensor, timesteps: Tensor) -> Tensor:
@@ -305,7 +309,7 @@ class GaussianDiffusion:
         """
         t = self._timesteps(t, x_start)
         if noise is None:
-            noise = _randn(x_start.shape, generator, x_start.device, x_start.dtype)
+            noise = randn(x_start.shape, generator, x_start.device, x_start.dtype)
         self._same_shape(x_start, noise, "q_sample(x_start, noise)")
         return self._q_sample(x_start, t, noise)
 
@@ -348,7 +352,9 @@ class GaussianDiffusion:
     def predict_start_from_v(self, x_t: Tensor, t: int | Tensor, v: Tensor) -> Tensor:
         """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v (Salimans & Ho 2022, sec. 4)."""
         self._same_shape(x_t, v, "predict_start_from_v(x_t, v)")
-        t = self._timesteps(t, x_t)
+        return self._start_from_v(x_t, self._timesteps(t, x_t), v)
+
+    def _start_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
         return self._extract("sqrt_alphas_cumprod", t, x_t) * x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * v
 
     def predict_noise_from_start(self, x_t: Tensor, t: int | Tensor, x_start: Tensor) -> Tensor:
@@ -362,7 +368,9 @@ class GaussianDiffusion:
     def get_v(self, x_start: Tensor, noise: Tensor, t: int | Tensor) -> Tensor:
         """The v-prediction target v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (== DDPMScheduler.get_velocity)."""
         self._same_shape(x_start, noise, "get_v(x_start, noise)")
-        t = self._timesteps(t, x_start)
+        return self._v(x_start, noise, self._timesteps(t, x_start))
+
+    def _v(self, x_start: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         return self._extract("sqrt_alphas_cumprod", t, x_start) * noise - self._extract("sqrt_one_minus_alphas_cumprod", t, x_start) * x_start
 
     def _threshold(self, x0: Tensor) -> Tensor:
@@ -394,18 +402,49 @@ class GaussianDiffusion:
             raise ValueError(f"model output shape {tuple(model_output.shape)} does not match samples {tuple(x.shape)}{hint}")
         return model_output, None
 
-    def _pred_start(self, pred: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    def model_predictions(self, model_output: Tensor, x_t: Tensor, t: Tensor) -> ModelPrediction:
+        """x0_hat (clipped or thresholded) and eps_hat from a model output, for every prediction type: the one place
+        that reads a model output. Tensor-only (no checks, no host sync): ``t`` are indices ``[B]``."""
+        pred, var_values = self._split_output(model_output, x_t)
         if self.prediction_type == "epsilon":
-            return self._start_from_noise(x_t, t, pred)  # eq. 15
-        if self.prediction_type == "sample":
-            return pred
-        return self._extract("sqrt_alphas_cumprod", t, x_t) * x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * pred
+            x0, eps = self._start_from_noise(x_t, t, pred), pred  # eq. 15
+        elif self.prediction_type == "sample":
+            x0, eps = pred, self._noise_from_start(x_t, t, pred)
+        else:  # v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022)
+            a, b = self._extract("sqrt_alphas_cumprod", t, x_t), self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
+            x0, eps = self._start_from_v(x_t, t, pred), a * pred + b * x_t
+        return ModelPrediction(self._threshold(x0), eps, var_values)
+
+    def posterior_mean(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """mu~_t(x_t, x_0) of eq. 7, tensor-only (``t``: indices ``[B]``)."""
+        return self._posterior_mean(x_start, x_t, t)
+
+    def reverse_std(self, x_t: Tensor, t: Tensor, var_values: Tensor | None = None) -> Tensor:
+        """sigma_t of the reverse step: ``[B x 1 x ...]`` for fixed variances, ``[B x C x ...]`` for learned_range."""
+        if self.variance_type == "fixed_small":
+            return self._extract("posterior_std", t, x_t)
+        if self.variance_type == "fixed_large":
+            return self._extract("sqrt_betas", t, x_t)
+        return torch.exp(0.5 * self._learned_log_variance(x_t, t, var_values))
+
+    def _learned_log_variance(self, x_t: Tensor, t: Tensor, var_values: Tensor) -> Tensor:
+        # IDDPM eq. 15: v in [-1, 1] interpolates log beta~_t and log beta_t
+        frac = (var_values + 1) / 2
+        return frac * self._extract("log_betas", t, x_t) + (1 - frac) * self._extract("posterior_log_variance_clipped", t, x_t)
+
+    def noise_from_start(self, x_t: Tensor, t: Tensor, x_start: Tensor) -> Tensor:
+        """eps from x_t and x_0, tensor-only (``t``: indices ``[B]``)."""
+        return self._noise_from_start(x_t, t, x_start)
+
+    def model_timesteps(self, t: Tensor) -> Tensor:
+        """The original training timesteps the model sees at indices ``t`` ``[B]`` (respacing-aware)."""
+        return self._coef("timestep_map", t.device, torch.long).index_select(0, t)
 
     # ------------------------------------------------------------------ reverse process
     def model_output(self, model: Callable, x_t: Tensor, t: int | Tensor) -> Tensor:
         """Run ``model`` on ``x_t`` with the original training timesteps of indices ``t`` (respacing-aware)."""
         t = self._timesteps(t, x_t)
-        return call_model(model, x_t, self._coef("timestep_map", x_t.device, torch.long)[t])
+        return call_model(model, x_t, self.model_timesteps(t))
 
     def p_mean_variance(
         self, model: Callable | None, x_t: Tensor, t: int | Tensor, model_output: Tensor | None = None
@@ -419,27 +458,21 @@ class GaussianDiffusion:
         if model_output is None:
             if model is None:
                 raise ValueError("p_mean_variance needs a model or a model_output")
-            model_output = call_model(model, x_t, self._coef("timestep_map", x_t.device, torch.long)[t])
+            model_output = call_model(model, x_t, self.model_timesteps(t))
         return self._p_mean_variance(model_output, x_t, t)
 
     def _p_mean_variance(self, model_output: Tensor, x_t: Tensor, t: Tensor) -> dict[str, Tensor]:
-        pred, v = self._split_output(model_output, x_t)
-        # 1. predicted x_0 (eq. 15 for epsilon), then clip or threshold it
-        pred_xstart = self._threshold(self._pred_start(pred, x_t, t))
-        # 2. the posterior mean at the predicted x_0 (eq. 7)
-        mean = self._posterior_mean(pred_xstart, x_t, t)
+        # 1. predicted x_0 (eq. 15 for epsilon), clipped or thresholded; 2. the posterior mean there (eq. 7)
+        pred = self.model_predictions(model_output, x_t, t)
+        mean = self.posterior_mean(pred.pred_xstart, x_t, t)
         # 3. the variance choice
-        if self.variance_type == "fixed_small":
-            log_var = self._extract("posterior_log_variance_clipped", t, x_t)
-            std = self._extract("posterior_std", t, x_t)
-        elif self.variance_type == "fixed_large":
-            log_var = self._extract("log_betas", t, x_t)
-            std = self._extract("sqrt_betas", t, x_t)
-        else:  # learned_range, IDDPM eq. 15
-            frac = (v + 1) / 2
-            log_var = frac * self._extract("log_betas", t, x_t) + (1 - frac) * self._extract("posterior_log_variance_clipped", t, x_t)
-            std = torch.exp(0.5 * log_var)
-        return {"mean": mean, "variance": std * std, "log_variance": log_var, "std": std, "pred_xstart": pred_xstart, "model_output": model_output}
+        if self.variance_type == "learned_range":
+            log_var = self._learned_log_variance(x_t, t, pred.var_values)
+        else:
+            log_var = self._extract("posterior_log_variance_clipped" if self.variance_type == "fixed_small" else "log_betas", t, x_t)
+        std = self.reverse_std(x_t, t, pred.var_values)
+        return {"mean": mean, "variance": std * std, "log_variance": log_var, "std": std, "pred_xstart": pred.pred_xstart,
+                "model_output": model_output}
 
     def p_sample(
         self,
@@ -457,27 +490,13 @@ class GaussianDiffusion:
         """
         t = self._timesteps(t, x_t)
         out = self.p_mean_variance(model, x_t, t, model_output)
-        orig_t = self._coef("timestep_map", x_t.device, torch.long)[t]
-        if noise is None and bool((orig_t > 0).any()):
-            noise = _randn(out["mean"].shape, generator, x_t.device, x_t.dtype)
-        return StepOutput(self._add_noise(out, orig_t, noise), out["pred_xstart"])
-
-    def _ddpm_step(self, model_output: Tensor, x: Tensor, t: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor]:
-        """One ancestral step on tensors only (no host synchronisation, so it can live in a CUDA graph).
-
-        ``t`` = indices ``[B]`` into this (possibly respaced) schedule, ``noise`` z ``[B x C x H x W]`` or None.
-        eq. 15 -> eq. 7 (p_mean_variance), then Algorithm 2 line 4: x_{t-1} = mu + sigma z, with z = 0 where the
-        original timestep is 0. Returns (x_{t-1}, clipped x0_hat).
-        """
-        out = self._p_mean_variance(model_output, x, t)
-        return self._add_noise(out, self._coef("timestep_map", x.device, torch.long)[t], noise), out["pred_xstart"]
-
-    @staticmethod
-    def _add_noise(out: dict[str, Tensor], orig_t: Tensor, noise: Tensor | None) -> Tensor:
+        last = self.model_timesteps(t) == 0  # the last step (original t = 0) returns the mean
+        if bool(last.all()):
+            return StepOutput(out["mean"], out["pred_xstart"])
         if noise is None:
-            return out["mean"]
-        mask = (orig_t > 0).to(noise.dtype).reshape(-1, *([1] * (noise.ndim - 1)))
-        return out["mean"] + mask * out["std"] * noise
+            noise = randn(out["mean"].shape, generator, x_t.device, x_t.dtype)
+        mask = (~last).to(noise.dtype).reshape(-1, *([1] * (noise.ndim - 1)))
+        return StepOutput(out["mean"] + mask * out["std"] * noise, out["pred_xstart"])
 
     # ------------------------------------------------------------------ respacing
     def respace(self, timesteps: Sequence[int] | np.ndarray | Tensor) -> "GaussianDiffusion":
@@ -515,23 +534,6 @@ class GaussianDiffusion:
         """The descending original timesteps an ``N``-step run visits (this diffusion's spacing and offset)."""
         return inference_timesteps(self.num_timesteps, num_inference_steps, self.timestep_spacing, self.steps_offset)
 
-    def _loop_setup(self, model, shape, noise, generator, device, dtype, timesteps):
-        m_device, m_dtype = _model_device_dtype(model)
-        if noise is not None:
-            device, dtype = noise.device, noise.dtype
-            if shape is not None and tuple(shape) != tuple(noise.shape):
-                raise ValueError(f"noise shape {tuple(noise.shape)} does not match shape {tuple(shape)}")
-        device = torch.device(device) if device is not None else (m_device or torch.device("cpu"))
-        dtype = dtype or m_dtype or torch.float32
-        if noise is None:
-            if shape is None or len(shape) < 2 or any(int(s) < 1 for s in shape):
-                raise ValueError(f"shape must be [B, C, ...] with positive sizes, got {shape}")
-            noise = _randn(shape, generator, device, dtype)
-        ts = np.asarray(timesteps, dtype=np.int64)
-        if ts.ndim != 1 or ts.size < 1 or (np.diff(ts) >= 0).any() or ts[-1] < 0 or ts[0] >= self.num_timesteps:
-            raise ValueError(f"timesteps must be strictly descending within [0, {self.num_timesteps - 1}]")
-        return noise, self.respace(ts), ts
-
     def p_sample_loop_progressive(
         self,
         model: Callable,
@@ -548,19 +550,11 @@ class GaussianDiffusion:
         ``num_inference_steps=None`` runs all T steps; fewer steps use this diffusion's ``timestep_spacing`` and
         respaced betas; ``timesteps`` (descending original timesteps) overrides both, e.g. to start from x_t.
         """
+        from .samplers import get_sampler, sample_loop_progressive
+
         if timesteps is None:
             timesteps = self.inference_timesteps(num_inference_steps)
-        x, spaced, ts = self._loop_setup(model, shape, noise, generator, device, dtype, timesteps)
-        B = x.shape[0]
-        for step, t_orig in enumerate(ts.tolist()):
-            i = len(ts) - 1 - step  # index into the respaced schedule
-            with torch.inference_mode():  # entered per step: a generator must not leave grad mode off between yields
-                t = torch.full((B,), i, dtype=torch.long, device=x.device)
-                t_model = torch.full((B,), t_orig, dtype=torch.long, device=x.device)
-                noise_t = _randn(x.shape, generator, x.device, x.dtype) if t_orig > 0 else None
-                x_prev, pred_xstart = spaced._ddpm_step(call_model(model, x, t_model), x, t, noise_t)
-            yield StepOutput(x_prev, pred_xstart, step, t_orig, x)
-            x = x_prev
+        yield from sample_loop_progressive(self, get_sampler("ddpm"), model, shape, timesteps, generator, noise, device, dtype)
 
     def p_sample_loop(
         self,
@@ -611,22 +605,12 @@ class GaussianDiffusion:
         abar_prev is 1 (``set_alpha_to_one``) or abar_0. The previous timestep is the next kept one; diffusers
         instead uses t - T // N, which agrees for ``leading`` spacing and for N dividing T.
         """
-        if not 0 <= float(eta) <= 1:
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        from .samplers import DDIM, sample_loop_progressive
+
         if timesteps is None:
             timesteps = self.inference_timesteps(num_inference_steps)
-        x, spaced, ts = self._loop_setup(model, shape, noise, generator, device, dtype, timesteps)
-        tables = spaced._ddim_tables(float(eta), self.schedule.alphas_cumprod[0], x.device, x.dtype)
-        B = x.shape[0]
-        for step, t_orig in enumerate(ts.tolist()):
-            i = len(ts) - 1 - step
-            with torch.inference_mode():
-                t = torch.full((B,), i, dtype=torch.long, device=x.device)
-                model_output = call_model(model, x, torch.full((B,), t_orig, dtype=torch.long, device=x.device))
-                noise_t = _randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
-                x_prev, x0 = spaced._ddim_step(model_output, x, t, tables, noise_t, use_clipped_model_output)
-            yield StepOutput(x_prev, x0, step, t_orig, x)
-            x = x_prev
+        yield from sample_loop_progressive(self, DDIM(use_clipped_model_output), model, shape, timesteps, generator, noise,
+                                           device, dtype, eta)
 
     def ddim_sample_loop(self, model: Callable, shape: Sequence[int] | None = None, num_inference_steps: int = 50,
                          eta: float = 0.0, callback: Callable[[StepOutput], None] | None = None, **kwargs: Any) -> Tensor:
@@ -637,47 +621,6 @@ class GaussianDiffusion:
                 callback(out)
             x = out.prev_sample
         return x
-
-    def _ddim_step(self, model_output: Tensor, x: Tensor, t: Tensor, tables: dict[str, Tensor], noise: Tensor | None,
-                   use_clipped_model_output: bool = False) -> tuple[Tensor, Tensor]:
-        """One DDIM step on tensors only (no host synchronisation, so it can live in a CUDA graph).
-
-        ``t`` = respaced indices ``[B]``, ``tables`` from :meth:`_ddim_tables`, ``noise`` ``[B x C x H x W]`` or None
-        (eta = 0). Returns (x_prev, clipped x0_hat), eq. 12.
-        """
-        pred, _ = self._split_output(model_output, x)
-        x0, eps = self._ddim_predictions(pred, x, t)
-        x0 = self._threshold(x0)
-        if use_clipped_model_output:
-            eps = self._noise_from_start(x, t, x0)
-        # DDIM eq. 12: predicted x_0, direction pointing to x_t, random noise
-        shape = (t.shape[0],) + (1,) * (x.ndim - 1)
-        x_prev = tables["sqrt_abar_prev"][t].reshape(shape) * x0 + tables["dir_coef"][t].reshape(shape) * eps
-        if noise is not None:
-            x_prev = x_prev + tables["sigma"][t].reshape(shape) * noise
-        return x_prev, x0
-
-    def _ddim_predictions(self, pred: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(x0_hat, eps_hat) from the model output, for each prediction type (DDIM eq. 12 ingredients)."""
-        if self.prediction_type == "epsilon":
-            return self._start_from_noise(x_t, t, pred), pred
-        if self.prediction_type == "sample":
-            return pred, self._noise_from_start(x_t, t, pred)
-        a, b = self._extract("sqrt_alphas_cumprod", t, x_t), self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
-        return a * x_t - b * pred, a * pred + b * x_t
-
-    def _ddim_tables(self, eta: float, abar_0: Tensor, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
-        """Per-index DDIM coefficients in float64, cast once: sqrt(abar_prev), the direction coefficient, sigma."""
-        abar = self.schedule.alphas_cumprod
-        abar_prev = self.schedule.alphas_cumprod_prev.clone()
-        if not self.set_alpha_to_one:
-            abar_prev[0] = abar_0
-        sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).clamp(min=0).sqrt()
-        return {
-            "sqrt_abar_prev": abar_prev.sqrt().to(device, dtype),
-            "dir_coef": (1 - abar_prev - sigma**2).clamp(min=0).sqrt().to(device, dtype),
-            "sigma": sigma.to(device, dtype),
-        }
 
     # ------------------------------------------------------------------ training
     def p_losses(
@@ -708,17 +651,17 @@ class GaussianDiffusion:
             t = torch.randint(0, self.num_timesteps, (B,), generator=generator, device=generator.device if generator else x_start.device).to(x_start.device)
         t = self._timesteps(t, x_start)
         if noise is None:
-            noise = _randn(x_start.shape, generator, x_start.device, x_start.dtype)
+            noise = randn(x_start.shape, generator, x_start.device, x_start.dtype)
         self._same_shape(x_start, noise, "p_losses(x_start, noise)")
         x_t = self._q_sample(x_start, t, noise)
-        out = call_model(model, x_t, self._coef("timestep_map", x_t.device, torch.long)[t])
+        out = call_model(model, x_t, self.model_timesteps(t))
         self._same_shape(out, x_start, "p_losses(model output, x_start)")
         if self.prediction_type == "epsilon":
             target = noise
         elif self.prediction_type == "sample":
             target = x_start
         else:
-            target = self._extract("sqrt_alphas_cumprod", t, x_start) * noise - self._extract("sqrt_one_minus_alphas_cumprod", t, x_start) * x_start
+            target = self._v(x_start, noise, t)
         per_sample = F.mse_loss(out.float(), target.float(), reduction="none").flatten(1).mean(1)
         if snr_gamma is not None:
             if not 0 < snr_gamma < float("inf"):

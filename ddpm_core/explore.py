@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .diffusion import GaussianDiffusion, _randn
+from .diffusion import GaussianDiffusion, randn
 from .schedule import NoiseSchedule
 
 #: Curves of the schedules tab: (key, label). log-SNR = log(abar / (1 - abar)).
@@ -81,12 +81,12 @@ def forward_views(x0: torch.Tensor, diffusion: GaussianDiffusion, t: int, seed: 
     if x0.ndim != 4 or x0.shape[0] != 1:
         raise ValueError(f"x0 must be [1 x C x H x W], got {tuple(x0.shape)}")
     g = torch.Generator().manual_seed(int(seed))
-    noise = _randn(x0.shape, g, x0.device, x0.dtype)
+    noise = randn(x0.shape, g, x0.device, x0.dtype)
     x_t = diffusion.q_sample(x0, t, noise)
     mean, _, _ = diffusion.q_posterior(x0, x_t, t)
     H, W = x0.shape[-2:]
     scale = min(1.0, thumb / max(H, W))
     small = F.interpolate(x0, size=(max(1, round(H * scale)), max(1, round(W * scale))), mode="area") if scale < 1 else x0
-    strip_noise = _randn(small.shape, torch.Generator().manual_seed(int(seed)), small.device, small.dtype)
+    strip_noise = randn(small.shape, torch.Generator().manual_seed(int(seed)), small.device, small.dtype)
     strip = [(s, diffusion.q_sample(small, s, strip_noise)) for s in strip_timesteps(diffusion.num_timesteps, n_strip)]
     return ForwardViews(x_t, noise, mean, strip, readout(diffusion.schedule, t))

@@ -7,7 +7,7 @@ precision, optionally compiled with ``torch.compile``. On a CPU the UNet is chan
 frozen TorchScript trace (oneDNN with pre-packed weights): the same numbers, ~10% faster than eager channels_last
 on the bundled model.
 
-The step itself is :meth:`GaussianDiffusion._ddpm_step` / ``_ddim_step``, the very code of the plain loops: the fast
+The step itself is the sampler's own ``step`` (:mod:`ddpm_core.samplers`), the very code of the plain loop: the fast
 loop differs only in where tensors live. Every stage falls back to the one below when it cannot run (no CUDA, no
 compiler, a trace that does not match, a capture that fails), and says why in ``FastLoop.path``.
 """
@@ -23,10 +23,10 @@ import warnings
 from collections import OrderedDict
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 
 from .diffusion import GaussianDiffusion, StepOutput, call_model
+from .samplers import get_sampler
 
 log = logging.getLogger(__name__)
 
@@ -155,34 +155,23 @@ class FastLoop:
             mode = default_mode(next(unet.parameters()).device)
         if mode not in MODES:
             raise ValueError(f"unknown fast mode {mode!r}; choose one of {MODES}")
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"unknown sampler {sampler!r}")
-        if not 0 <= float(eta) <= 1:
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
         if len(shape) != 4 or any(int(s) < 1 for s in shape):
             raise ValueError(f"shape must be [B, C, H, W] with positive sizes, got {tuple(shape)}")
         p = next(unet.parameters())
         self.device, self.model_dtype = p.device, p.dtype
         self.shape = tuple(int(s) for s in shape)
-        ts = np.asarray(timesteps, dtype=np.int64)
-        if ts.ndim != 1 or ts.size < 1 or (np.diff(ts) >= 0).any() or ts[-1] < 0 or ts[0] >= diffusion.num_timesteps:
-            raise ValueError(f"timesteps must be strictly descending within [0, {diffusion.num_timesteps - 1}]")
-        self.timesteps = ts
-        self.sampler, self.eta = sampler, float(eta)
-        self.spaced = diffusion.respace(ts)
-        n, dev, f32 = len(ts), self.device, torch.float32
-        # loop position k -> respaced index (into self.spaced) and the original timestep the model sees
-        self.index_table = torch.arange(n - 1, -1, -1, dtype=torch.long, device=dev)
-        self.t_table = torch.as_tensor(ts, dtype=torch.long, device=dev)
-        self.ddim_tables = (self.spaced._ddim_tables(self.eta, diffusion.schedule.alphas_cumprod[0], dev, f32)
-                            if sampler == "ddim" else None)
-        self.noise_steps = [bool(t > 0) for t in ts] if sampler == "ddpm" else [self.eta > 0] * n
+        dev, f32 = self.device, torch.float32
+        self.sampler = get_sampler(sampler) if isinstance(sampler, str) else sampler
+        # per-position tables (the respaced index, the model's timestep, the sampler's coefficients) on the device
+        self.plan = self.sampler.plan(diffusion, timesteps, dev, f32, eta)
+        self.timesteps, self.noise_steps = self.plan.timesteps, self.plan.noise_steps
         self.x = torch.zeros(self.shape, device=dev, dtype=f32).contiguous(memory_format=torch.channels_last)
         self.x_prev = torch.zeros_like(self.x)
         self.x0 = torch.zeros_like(self.x)
         # contiguous on purpose: normal_ fills memory in order, so only an NCHW buffer draws the values randn draws
         self.noise = torch.zeros(self.shape, device=dev, dtype=f32)
         self.k = torch.zeros(1, dtype=torch.long, device=dev)
+        self.state = self.sampler.init_state(self.plan, self.x)  # a multistep sampler's history: static buffers too
         self.graph = None
         self.busy = False  # a run (or a fast_loop() caller about to run) holds the buffers
         self.reserved = False
@@ -231,15 +220,11 @@ class FastLoop:
     # ------------------------------------------------------------------ the step
     def _body(self) -> None:
         """x <- x_prev; (x_prev, x0) <- step k; k <- k + 1. Device work only: capturable as a CUDA graph."""
-        B = self.shape[0]
         self.x.copy_(self.x_prev)
-        i = self.index_table.index_select(0, self.k).expand(B)  # index_select, not [k]: no .item() sync
-        t = self.t_table.index_select(0, self.k).expand(B)
+        t = self.plan.tables["t_model"].index_select(0, self.k).expand(self.shape[0])  # index_select: no .item() sync
         out = call_model(self.unet, self.x.to(self.model_dtype), t).float()
-        if self.sampler == "ddpm":
-            x_prev, x0 = self.spaced._ddpm_step(out, self.x, i, self.noise)
-        else:
-            x_prev, x0 = self.spaced._ddim_step(out, self.x, i, self.ddim_tables, self.noise if self.eta > 0 else None)
+        noise = self.noise if any(self.noise_steps) else None  # one body for every step: samplers mask their own
+        x_prev, x0 = self.sampler.step(self.plan, self.k, out, self.x, noise, self.state)
         self.x_prev.copy_(x_prev)
         self.x0.copy_(x0)
         self.k.add_(1)
@@ -268,6 +253,8 @@ class FastLoop:
             with torch.inference_mode():
                 self.x_prev.copy_(x_T)
                 self.k.zero_()
+                for buffer in self.state.values():
+                    buffer.zero_()
             for step, t_orig in enumerate(self.timesteps.tolist()):
                 with torch.inference_mode():
                     if self.noise_steps[step]:

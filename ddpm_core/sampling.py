@@ -7,7 +7,6 @@ per step on a GPU; ``fast=False`` runs the plain reference loops.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -18,9 +17,7 @@ import torch
 from .checkpoints import LoadedModel
 from .diffusion import GaussianDiffusion, StepOutput
 from .fast import fast_loop
-from .imaging import make_grid, tensor_to_pil
-
-SAMPLERS = ("ddpm", "ddim")
+from .samplers import SAMPLERS, get_sampler, sample_loop_progressive
 
 
 class SamplingCancelled(RuntimeError):
@@ -41,7 +38,7 @@ class SampleResult:
     samples: torch.Tensor
     timesteps: list[int]
     snapshots: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (t, x_t, pred x_0)
-    frames: list = field(default_factory=list)  # PIL grids of x_t along the way
+    frames: list[torch.Tensor] = field(default_factory=list)  # x_t along the way, [B x C x H x W] float32 CPU copies
     seconds: float = 0.0
     device: str = "cpu"
     dtype: str = "float32"
@@ -115,8 +112,7 @@ def generate_steps(
     :mod:`ddpm_core.fast` (``compile=True`` adds torch.compile). ``progress(step, total)`` is called after each
     step; ``should_stop()`` returning True raises :class:`SamplingCancelled`.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    sampler_ = get_sampler(sampler)
     diffusion = diffusion_for(model, variance_type)
     device, dtype = model.device, model.dtype
     fast = fast or compile
@@ -135,14 +131,13 @@ def generate_steps(
         mode = ("compile+graph" if device.type == "cuda" else "compile") if compile else None
         loop = fast_loop(model.unet, diffusion, (batch_size, C, H, W), timesteps, sampler, eta, mode)
     n_steps = len(timesteps)
-    frame_scale = max(1, 128 // H)  # small models: upscale the animation's frames (nearest) to be seen
     snaps = snapshot_steps(n_steps, n_snapshots)
     frame_steps = snapshot_steps(n_steps, n_frames)
     result = SampleResult(samples=torch.empty(0), timesteps=[int(t) for t in timesteps], device=str(device),
                           dtype=str(dtype).replace("torch.", ""), path=loop.path if loop else "plain loop",
                           setup_seconds=loop.setup_seconds if loop and loop.runs == 0 else 0.0)
     if noise is not None:
-        result.frames.append(make_grid(tensor_to_pil(noise.float().clamp(-1, 1)), ncols=_ncols(batch_size), scale=frame_scale))
+        result.frames.append(_copy(noise))
 
     def on_step(out: StepOutput) -> None:
         if should_stop is not None and should_stop():
@@ -150,19 +145,17 @@ def generate_steps(
         if out.index in snaps:
             result.snapshots.append((out.timestep, _copy(out.x_t), _copy(out.pred_original_sample)))
         if out.index in frame_steps:
-            result.frames.append(make_grid(tensor_to_pil(out.prev_sample.float().clamp(-1, 1)), ncols=_ncols(batch_size), scale=frame_scale))
+            result.frames.append(_copy(out.prev_sample))
         if progress is not None:
             progress(out.index + 1, n_steps)
 
     shape = (batch_size, C, H, W)
     t0 = time.perf_counter()
-    common = dict(generator=generator, noise=noise, device=device, dtype=dtype, timesteps=timesteps)
     if loop is not None:
         steps = loop.run(noise, generator)
-    elif sampler == "ddpm":
-        steps = diffusion.p_sample_loop_progressive(model.unet, None if noise is not None else shape, **common)
     else:
-        steps = diffusion.ddim_sample_loop_progressive(model.unet, None if noise is not None else shape, eta=eta, **common)
+        steps = sample_loop_progressive(diffusion, sampler_, model.unet, None if noise is not None else shape, timesteps,
+                                        generator, noise, device, dtype, eta)
     x = None
     for out in steps:
         on_step(out)
@@ -185,7 +178,3 @@ def warm_up(model: LoadedModel, batch_size: int = 8, num_inference_steps: int | 
 def _copy(x: torch.Tensor) -> torch.Tensor:
     """A float32 CPU copy in NCHW order (the fast path's tensors are static buffers, reused next step)."""
     return x.detach().to("cpu", torch.float32, copy=True).contiguous()
-
-
-def _ncols(n: int) -> int:
-    return min(n, max(1, math.ceil(math.sqrt(n))))

@@ -83,6 +83,14 @@ def _trajectory_image(snapshots):
     return make_grid(tops + bottoms, ncols=len(tops), labels=labels, scale=scale, pad=3)
 
 
+def _animation(frames, seed: int) -> str:
+    """The reverse process as a GIF: each frame (x_t ``[B x C x H x W]``) as a grid, small models upscaled."""
+    batch, height = frames[0].shape[0], frames[0].shape[2]
+    ncols = min(batch, max(1, math.ceil(math.sqrt(batch))))
+    grids = [make_grid(tensor_to_pil(f.clamp(-1, 1)), ncols=ncols, scale=max(1, 128 // height)) for f in frames]
+    return str(save_animation(grids, out_path(f"reverse-process-seed{seed}.gif")))
+
+
 def _archive(images, seed: int) -> str:
     archive = out_path(f"samples-seed{seed}.zip")
     with zipfile.ZipFile(archive, "w") as z:
@@ -128,7 +136,7 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
         else:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
     images = tensor_to_pil(result.samples.clamp(-1, 1))
-    gif = str(save_animation(result.frames, out_path(f"reverse-process-seed{seed}.gif")))
+    gif = _animation(result.frames, seed)
     gallery = [(png(display(img), f"sample-{k}.png"), f"#{k}") for k, img in enumerate(images)]
     yield (gallery, png(_trajectory_image(result.snapshots), "trajectory.png"), gif, [_archive(images, seed), gif],
            _summary(m, result, "DDIM" if ddim else "DDPM", variance, seed))

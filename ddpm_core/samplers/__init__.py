@@ -1,0 +1,25 @@
+"""Reverse-process samplers behind one protocol (:class:`Sampler`), one registry and one loop.
+
+Adding a sampler is one module: a :class:`Sampler` subclass with its tables and its tensor-only step, registered
+in ``SAMPLERS`` below. The plain loops, the fast path, the Space and the CLIs all take their choices from here.
+"""
+
+from __future__ import annotations
+
+from .base import Plan, Sampler
+from .ddim import DDIM
+from .ddpm import DDPM
+from .loop import sample_loop_progressive
+
+#: name -> sampler, in the order a UI lists them
+SAMPLERS: dict[str, Sampler] = {s.name: s for s in (DDPM(), DDIM())}
+
+
+def get_sampler(name: str) -> Sampler:
+    """The registered sampler ``name``; ``ValueError`` naming the choices for anything else."""
+    if not isinstance(name, str) or name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+__all__ = ["DDIM", "DDPM", "SAMPLERS", "Plan", "Sampler", "get_sampler", "sample_loop_progressive"]
