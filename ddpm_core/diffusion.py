@@ -28,18 +28,6 @@ Tensor = torch.Tensor
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned_range")
 
-# Keys of a diffusers scheduler config and what we do with them. Keys starting with "_" are metadata.
-_CONFIG_KEYS = {
-    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "variance_type",
-    "clip_sample", "clip_sample_range", "prediction_type", "thresholding", "dynamic_thresholding_ratio",
-    "sample_max_value", "timestep_spacing", "steps_offset", "rescale_betas_zero_snr",
-    "set_alpha_to_one",  # DDIMScheduler: the alpha used after the last step
-}
-# Keys of early diffusers releases: ``timesteps`` was the old name of ``num_train_timesteps`` and ``tensor_format``
-# chose numpy/torch (it has no effect on the maths).
-_OLD_KEYS = {"timesteps": "num_train_timesteps", "tensor_format": None}
-
-
 @dataclass
 class StepOutput:
     """One reverse step: ``x_t`` -> ``prev_sample`` (x_{t-1}), with the model's predicted x_0.
@@ -164,92 +152,18 @@ class GaussianDiffusion:
         """Build from a diffusers DDPMScheduler / DDIMScheduler config (a dict or a ``scheduler_config.json`` path).
 
         Every DDPMScheduler key is honoured; unknown keys or unsupported values raise ``ValueError`` naming them.
-        ``overrides`` replace config values (e.g. ``variance_type="fixed_small"``).
+        ``overrides`` replace config values (e.g. ``variance_type="fixed_small"``). See :mod:`ddpm_core.config`.
         """
-        if isinstance(config, (str, bytes)) or hasattr(config, "__fspath__"):
-            import json
-            from pathlib import Path
+        from .config import diffusion_kwargs
 
-            try:
-                config = json.loads(Path(config).read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise ValueError(f"cannot read scheduler config {str(config)!r}: {err}") from err
-        if not isinstance(config, Mapping):
-            raise ValueError(f"a scheduler config must be a mapping, got {type(config).__name__}")
-        cfg: dict[str, Any] = {}
-        for key, value in {**config, **overrides}.items():
-            if key.startswith("_"):
-                continue
-            if key in _OLD_KEYS:
-                new = _OLD_KEYS[key]
-                if new is None:
-                    continue
-                if new in config and config[new] != value:
-                    raise ValueError(f"config has both {key}={value!r} and {new}={config[new]!r}")
-                key = new
-            if key not in _CONFIG_KEYS:
-                raise ValueError(f"unsupported scheduler config key {key!r} (value {value!r})")
-            cfg[key] = value
-        T = cfg.get("num_train_timesteps", 1000)
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise ValueError(f"num_train_timesteps must be a positive integer, got {T!r}")
-        vt = cfg.get("variance_type", "fixed_small")
-        if vt not in VARIANCE_TYPES:
-            raise ValueError(f"unsupported variance_type {vt!r}; supported: {VARIANCE_TYPES}")
-        trained = cfg.get("trained_betas")
-        if trained is not None and len(trained) != T:
-            # diffusers takes len(trained_betas) as T silently; a mismatch is almost always a config error.
-            raise ValueError(f"trained_betas has {len(trained)} entries but num_train_timesteps is {T}")
-        try:
-            schedule = NoiseSchedule.make(
-                cfg.get("beta_schedule", "linear"),
-                num_timesteps=T,
-                beta_start=float(cfg.get("beta_start", 1e-4)),
-                beta_end=float(cfg.get("beta_end", 0.02)),
-                trained_betas=trained,
-                rescale_betas_zero_snr=bool(cfg.get("rescale_betas_zero_snr", False)),
-            )
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"bad schedule in scheduler config: {err}") from err
-        return cls(
-            schedule,
-            prediction_type=cfg.get("prediction_type", "epsilon"),
-            variance_type=vt,
-            clip_sample=cfg.get("clip_sample", True),
-            clip_sample_range=cfg.get("clip_sample_range", 1.0),
-            thresholding=cfg.get("thresholding", False),
-            dynamic_thresholding_ratio=cfg.get("dynamic_thresholding_ratio", 0.995),
-            sample_max_value=cfg.get("sample_max_value", 1.0),
-            timestep_spacing=cfg.get("timestep_spacing", "leading"),
-            steps_offset=cfg.get("steps_offset", 0) or 0,
-            set_alpha_to_one=cfg.get("set_alpha_to_one", True),
-        )
+        schedule, kwargs = diffusion_kwargs(config, **overrides)
+        return cls(schedule, **kwargs)
 
     def to_config(self) -> dict[str, Any]:
         """A DDPMScheduler config dict that rebuilds this diffusion (custom schedules as ``trained_betas``)."""
-        name = self.schedule.name
-        zero_snr = name.endswith("+zero_snr")
-        base = name.removesuffix("+zero_snr")
-        named = base in ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid") and self.schedule.beta_start is not None
-        if self.timestep_map.numel() != self.num_timesteps or not torch.equal(self.timestep_map, torch.arange(self.num_timesteps)):
-            raise ValueError("a respaced diffusion has no scheduler config; save the full diffusion's config")
-        return {
-            "num_train_timesteps": self.num_timesteps,
-            "beta_start": self.schedule.beta_start if named else 1e-4,
-            "beta_end": self.schedule.beta_end if named else 0.02,
-            "beta_schedule": base if named else "linear",
-            "trained_betas": None if named else self.schedule.betas.tolist(),
-            "variance_type": self.variance_type,
-            "clip_sample": self.clip_sample,
-            "clip_sample_range": self.clip_sample_range,
-            "prediction_type": self.prediction_type,
-            "thresholding": self.thresholding,
-            "dynamic_thresholding_ratio": self.dynamic_thresholding_ratio,
-            "sample_max_value": self.sample_max_value,
-            "timestep_spacing": self.timestep_spacing,
-            "steps_offset": self.steps_offset,
-            "rescale_betas_zero_snr": zero_snr and named,
-        }
+        from .config import diffusion_config
+
+        return diffusion_config(self)
 
     # ------------------------------------------------------------------ tensors
     def _coef(self, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -146,7 +146,9 @@ def test_sampling_is_reproducible_by_seed(client):
 
 def test_ddim_and_variance_override(client):
     out = _sample(client, 1, sampler="DDIM", steps=10, batch=2, eta=0.5, variance="fixed_large")
-    assert len(out[0]) == 2 and "10 DDIM steps" in out[4] and "fixed_large" in out[4]
+    assert len(out[0]) == 2 and "10 DDIM steps" in out[4] and "η = 0.5" in out[4]  # DDIM's noise is set by eta
+    out = _sample(client, 2, sampler="DDPM (fewer steps)", steps=5, batch=1, variance="fixed_large")
+    assert "5 DDPM steps" in out[4] and "variance fixed_large" in out[4]
 
 
 @pytest.mark.parametrize("kwargs,fragment", [

@@ -13,6 +13,7 @@ import gradio as gr
 import torch
 
 from ddpm_core.imaging import make_grid, save_animation, tensor_to_pil
+from ddpm_core.samplers import SAMPLERS
 from ddpm_core.sampling import generate_steps, reverse_timesteps
 from ui.common import (
     DEFAULT_BATCH, DEFAULT_STEPS, DEVICE, LATEX, MAX_BATCH, ON_CPU, T_MAX, default_model, display, drive, gpu, int_arg,
@@ -23,7 +24,9 @@ from ui.files import out_path, png
 from ui.i18n import tr
 
 VARIANCE_CHOICES = ["model default", "fixed_small", "fixed_large", "learned_range"]
-SAMPLER_CHOICES = ["DDPM (all T steps)", "DDPM (fewer steps)", "DDIM"]
+ALL_STEPS = "DDPM (all T steps)"  # the paper's chain; every registered sampler with a step count follows
+BY_LABEL = {s.label: s for s in SAMPLERS.values()}
+SAMPLER_CHOICES = [ALL_STEPS, *BY_LABEL]
 
 TEXT = {
     "en": {
@@ -61,10 +64,13 @@ $\eta=0$ 为确定性采样，$\eta=1$ 接近 DDPM。轨迹图上排是 $x_t$，
 
 
 # ---------------------------------------------------------------- handlers
-def _steps_for(sampler: str, steps) -> int | None:
-    if not isinstance(sampler, str) or sampler not in SAMPLER_CHOICES:
-        raise ValueError(f"unknown sampler {short_repr(sampler)}; choose one of {', '.join(SAMPLER_CHOICES)}")
-    return None if sampler == SAMPLER_CHOICES[0] else int_arg(steps, "steps", 1, T_MAX)
+def _sampler_and_steps(choice: str, steps):
+    """(registered sampler, inference steps or None for all T) for a choice of the Sampler radio."""
+    if not isinstance(choice, str) or choice not in SAMPLER_CHOICES:
+        raise ValueError(f"unknown sampler {short_repr(choice)}; choose one of {', '.join(SAMPLER_CHOICES)}")
+    if choice == ALL_STEPS:
+        return SAMPLERS["ddpm"], None
+    return BY_LABEL[choice], int_arg(steps, "steps", 1, T_MAX)
 
 
 def _eta(eta) -> float:
@@ -101,10 +107,14 @@ def _archive(images, seed: int) -> str:
     return str(archive)
 
 
-def _summary(m, result, sampler_label: str, variance: str, seed: int) -> str:
+def _summary(m, result, sampler, eta: float, variance: str, seed: int) -> str:
+    # the variance only matters to samplers that draw noise with it (DDPM); DDIM's is set by eta
+    how = (f"η = {eta:g}" if sampler.uses_eta else
+           f"variance {variance if variance != 'model default' else m.diffusion.variance_type}" if sampler.name == "ddpm" else
+           "deterministic")
     return (f"**{m.name}** ({m.source}, {m.num_parameters / 1e6:.1f}M parameters, "
-            f"{'×'.join(map(str, m.sample_shape))}) · {len(result.timesteps)} {sampler_label} steps · "
-            f"variance {variance if variance != 'model default' else m.diffusion.variance_type} · seed {seed} · "
+            f"{'×'.join(map(str, m.sample_shape))}) · {len(result.timesteps)} {sampler.label.split(' (')[0]} steps · "
+            f"{how} · seed {seed} · "
             f"{result.device} {result.dtype} · {result.seconds:.1f} s ({result.path}"
             + (f"; {result.setup_seconds:.1f} s of one-off set-up" if result.setup_seconds >= 0.5 else "") + ")"
             + "".join(f"\n\n_{n}_" for n in m.notes))
@@ -115,18 +125,16 @@ def _summary(m, result, sampler_label: str, variance: str, seed: int) -> str:
 def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress=gr.Progress()):
     """Generate a batch with ddpm_core's sampler: gallery, trajectory, animation, downloads and a summary.
     Streams a preview (the predicted x_0) about ten times while sampling."""
-    n_steps = _steps_for(sampler, steps)
+    chosen, n_steps = _sampler_and_steps(sampler, steps)
     batch_size = int_arg(batch_size, "batch size", 1, MAX_BATCH)
     seed, eta = seed_arg(seed), _eta(eta)
     if variance not in VARIANCE_CHOICES:
         raise ValueError(f"unknown variance {short_repr(variance)}; choose one of {', '.join(VARIANCE_CHOICES)}")
     progress(0, desc=f"Loading {model_name} and preparing the sampler")
     m = model(model_name)
-    ddim = sampler == "DDIM"
-    n_steps = (n_steps or 50) if ddim else n_steps
     total = len(reverse_timesteps(m.diffusion, n_steps))
-    steps = generate_steps(m, batch_size=batch_size, seed=seed, sampler="ddim" if ddim else "ddpm",
-                           num_inference_steps=n_steps, eta=eta, variance_type=None if variance == "model default" else variance)
+    steps = generate_steps(m, batch_size=batch_size, seed=seed, sampler=chosen.name, num_inference_steps=n_steps,
+                           eta=eta, variance_type=None if variance == "model default" else variance)
     for kind, item in drive(steps, total, progress, "Sampling"):
         if kind == "done":
             result = item
@@ -139,15 +147,20 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
     gif = _animation(result.frames, seed)
     gallery = [(png(display(img), f"sample-{k}.png"), f"#{k}") for k, img in enumerate(images)]
     yield (gallery, png(_trajectory_image(result.snapshots), "trajectory.png"), gif, [_archive(images, seed), gif],
-           _summary(m, result, "DDIM" if ddim else "DDPM", variance, seed))
+           _summary(m, result, chosen, eta, variance, seed))
 
 
 def randomize_seed():
     return random.randint(0, 2**31 - 1)
 
 
-def steps_visibility(sampler):
-    return gr.update(visible=sampler != SAMPLER_CHOICES[0]), gr.update(visible=sampler == "DDIM")
+def steps_visibility(choice):
+    """Steps for every choice but all-T DDPM (with the sampler's usual count), eta for samplers that take it."""
+    chosen = BY_LABEL.get(choice)
+    if chosen is None:
+        return gr.update(visible=False), gr.update(visible=False)
+    steps = gr.update(visible=True) if chosen.default_steps is None else gr.update(visible=True, value=chosen.default_steps)
+    return steps, gr.update(visible=chosen.uses_eta)
 
 
 def device_note_args() -> dict:
