@@ -67,17 +67,18 @@ class LoadedModel:
         return next(self.unet.parameters()).dtype
 
 
-def bundled_models() -> list[str]:
-    """Names of the pipeline folders in ``checkpoints/`` (the offline models)."""
-    if not CHECKPOINT_DIR.is_dir():
+def bundled_models(root: Path | None = None) -> list[str]:
+    """Names of the pipeline folders in ``root`` (default: the repo's ``checkpoints/``, the offline models)."""
+    root = Path(root) if root is not None else CHECKPOINT_DIR
+    if not root.is_dir():
         return []
-    return sorted(p.name for p in CHECKPOINT_DIR.iterdir() if (p / "unet" / "config.json").is_file() or (p / "config.json").is_file())
+    return sorted(p.name for p in root.iterdir() if (p / "unet" / "config.json").is_file() or (p / "config.json").is_file())
 
 
 MAX_ID_CHARS = 96 + 1 + 96  # huggingface_hub: owner and name of at most 96 characters each
 
 
-def validate_model_id(name: str) -> tuple[str, str]:
+def validate_model_id(name: str, root: Path | None = None) -> tuple[str, str]:
     """Classify ``name`` as ``("bundled", name)`` or ``("hub", repo_id)``; ``ValueError`` for anything else.
 
     Paths, URLs, ``..`` and absolute names are refused: local models are only the folders in ``checkpoints/``.
@@ -91,12 +92,12 @@ def validate_model_id(name: str) -> tuple[str, str]:
     if not name:
         raise ValueError("no model given: pick a bundled model or type a Hub id such as google/ddpm-cifar10-32")
     if "://" in name or name.startswith(("/", "~", "\\")) or ".." in name or "\\" in name or "--" in name:
-        raise ValueError(f"{name!r} is not allowed: give a bundled model name ({', '.join(bundled_models()) or 'none'}) "
+        raise ValueError(f"{name!r} is not allowed: give a bundled model name ({', '.join(bundled_models(root)) or 'none'}) "
                          "or a Hub id of the form owner/name")
     if _NAME_RE.match(name):
-        if name in bundled_models():
+        if name in bundled_models(root):
             return "bundled", name
-        raise ValueError(f"no bundled model named {name!r}; bundled: {', '.join(bundled_models()) or 'none'}. "
+        raise ValueError(f"no bundled model named {name!r}; bundled: {', '.join(bundled_models(root)) or 'none'}. "
                          "Hub models are given as owner/name")
     if _HUB_ID_RE.match(name):
         return "hub", name
@@ -157,7 +158,8 @@ def _hub_file(repo_id: str, filename: str, local_only: bool, cache_dir: str | No
 
 
 def _bundled_hint() -> str:
-    return BUNDLED_DEFAULT if BUNDLED_DEFAULT in bundled_models() else ", ".join(bundled_models()) or "none"
+    names = bundled_models()
+    return BUNDLED_DEFAULT if BUNDLED_DEFAULT in names else ", ".join(names) or "none"
 
 
 def _fetch_hub(repo_id: str, cache_dir: str | None) -> tuple[Path, str | None]:
@@ -257,12 +259,12 @@ def _scheduler_config(folder: Path, subfolder: str | None) -> tuple[dict, list[s
     return dict(_DEFAULT_SCHEDULER), ["no scheduler config found: assumed DDPM's linear 1000-step schedule"]
 
 
-def _load(name: str, device: torch.device, dtype: torch.dtype, cache_dir: str | None) -> LoadedModel:
-    kind, ident = validate_model_id(name)
+def _load(name: str, device: torch.device, dtype: torch.dtype, cache_dir: str | None, root: Path) -> LoadedModel:
+    kind, ident = validate_model_id(name, root)
     if kind == "bundled":
-        folder = (CHECKPOINT_DIR / ident).resolve()
-        if CHECKPOINT_DIR.resolve() not in folder.parents:
-            raise ValueError(f"{name!r} resolves outside checkpoints/")
+        folder = (root / ident).resolve()
+        if root.resolve() not in folder.parents:
+            raise ValueError(f"{name!r} resolves outside {root.name}/")
         subfolder = "unet" if (folder / "unet" / "config.json").is_file() else None
     else:
         folder, subfolder = _fetch_hub(ident, cache_dir or os.environ.get("HF_HUB_CACHE"))
@@ -283,26 +285,33 @@ def _load(name: str, device: torch.device, dtype: torch.dtype, cache_dir: str | 
 
 
 class ModelCache:
-    """A thread-safe LRU cache of loaded models keyed by (name, device, dtype); at most ``size`` entries."""
+    """A thread-safe LRU cache of loaded models keyed by (name, device, dtype); at most ``size`` entries.
+    Bundled names are looked up in ``root`` (default: the repo's ``checkpoints/``, read when a model is loaded)."""
 
-    def __init__(self, size: int = CACHE_SIZE):
+    def __init__(self, size: int = CACHE_SIZE, root: str | Path | None = None):
         self.size = max(1, size)
+        self._root = Path(root) if root is not None else None
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
             cache_dir: str | None = None) -> LoadedModel:
-        validate_model_id(name)  # a list or dict as a name must be a clear ValueError, not a failed dict lookup
-        key = (name.strip(), str(torch.device(device)), dtype)
+        root = self.root
+        validate_model_id(name, root)  # a list or dict as a name must be a clear ValueError, not a failed dict lookup
+        key = (name.strip(), str(torch.device(device)), dtype, str(root))
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            model = _load(name, torch.device(device), dtype, cache_dir)
+            model = _load(name, torch.device(device), dtype, cache_dir, root)
             self._models[key] = model
             while len(self._models) > self.size:
                 self._models.popitem(last=False)
             return model
+
+    @property
+    def root(self) -> Path:
+        return self._root if self._root is not None else CHECKPOINT_DIR
 
     def __len__(self) -> int:
         return len(self._models)

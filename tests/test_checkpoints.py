@@ -127,3 +127,18 @@ def test_lru_cache_is_bounded_and_reuses(ckdir):
     cache.get("m2")
     assert len(cache) == 2
     assert cache.get("m0") is not a  # evicted, reloaded
+
+
+def test_a_cache_takes_its_root_folder_per_instance(tmp_path):
+    """Two caches, two roots: a model folder elsewhere loads through the same safe loader, and the default cache
+    (the repo's checkpoints/) neither sees it nor changes."""
+    unet = tiny_unet(3)
+    save_pipeline_folder(unet, tmp_path / "elsewhere", dict(variance_type="fixed_large"))
+    before = ck.bundled_models()
+    model = ck.ModelCache(root=tmp_path).get("elsewhere")
+    assert _same_weights(model.unet, unet) and model.diffusion.variance_type == "fixed_large"
+    assert ck.bundled_models() == before and "elsewhere" not in before
+    with pytest.raises(ValueError, match="no bundled model named 'elsewhere'"):
+        ck.ModelCache().get("elsewhere")
+    with pytest.raises(ValueError, match="not allowed"):
+        ck.ModelCache(root=tmp_path).get("../checkpoints/ddpm-mnist-28")
