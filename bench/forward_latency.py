@@ -10,13 +10,10 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: F401 - offline environment, the repo on the import path
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -9,19 +9,13 @@ non-finite or wholly different images.
 """
 
 import argparse
-import os
-import sys
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import common  # noqa: F401 - offline environment, the repo on the import path
 
 import torch  # noqa: E402
 
 from ddpm_core.sampling import generate  # noqa: E402
-from sampling_speed import load  # noqa: E402
+from common import load_model  # noqa: E402
 
 
 def to01(x: torch.Tensor) -> torch.Tensor:
@@ -39,13 +33,13 @@ def main():
     args = p.parse_args()
     device = torch.device(args.device)
     kw = dict(batch_size=args.batch, seed=args.seed, num_inference_steps=args.steps, n_snapshots=0, n_frames=0)
-    ref = {fast: to01(generate(load(args.model, device, torch.float32), fast=fast, **kw).samples) for fast in (True, False)}
+    ref = {fast: to01(generate(load_model(args.model, device, torch.float32), fast=fast, **kw).samples) for fast in (True, False)}
     dev = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"#### {args.model}: float32 vs half precision, seed {args.seed}, batch {args.batch}, {args.steps} steps, {dev}\n")
     print("| UNet dtype | loop | max abs diff | mean abs diff | pixels off by > 1/255 | worst image's mean diff | finite |")
     print("|---|---|---|---|---|---|---|")
     for name in args.dtypes:
-        model = load(args.model, device, getattr(torch, name))
+        model = load_model(args.model, device, getattr(torch, name))
         for fast, label in ((True, "fast path (float32 state)"), (False, f"plain loop ({name} state)")):
             res = generate(model, fast=fast, **kw)
             d = (to01(res.samples) - ref[fast]).abs()

@@ -30,11 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT  # offline environment, the repo on the import path
 
 
 def user_address(k: int) -> str:

@@ -28,13 +28,10 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import common  # noqa: F401 - offline environment, the repo on the import path
 
 import diffusers  # noqa: E402
 import torch  # noqa: E402
@@ -42,20 +39,10 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 
 diffusers.utils.logging.set_verbosity_error()  # its note on casting with .to() concerns fp32-pinned modules (none here)
 
-from ddpm_core.checkpoints import LoadedModel, load_checkpoint  # noqa: E402
-from ddpm_core.diffusion import GaussianDiffusion  # noqa: E402
 from ddpm_core.fast import FastLoop, channels_last, compiled, default_mode, frozen_unet  # noqa: E402
+from ddpm_core.checkpoints import LoadedModel  # noqa: E402
 from ddpm_core.sampling import generate  # noqa: E402
-
-
-def load(name: str, device, dtype) -> LoadedModel:
-    if name == "cifar10-arch":
-        torch.manual_seed(0)
-        cfg = json.loads((ROOT / "tests" / "data" / "unet-ddpm-cifar10-32.config.json").read_text())
-        unet = UNet2DModel.from_config(cfg).eval().requires_grad_(False).to(device, dtype)
-        sched = {"beta_schedule": "linear", "variance_type": "fixed_large", "clip_sample": True}
-        return LoadedModel("cifar10-arch (random weights)", unet, GaussianDiffusion.from_config(sched), "bench", sched)
-    return load_checkpoint(name, device, dtype)
+from common import load_model  # noqa: E402
 
 
 def twin(unet: torch.nn.Module, dtype) -> torch.nn.Module:
@@ -137,7 +124,7 @@ def main():
     if args.all_baselines is None:
         args.all_baselines = not cuda
 
-    model = load(args.model, device, dtype)
+    model = load_model(args.model, device, dtype)
     C, H, W = model.sample_shape
     pipes = {}
     for pdtype in dict.fromkeys([torch.float32, dtype] if args.all_baselines else [torch.float32]):

@@ -9,15 +9,10 @@ set-up in the background (`app.warm_up_default`), so the first visitor normally 
 """
 
 import argparse
-import os
-import sys
 import time
-from pathlib import Path
 
 T0 = time.perf_counter()
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: F401 - offline environment, the repo on the import path
 
 import torch  # noqa: E402
 

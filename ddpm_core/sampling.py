@@ -17,7 +17,7 @@ import torch
 from .checkpoints import LoadedModel
 from .diffusion import GaussianDiffusion, StepOutput
 from .fast import fast_loop
-from .samplers import SAMPLERS, get_sampler, sample_loop_progressive
+from .samplers import get_sampler, sample_loop_progressive
 
 
 class SamplingCancelled(RuntimeError):
