@@ -77,6 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
     p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     p.add_argument("--save-every", type=int, default=500, help="resumable checkpoint every N steps")
+    p.add_argument("--log-every", type=int, default=50, help="a train_log.jsonl row (mean loss, LR, time) every N steps")
     p.add_argument("--sample-every", type=int, default=1000, help="save a sample grid every N steps (0: never)")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
     p.add_argument("--seed", type=int, default=0)
@@ -231,9 +232,10 @@ def main(argv=None) -> Path:
         losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())  # the global batch's loss
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{lr_sched.get_last_lr()[0]:.2e}")
-        if accelerator.is_main_process and step % 50 == 0:
+        if accelerator.is_main_process and args.log_every and step % args.log_every == 0:
+            recent = losses[-args.log_every:]
             with log_path.open("a") as f:
-                f.write(json.dumps({"step": step, "loss": sum(losses[-50:]) / len(losses[-50:]), "lr": lr_sched.get_last_lr()[0],
+                f.write(json.dumps({"step": step, "loss": sum(recent) / len(recent), "lr": lr_sched.get_last_lr()[0],
                                     "elapsed_s": round(time.time() - t0, 1)}) + "\n")
         if args.save_every and step % args.save_every == 0 and step < args.steps:
             # every process calls it (each saves its RNG state); the model, optimiser and EMA are written by rank 0

@@ -25,12 +25,14 @@ def test_mnist_splits_are_disjoint_and_stratified():
 def test_train_save_resume_reload_and_sample(tmp_path, monkeypatch):
     out = tmp_path / "ckpts" / "tiny-mnist"
     args = ["--data", "mnist", "--model-size", "tiny", "--batch-size", "8", "--save-every", "3", "--sample-every", "0",
-            "--out", str(out), "--threads", "2"]
+            "--log-every", "1", "--out", str(out), "--threads", "2"]
     train_main(args + ["--steps", "4"])
     assert (out / "checkpoint-3").is_dir()
     train_main(args + ["--steps", "6", "--resume", "latest"])
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()] if (out / "train_log.jsonl").exists() else []
-    assert all(r["loss"] > 0 for r in log)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    # every step logged once per sitting: 1-4, then 4-6 again from the checkpoint at 3
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 4, 5, 6]
+    assert all(0 < r["loss"] < 10 and 0 < r["lr"] for r in log)
     for f in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json", "README.md"):
         assert (out / f).is_file(), f
     assert "optimiser steps run | 6" in (out / "README.md").read_text()
