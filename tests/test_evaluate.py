@@ -1,0 +1,209 @@
+"""The evaluation's ruler stays put: shipped classifier weights behind a hash, a Fréchet distance that is exact and
+finite on singular covariances, nearest-neighbour distances, and the whole evaluation on a handful of samples."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_core import evaluate as ev
+
+ROOT = Path(__file__).resolve().parents[1]
+CK = ROOT / "checkpoints" / "ddpm-mnist-28"
+
+
+# -- the classifier -----------------------------------------------------------------------------------------------
+
+def test_the_classifier_ships_in_the_repo_and_its_hash_verifies():
+    assert ev.CLASSIFIER_PATH.is_file() and ev.CLASSIFIER_PATH.is_relative_to(ROOT)
+    assert ev.CLASSIFIER_PATH.suffix == ".safetensors" and ev.CLASSIFIER_PATH.stat().st_size < 4 * 2**20
+    assert hashlib.sha256(ev.CLASSIFIER_PATH.read_bytes()).hexdigest() == ev.CLASSIFIER_SHA256
+    net, info = ev.load_classifier()
+    assert info["sha256"] == ev.CLASSIFIER_SHA256 and not net.training
+    assert 0.3e6 < sum(p.numel() for p in net.parameters()) < 0.6e6
+    assert {"heldout_accuracy", "seed", "epochs"} <= set(info)
+    rel = ev.CLASSIFIER_PATH.relative_to(ROOT).as_posix()
+    try:
+        in_git = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=ROOT, capture_output=True).returncode == 0
+    except OSError:
+        in_git = False
+    if not in_git:
+        pytest.skip("not a git checkout: nothing to say about what a clone holds")
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", rel], cwd=ROOT, capture_output=True).returncode
+    assert tracked == 0, f"{rel} is not tracked by git: a fresh clone would lack the evaluation's ruler"
+
+
+def test_a_changed_or_missing_classifier_is_a_clear_error(tmp_path):
+    data = bytearray(ev.CLASSIFIER_PATH.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    bad = tmp_path / "digit-classifier.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256 .* expected " + ev.CLASSIFIER_SHA256):
+        ev.load_classifier(bad)
+    ev.load_classifier(bad, sha256=None)  # still a valid file: loadable when asked for explicitly
+    with pytest.raises(ValueError, match="not found"):
+        ev.load_classifier(tmp_path / "missing.safetensors")
+
+
+def test_the_shipped_classifier_reaches_97_percent_on_held_out_digits():
+    net, info = ev.load_classifier()
+    acc = ev.heldout_accuracy(net)
+    assert acc >= 0.97
+    assert abs(acc - info["heldout_accuracy"]) <= 0.004  # as recorded (2 of 500 digits of slack for other CPUs)
+
+
+def test_a_saved_classifier_is_byte_reproducible_and_loads(tmp_path):
+    torch.manual_seed(3)
+    net = ev.DigitNet().eval()
+    info = {"heldout_accuracy": 0.1, "seed": 3, "epochs": 0, "torch": torch.__version__}
+    h1 = ev.save_classifier(net, tmp_path / "a.safetensors", info)
+    h2 = ev.save_classifier(net, tmp_path / "b.safetensors", dict(reversed(info.items())))
+    assert h1 == h2 == hashlib.sha256((tmp_path / "a.safetensors").read_bytes()).hexdigest()
+    loaded, got = ev.load_classifier(tmp_path / "a.safetensors", sha256=h1)
+    assert got == {**info, "sha256": h1}
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+
+
+def test_the_cli_wants_a_folder_or_train_classifier():
+    with pytest.raises(SystemExit):
+        ev.main([])
+
+
+# -- Fréchet distance ---------------------------------------------------------------------------------------------
+
+def _pytorch_fid_reference(a, b):
+    """pytorch-fid's calculate_frechet_distance, on [N x D] features."""
+    from scipy import linalg
+
+    mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1.dot(s2), disp=False)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(s1.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
+    if np.iscomplexobj(covmean):
+        assert np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3)
+        covmean = covmean.real
+    return ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+
+
+def test_fd_closed_form_for_gaussians_with_diagonal_covariances_in_any_common_basis():
+    rng = np.random.default_rng(0)
+    D = 12
+    mu_a, mu_b = rng.normal(size=D), rng.normal(size=D)
+    a, b = rng.uniform(0.01, 4, D), rng.uniform(0.01, 4, D)
+    expected = ((mu_a - mu_b) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert ev.frechet_distance_from_stats(mu_a, np.diag(a), mu_b, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+    q, _ = np.linalg.qr(rng.normal(size=(D, D)))  # FD is invariant to a rotation applied to both
+    got = ev.frechet_distance_from_stats(q @ mu_a, q @ np.diag(a) @ q.T, q @ mu_b, q @ np.diag(b) @ q.T)
+    assert got == pytest.approx(expected, rel=1e-10)
+    # singular covariances: zero variances and a rank-1 pair; the closed form still holds exactly
+    a0, b0 = np.array([0.0, 1.0, 4.0, 0.0]), np.array([1.0, 0.0, 4.0, 0.0])
+    assert ev.frechet_distance_from_stats(np.zeros(4), np.diag(a0), np.zeros(4), np.diag(b0)) == pytest.approx(2.0, abs=1e-12)
+
+
+def test_fd_equals_the_pytorch_fid_recipe_where_sqrtm_is_well_posed():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(500, 32))
+    b = rng.normal(size=(400, 32)) @ rng.normal(size=(32, 32)) * 0.4 + 0.5
+    assert ev.frechet_distance(a, b) == pytest.approx(_pytorch_fid_reference(a, b), rel=1e-9)
+    assert ev.frechet_distance(a, b) == pytest.approx(ev.frechet_distance(b, a), rel=1e-9)
+
+
+def test_fd_stays_finite_and_quiet_on_singular_covariances():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(20, 128))  # N < D: rank 19
+    y = rng.normal(size=(30, 128)) + 0.1
+    y[:, :40] = 0.0  # dead ReLU units: zero-variance features
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a LinAlgWarning, ComplexWarning or RuntimeWarning fails the test
+        fd_xy, fd_xx, fd_yy = ev.frechet_distance(x, y), ev.frechet_distance(x, x), ev.frechet_distance(y, y)
+    assert np.isfinite(fd_xy) and fd_xy > 0
+    assert fd_xx == pytest.approx(0, abs=1e-9) and fd_yy == pytest.approx(0, abs=1e-9)  # exact, no eps bias
+    # against the diagonal closed form with most variances zero
+    d = np.zeros(128)
+    d[:5] = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert ev.frechet_distance_from_stats(np.zeros(128), np.diag(d), np.zeros(128), np.diag(d[::-1])) == pytest.approx(
+        2 * ((np.sqrt(d[:5])) ** 2).sum(), rel=1e-12)
+
+
+def test_fd_refuses_what_is_not_two_feature_sets_or_not_psd():
+    with pytest.raises(ValueError, match="N >= 2"):
+        ev.frechet_distance(np.zeros((1, 4)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="same D"):
+        ev.frechet_distance(np.zeros((5, 4)), np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        ev.frechet_distance_from_stats(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
+
+
+# -- nearest neighbours -------------------------------------------------------------------------------------------
+
+def test_nearest_distances_find_a_copied_training_image_at_zero():
+    rng = np.random.default_rng(3)
+    train = rng.uniform(0, 1, size=(200, 28, 28))
+    samples = np.stack([train[17], np.clip(train[5] + 0.01, 0, 1), rng.uniform(0, 1, size=(28, 28))])
+    d, idx = ev.nearest_distances(samples, train, chunk=2)
+    assert d[0] == 0.0 and idx[0] == 17  # an exact copy reads exactly 0
+    assert idx[1] == 5 and 0 < d[1] <= 0.01 * 28
+    brute = np.sqrt(((samples.reshape(3, 1, -1) - train.reshape(1, 200, -1)) ** 2).sum(-1))
+    np.testing.assert_allclose(d, brute.min(1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(idx, brute.argmin(1))
+    # a copy is nearer than the 1% quantile of independent images: what the evaluation's memorisation share counts
+    held, _ = ev.nearest_distances(rng.uniform(0, 1, size=(100, 28, 28)), train)
+    assert d[0] < np.quantile(held, 0.01) and d[2] >= np.quantile(held, 0.01)
+
+
+# -- the evaluation -----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow  # ~25 s on 2 shared cores: loading the model and the digits, three sampling steps
+def test_a_tiny_evaluation_end_to_end(tmp_path):
+    import ddpm_core.checkpoints as ck
+
+    folder = tmp_path / "ddpm-mnist-28"
+    folder.mkdir()
+    for name in ("model_index.json", "README.md"):
+        shutil.copy(CK / name, folder / name)
+    for name in ("unet", "scheduler"):
+        shutil.copytree(CK / name, folder / name)
+    before = ck.CHECKPOINT_DIR
+    r = ev.evaluate(folder, num=6, steps=3, batch=3, seed=5, seeds=2)
+    assert ck.CHECKPOINT_DIR == before  # the loader's folder is put back
+    assert r == json.loads((folder / "eval.json").read_text())
+    assert r["sampling_seeds"] == [5, 6] and r["num_samples"] == 6 and r["fd_set_size"] == 6
+    assert r["classifier_sha256"] == ev.CLASSIFIER_SHA256 and r["classifier_heldout_accuracy"] >= 0.97
+    # the keys eval.json always had, as means; their spreads beside them
+    for key in ("confident_fraction_0.9", "fd_samples_vs_heldout", "fd_real_vs_heldout", "fd_noise_vs_heldout"):
+        assert isinstance(r[key], float) and r[key + "_std"] >= 0, key
+    assert len(r["confident_fraction_0.9_per_seed"]) == 2 and len(r["fd_samples_vs_heldout_runs"]) == 2
+    assert len(r["fd_real_vs_heldout_runs"]) == ev.REAL_SETS and len(r["fd_noise_vs_heldout_runs"]) == 2
+    assert len(r["class_histogram"]) == len(r["class_histogram_std"]) == 10
+    assert sum(r["class_histogram"]) == pytest.approx(1, abs=1e-3)
+    assert all(np.isfinite(r[k]) for k in ("fd_samples_vs_heldout", "fd_real_vs_heldout", "fd_noise_vs_heldout"))
+    nn = r["nearest_training_digit"]
+    assert nn["num_training_digits"] == 3000 and len(nn["samples"]) == len(nn["real_heldout"]) == 3
+    assert 0 < nn["real_heldout"][0] <= nn["real_heldout"][1] <= nn["real_heldout"][2]
+    assert 0 <= nn["share_samples_below_heldout_q01"] <= 1
+    card = (folder / "README.md").read_text()
+    assert card.count("## Evaluation") == 1 and "## Training" in card
+    assert "--num 6 --steps 3 --sampler ddpm --seeds 2 --seed 5" in card and ev.CLASSIFIER_SHA256 in card
+    assert f"{r['confident_fraction_0.9']:.1%}" in card and f"{r['fd_samples_vs_heldout']:.2f}" in card
+    assert (folder / "samples.png").is_file()
+
+
+def test_the_recorded_evaluation_uses_the_shipped_ruler_and_reports_spreads():
+    r = json.loads((CK / "eval.json").read_text())
+    card = (CK / "README.md").read_text()
+    assert r["classifier_sha256"] == ev.CLASSIFIER_SHA256 and ev.CLASSIFIER_SHA256 in card
+    assert r["num_seeds"] >= 3 and len(r["confident_fraction_0.9_per_seed"]) == r["num_seeds"]
+    assert r["fd_samples_vs_heldout_std"] > 0 and r["fd_real_vs_heldout_std"] > 0
+    # the model draws digits nearer to real ones than noise by far, and does not copy its training digits
+    assert r["fd_samples_vs_heldout"] + 3 * r["fd_samples_vs_heldout_std"] < 0.05 * r["fd_noise_vs_heldout"]
+    assert r["nearest_training_digit"]["share_samples_below_heldout_q01"] < 0.05
+    assert f"python -m ddpm_core.evaluate checkpoints/ddpm-mnist-28 --num {r['num_samples']}" in card
