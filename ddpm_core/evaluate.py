@@ -386,8 +386,8 @@ diffusion model never saw, ships as `{r['classifier_file']}`
 (SHA-256 `{r['classifier_sha256']}`, checked before it is loaded);
 it reaches **{r['classifier_heldout_accuracy']:.1%}** accuracy on the 500 held-out digits.
 
-Samples: {seeds} seeds x {num} from DDPM Explorer's sampler, {r['sampler']}. Each figure is the mean ± std over
-the seeds. The Fréchet distances (FD, in the classifier's 128-d feature space) compare sets of {m} feature vectors
+Samples from DDPM Explorer's sampler: {r['sampler']}.
+Each figure is the mean ± std over the seeds (FDs: over the sets). The Fréchet distances (FD, in the classifier's 128-d feature space) compare sets of {m} feature vectors
 with those of the {m} held-out digits (FD grows as the sets shrink: only FDs of equal set sizes compare).
 
 | measure | value | target |
