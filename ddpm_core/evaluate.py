@@ -38,6 +38,7 @@ import torch.nn.functional as F
 #: The evaluation classifier's weights, next to the code that uses them: they are the ruler of every MNIST model
 #: (not part of one checkpoint), and ``checkpoints/`` holds only models the Space lists.
 CLASSIFIER_PATH = Path(__file__).resolve().parent / "assets" / "digit-classifier.safetensors"
+_CLASSIFIER_IN_REPO = "ddpm_core/assets/digit-classifier.safetensors"  # as the card and eval.json name it
 #: SHA-256 of the shipped file; ``python -m ddpm_core.evaluate --train-classifier OUT`` prints that of a new one.
 CLASSIFIER_SHA256 = "b47a4ce02b9dc22128ffb72d724e58185a42dbd2432f681b0d6bce875c5533f4"
 #: FDs compare sets of this many feature vectors (the held-out split's size): FD's small-sample bias depends on N.
@@ -132,7 +133,7 @@ def load_classifier(path: Path | None = None, sha256: str | None = CLASSIFIER_SH
     path = Path(path) if path is not None else CLASSIFIER_PATH
     if not path.is_file():
         raise ValueError(f"evaluation classifier not found at {path}; the repo ships it as "
-                         f"{CLASSIFIER_PATH.relative_to(CLASSIFIER_PATH.parents[2]).as_posix()}")
+                         f"{_CLASSIFIER_IN_REPO}")
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if sha256 is not None and digest != sha256:
@@ -308,7 +309,7 @@ def evaluate(folder: Path, num: int = 500, steps: int | None = 100, sampler: str
     r3 = lambda v: round(float(v), 3)  # noqa: E731
     result = {
         "classifier_heldout_accuracy": r4(acc),
-        "classifier_file": (CLASSIFIER_PATH.relative_to(CLASSIFIER_PATH.parents[2]).as_posix() if classifier is None
+        "classifier_file": (_CLASSIFIER_IN_REPO if classifier is None
                             else str(classifier)),
         "classifier_sha256": cls_info["sha256"],
         "num_samples": int(num),
