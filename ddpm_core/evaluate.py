@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+
+from .samplers import SAMPLERS
 import torch.nn.functional as F
 
 #: The evaluation classifier's weights, next to the code that uses them: they are the ruler of every MNIST model
@@ -246,7 +248,6 @@ def evaluate(folder: Path, num: int = 500, steps: int | None = 100, sampler: str
     from .imaging import make_grid, tensor_to_pil
     from .sampling import generate
 
-    import ddpm_core.checkpoints as ck
 
     if num < 2 or seeds < 1 or batch < 1:
         raise ValueError(f"need --num >= 2, --seeds >= 1 and --batch >= 1, got {num}, {seeds}, {batch}")
@@ -257,12 +258,7 @@ def evaluate(folder: Path, num: int = 500, steps: int | None = 100, sampler: str
     net, cls_info = load_classifier(classifier, sha256=None if classifier is not None else CLASSIFIER_SHA256)
     acc = heldout_accuracy(net)
     t_cls = time.time() - t0
-    saved_dir = ck.CHECKPOINT_DIR
-    ck.CHECKPOINT_DIR = folder.parent  # load this folder through the same safe loader the Space uses
-    try:
-        model = ModelCache(size=1).get(folder.name)
-    finally:
-        ck.CHECKPOINT_DIR = saved_dir
+    model = ModelCache(size=1, root=folder.parent).get(folder.name)  # the same safe loader the Space uses
     seed_list = list(range(seed, seed + seeds))
     t0 = time.time()
     runs = []
@@ -425,7 +421,7 @@ def main(argv=None):
     p.add_argument("folder", nargs="?", help="a pipeline folder trained on the bundled MNIST digits")
     p.add_argument("--num", type=int, default=500, help="samples per sampling seed")
     p.add_argument("--steps", type=int, default=100, help="inference steps (0: all T)")
-    p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
+    p.add_argument("--sampler", default="ddpm", choices=tuple(SAMPLERS))
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--seed", type=int, default=0, help="first sampling seed (and the classifier's, with --train-classifier)")
     p.add_argument("--seeds", type=int, default=3, help="number of sampling seeds; figures are mean ± std over them")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .samplers import SAMPLERS
+
 #: Variables by which launchers announce how many processes they started (torchrun/accelerate, then MPI flavours).
 WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
@@ -77,8 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--num", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--batch", type=int, default=64, help="images per batch (per process)")
-    p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
-    p.add_argument("--steps", type=int, default=0, help="inference steps (0: all T for DDPM, 50 for DDIM)")
+    p.add_argument("--sampler", default="ddpm", choices=tuple(SAMPLERS))
+    p.add_argument("--steps", type=int, default=0, help="inference steps (0: the sampler's usual count: all T for DDPM, 50 for DDIM, 20 for DPM-Solver++)")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
     compile_ = device.type == "cuda" if args.compile is None else args.compile
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = args.steps or (50 if args.sampler == "ddim" else None)
+    steps = args.steps or SAMPLERS[args.sampler].default_steps
     n_batches = math.ceil(args.num / args.batch)
     mine = range(rank, n_batches, world)  # each batch has exactly one owner
     todo = [b for b in mine if not all(f.exists() for f in batch_files(out, b, args.batch, args.num))]
