@@ -9,10 +9,11 @@ from __future__ import annotations
 from .base import Plan, Sampler
 from .ddim import DDIM
 from .ddpm import DDPM
+from .dpm_solver import DPMSolverPP2M
 from .loop import sample_loop_progressive
 
 #: name -> sampler, in the order a UI lists them
-SAMPLERS: dict[str, Sampler] = {s.name: s for s in (DDPM(), DDIM())}
+SAMPLERS: dict[str, Sampler] = {s.name: s for s in (DDPM(), DDIM(), DPMSolverPP2M())}
 
 
 def get_sampler(name: str) -> Sampler:
@@ -22,4 +23,4 @@ def get_sampler(name: str) -> Sampler:
     return SAMPLERS[name]
 
 
-__all__ = ["DDIM", "DDPM", "SAMPLERS", "Plan", "Sampler", "get_sampler", "sample_loop_progressive"]
+__all__ = ["DDIM", "DDPM", "DPMSolverPP2M", "SAMPLERS", "Plan", "Sampler", "get_sampler", "sample_loop_progressive"]
