@@ -64,10 +64,11 @@ class DPMSolverPP2M(Sampler):
         alpha_t, sigma_t = abar_next.sqrt(), (1 - abar_next).sqrt()
         # sigma_s > 0 unless abar_s = 1, which the schedule rejects (its posterior would divide by zero)
         A = sigma_t / sigma_s
-        B1 = alpha_t - alpha_s * A  # = alpha_t (1 - e^{-h}) with e^{-h} = alpha_s sigma_t / (sigma_s alpha_t); no inf at sigma_t = 0
+        # alpha_t (1 - e^{-h}) with e^{-h} = alpha_s sigma_t / (sigma_s alpha_t): no lambda_t = inf at sigma_t = 0
+        B1 = alpha_t - alpha_s * A
         lam = 0.5 * (abar.log() - torch.log1p(-abar))  # lambda at positions 0..N-1 (-inf where abar = 0)
         second = torch.zeros(n, dtype=torch.bool)
-        second[1:n - 1] = True  # Algorithm 2: order 1 without a history (k = 0) and at the final step (to sigma = 0)
+        second[1 : n - 1] = True  # Algorithm 2: order 1 without a history (k = 0) and at the final step (to sigma = 0)
         h = torch.where(second, torch.cat([lam[1:], lam[-1:]]) - lam, 1.0)
         h_prev = torch.where(second, lam - torch.cat([lam[:1], lam[:-1]]), 1.0)
         half_inv_r = torch.where(second, 0.5 * h / h_prev, 0.0)  # 1 / (2 r), r = h' / h; 0 if h' = inf (abar_{s'} = 0)
@@ -76,7 +77,9 @@ class DPMSolverPP2M(Sampler):
     def init_state(self, plan: Plan, x: Tensor) -> dict[str, Tensor]:
         return {"prev_x0": torch.zeros_like(x)}
 
-    def step(self, plan: Plan, k: Tensor, model_output: Tensor, x: Tensor, noise: Tensor | None, state) -> tuple[Tensor, Tensor]:
+    def step(
+        self, plan: Plan, k: Tensor, model_output: Tensor, x: Tensor, noise: Tensor | None, state
+    ) -> tuple[Tensor, Tensor]:
         x0 = plan.diffusion.model_predictions(model_output, x, plan.index(k, x.shape[0])).pred_xstart
         prev = state["prev_x0"]
         # Algorithm 2: x_t = (sigma_t / sigma_s) x - alpha_t (e^{-h} - 1) D, D = (1 + 1/2r) x0 - 1/2r x0_prev
