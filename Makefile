@@ -2,13 +2,18 @@
 PYTHON ?= python3
 export HF_HUB_DISABLE_TELEMETRY = 1
 
-.PHONY: run test test-fast deps deps-test
+.PHONY: run test test-fast lint deps deps-test
 
 run: deps
 	$(PYTHON) app.py
 
-test: deps-test
+test: deps-test lint
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PYTHON) -m pytest
+
+# House style (ruff.toml): lint, and code formatted as `ruff format` writes it.
+lint: deps-test
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 test-fast: deps-test
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PYTHON) -m pytest -m "not slow"

@@ -54,9 +54,12 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="DDPM Explorer", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         ctx = Context(demo)
         with gr.Row(equal_height=True):
-            ctx.i18n.add(gr.Markdown(TEXT["en"]["intro"], elem_id="intro", latex_delimiters=LATEX),
-                         TEXT, "intro", attr="value")
-            lang = gr.Radio(list(LANGS), value="English", label=TEXT["en"]["lang_label"], scale=0, min_width=220, elem_id="lang")
+            ctx.i18n.add(
+                gr.Markdown(TEXT["en"]["intro"], elem_id="intro", latex_delimiters=LATEX), TEXT, "intro", attr="value"
+            )
+            lang = gr.Radio(
+                list(LANGS), value="English", label=TEXT["en"]["lang_label"], scale=0, min_width=220, elem_id="lang"
+            )
         with gr.Tabs():
             for tab in tabs():
                 tab.build(ctx)
@@ -94,8 +97,13 @@ def launch(demo: gr.Blocks | None = None, warm: bool = True, **kwargs):
     kwargs.setdefault("server_port", int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     app_kwargs = kwargs.pop("app_kwargs", None) or {}
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), GUARD.middleware()]
-    return demo.launch(theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="pink"), css=CSS,
-                       max_file_size="30mb", app_kwargs=app_kwargs, **kwargs)
+    return demo.launch(
+        theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="pink"),
+        css=CSS,
+        max_file_size="30mb",
+        app_kwargs=app_kwargs,
+        **kwargs,
+    )
 
 
 if __name__ == "__main__":

@@ -20,10 +20,14 @@ if str(ROOT) not in sys.path:
 
 #: bench name -> (public UNet config in tests/data, its scheduler config)
 ARCHITECTURES = {
-    "cifar10-arch": ("unet-ddpm-cifar10-32.config.json",
-                     {"beta_schedule": "linear", "variance_type": "fixed_large", "clip_sample": True}),
-    "celebahq-arch": ("unet-ddpm-celebahq-256.config.json",
-                      {"beta_schedule": "linear", "variance_type": "fixed_small", "clip_sample": True}),
+    "cifar10-arch": (
+        "unet-ddpm-cifar10-32.config.json",
+        {"beta_schedule": "linear", "variance_type": "fixed_large", "clip_sample": True},
+    ),
+    "celebahq-arch": (
+        "unet-ddpm-celebahq-256.config.json",
+        {"beta_schedule": "linear", "variance_type": "fixed_small", "clip_sample": True},
+    ),
 }
 
 
@@ -32,8 +36,10 @@ def machine() -> str:
     import torch
 
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs{gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPUs{gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 def load_model(name: str, device="cpu", dtype=None):

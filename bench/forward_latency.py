@@ -13,13 +13,12 @@ import statistics
 import time
 from pathlib import Path
 
-import common  # noqa: F401 - offline environment, the repo on the import path
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import app  # noqa: E402
+import common  # noqa: F401 - offline environment, the repo on the import path
 
 
 def main():
@@ -46,11 +45,15 @@ def main():
         t0 = time.perf_counter()
         app.forward(str(fresh), 500, "linear", 1000, 0)
         cold.append((time.perf_counter() - t0) * 1e3)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     print("| schedule | median ms | p90 ms | max ms |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:.1f} |")
-    print(f"| first call on a new 512x384 upload (decode included) | {statistics.median(cold):.1f} | | {max(cold):.1f} |")
+    print(
+        f"| first call on a new 512x384 upload (decode included) | {statistics.median(cold):.1f} | | {max(cold):.1f} |"
+    )
 
 
 if __name__ == "__main__":

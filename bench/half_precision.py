@@ -10,12 +10,11 @@ non-finite or wholly different images.
 
 import argparse
 
-import common  # noqa: F401 - offline environment, the repo on the import path
-
 import torch  # noqa: E402
 
-from ddpm_core.sampling import generate  # noqa: E402
+import common  # noqa: F401 - offline environment, the repo on the import path
 from common import load_model  # noqa: E402
+from ddpm_core.sampling import generate  # noqa: E402
 
 
 def to01(x: torch.Tensor) -> torch.Tensor:
@@ -33,18 +32,27 @@ def main():
     args = p.parse_args()
     device = torch.device(args.device)
     kw = dict(batch_size=args.batch, seed=args.seed, num_inference_steps=args.steps, n_snapshots=0, n_frames=0)
-    ref = {fast: to01(generate(load_model(args.model, device, torch.float32), fast=fast, **kw).samples) for fast in (True, False)}
+    ref = {
+        fast: to01(generate(load_model(args.model, device, torch.float32), fast=fast, **kw).samples)
+        for fast in (True, False)
+    }
     dev = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"#### {args.model}: float32 vs half precision, seed {args.seed}, batch {args.batch}, {args.steps} steps, {dev}\n")
-    print("| UNet dtype | loop | max abs diff | mean abs diff | pixels off by > 1/255 | worst image's mean diff | finite |")
+    print(
+        f"#### {args.model}: float32 vs half precision, seed {args.seed}, batch {args.batch}, {args.steps} steps, {dev}\n"
+    )
+    print(
+        "| UNet dtype | loop | max abs diff | mean abs diff | pixels off by > 1/255 | worst image's mean diff | finite |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in args.dtypes:
         model = load_model(args.model, device, getattr(torch, name))
         for fast, label in ((True, "fast path (float32 state)"), (False, f"plain loop ({name} state)")):
             res = generate(model, fast=fast, **kw)
             d = (to01(res.samples) - ref[fast]).abs()
-            print(f"| {name} | {label} | {d.max():.3f} | {d.mean():.5f} | {100 * (d > 1 / 255).float().mean():.2f}% | "
-                  f"{d.flatten(1).mean(1).max():.4f} | {bool(torch.isfinite(res.samples).all())} |")
+            print(
+                f"| {name} | {label} | {d.max():.3f} | {d.mean():.5f} | {100 * (d > 1 / 255).float().mean():.2f}% | "
+                f"{d.flatten(1).mean(1).max():.4f} | {bool(torch.isfinite(res.samples).all())} |"
+            )
 
 
 if __name__ == "__main__":

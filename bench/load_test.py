@@ -37,8 +37,14 @@ def user_address(k: int) -> str:
     return f"203.0.113.{k % 250 + 1}"
 
 
-def run_load(url: str, users: int = 16, calls: int = 6, image: str | None = None, deadline_s: float = 600,
-             pid: int | None = None) -> dict:
+def run_load(
+    url: str,
+    users: int = 16,
+    calls: int = 6,
+    image: str | None = None,
+    deadline_s: float = 600,
+    pid: int | None = None,
+) -> dict:
     import numpy as np
     import psutil
     from gradio_client import Client, handle_file
@@ -64,8 +70,13 @@ def run_load(url: str, users: int = 16, calls: int = 6, image: str | None = None
     t_end = time.monotonic() + deadline_s
 
     def user(k: int):
-        client = Client(url, verbose=False, analytics_enabled=False, download_files=f"/tmp/ddpm-load-dl/{k}",
-                        headers={"X-Forwarded-For": user_address(k)})
+        client = Client(
+            url,
+            verbose=False,
+            analytics_enabled=False,
+            download_files=f"/tmp/ddpm-load-dl/{k}",
+            headers={"X-Forwarded-For": user_address(k)},
+        )
         identical = k % 4 == 0
         for c in range(calls):
             if time.monotonic() > t_end:
@@ -74,8 +85,14 @@ def run_load(url: str, users: int = 16, calls: int = 6, image: str | None = None
             t0 = time.perf_counter()
             try:
                 if kind == "forward":
-                    out = client.predict(handle_file(image), 0 if identical else (k * 37 + c * 101) % 1000, "linear", 1000,
-                                         0 if identical else k, api_name="/forward")
+                    out = client.predict(
+                        handle_file(image),
+                        0 if identical else (k * 37 + c * 101) % 1000,
+                        "linear",
+                        1000,
+                        0 if identical else k,
+                        api_name="/forward",
+                    )
                     data = Path(out[0]).read_bytes()
                     Image.open(io.BytesIO(data)).load()  # arrives whole: decodes completely
                     if identical:
@@ -84,14 +101,24 @@ def run_load(url: str, users: int = 16, calls: int = 6, image: str | None = None
                 elif kind == "schedules":
                     client.predict(["linear", "sigmoid"], 1000, api_name="/schedules")
                 else:
-                    out = client.predict("ddpm-mnist-28", "DDPM (fewer steps)", 10, 0.0, "model default", 2,
-                                         0 if identical else k, api_name="/sample")
+                    out = client.predict(
+                        "ddpm-mnist-28",
+                        "DDPM (fewer steps)",
+                        10,
+                        0.0,
+                        "model default",
+                        2,
+                        0 if identical else k,
+                        api_name="/sample",
+                    )
                     paths = [g["image"] for g in out[0]]
                     for p in paths:
                         Image.open(p).load()
                     if identical:
                         with lock:
-                            digests["sample-identical"].add(tuple(hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths))
+                            digests["sample-identical"].add(
+                                tuple(hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths)
+                            )
                 with lock:
                     lat.setdefault(kind, []).append(time.perf_counter() - t0)
             except AppError as err:  # a clean refusal (e.g. queue full) is allowed; anything else is not
@@ -113,9 +140,16 @@ def run_load(url: str, users: int = 16, calls: int = 6, image: str | None = None
         return float(np.percentile(v, q)) if v else float("nan")
 
     return {
-        "users": users, "calls_per_user": calls, "wall_s": time.perf_counter() - t0,
-        "completed": sum(len(v) for v in lat.values()), "refused": len(errors), "errors": errors[:5],
-        "latency_s": {k: {"n": len(v), "p50": pct(v, 50), "p90": pct(v, 90), "p99": pct(v, 99), "max": max(v)} for k, v in lat.items()},
+        "users": users,
+        "calls_per_user": calls,
+        "wall_s": time.perf_counter() - t0,
+        "completed": sum(len(v) for v in lat.values()),
+        "refused": len(errors),
+        "errors": errors[:5],
+        "latency_s": {
+            k: {"n": len(v), "p50": pct(v, 50), "p90": pct(v, 90), "p99": pct(v, 99), "max": max(v)}
+            for k, v in lat.items()
+        },
         "peak_rss_mb": peak["rss"] / 2**20,
         "identical_forward_variants": len(digests["forward-identical"]),
         "identical_sample_variants": len(digests["sample-identical"]),
@@ -133,13 +167,15 @@ def huge_tiff(k: int) -> str:
     path = f"/tmp/ddpm-huge-{k}.tif"
     if not Path(path).exists():
         ramp = (np.arange(8000, dtype=np.uint16)[None, :] * 255 // 7999 + 40 * k) % 256
-        Image.fromarray(np.repeat(np.broadcast_to(ramp.astype(np.uint8)[:, :, None], (5000, 8000, 1)), 3, axis=2)).save(
-            path, compression="tiff_deflate")
+        Image.fromarray(
+            np.repeat(np.broadcast_to(ramp.astype(np.uint8)[:, :, None], (5000, 8000, 1)), 3, axis=2)
+        ).save(path, compression="tiff_deflate")
     return path
 
 
-def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, cache: Path | None = None,
-                pid: int | None = None) -> dict:
+def run_hostile(
+    url: str, seconds: float = 60, users: int = 0, huge: int = 0, cache: Path | None = None, pid: int | None = None
+) -> dict:
     """The flood of unlistened joins, a polite client, and optionally ``users`` ordinary users and ``huge``
     40-megapixel uploads, all at once for ``seconds``."""
     import uuid
@@ -178,7 +214,13 @@ def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, ca
             k = 0
             while time.monotonic() < t_end:
                 fn, data = (ids["sample"], heavy) if k % 2 == 0 else (ids["forward"], [None, 5, "linear", 1000, 0])
-                body = {"data": data, "fn_index": fn, "session_hash": uuid.uuid4().hex[:10], "event_data": None, "trigger_id": None}
+                body = {
+                    "data": data,
+                    "fn_index": fn,
+                    "session_hash": uuid.uuid4().hex[:10],
+                    "event_data": None,
+                    "trigger_id": None,
+                }
                 ok = http.post(url + "gradio_api/queue/join", json=body).status_code == 200
                 flood["accepted" if ok else "refused"] += 1
                 k += 1
@@ -187,8 +229,13 @@ def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, ca
     def polite():
         image = "/tmp/ddpm-hostile.png"
         Image.fromarray(np.random.default_rng(1).integers(0, 256, (384, 512, 3), dtype=np.uint8)).save(image)
-        client = Client(url, verbose=False, analytics_enabled=False, download_files="/tmp/ddpm-load-dl/polite",
-                        headers={"X-Forwarded-For": "192.0.2.10"})
+        client = Client(
+            url,
+            verbose=False,
+            analytics_enabled=False,
+            download_files="/tmp/ddpm-load-dl/polite",
+            headers={"X-Forwarded-For": "192.0.2.10"},
+        )
         c = 0
         while time.monotonic() < t_end:
             kind = ("forward", "forward", "schedules", "forward", "sample")[c % 5]
@@ -199,7 +246,9 @@ def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, ca
                 elif kind == "schedules":
                     client.predict(["linear", "squaredcos_cap_v2"], 1000, api_name="/schedules")
                 else:
-                    client.predict("ddpm-mnist-28", "DDPM (fewer steps)", 10, 0.0, "model default", 2, c, api_name="/sample")
+                    client.predict(
+                        "ddpm-mnist-28", "DDPM (fewer steps)", 10, 0.0, "model default", 2, c, api_name="/sample"
+                    )
                 polite_lat.setdefault(kind, []).append(time.perf_counter() - t0)
             except AppError as err:
                 polite_errors.append(f"{kind}: {err}")
@@ -207,8 +256,13 @@ def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, ca
 
     def huge_upload(k: int):
         path = huge_paths[k]
-        client = Client(url, verbose=False, analytics_enabled=False, download_files=f"/tmp/ddpm-load-dl/huge{k}",
-                        headers={"X-Forwarded-For": f"192.0.2.{100 + k}"})
+        client = Client(
+            url,
+            verbose=False,
+            analytics_enabled=False,
+            download_files=f"/tmp/ddpm-load-dl/huge{k}",
+            headers={"X-Forwarded-For": f"192.0.2.{100 + k}"},
+        )
         t0 = time.perf_counter()
         try:
             client.predict(handle_file(path), 100, "linear", 1000, 0, api_name="/forward")
@@ -217,11 +271,18 @@ def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, ca
             polite_errors.append(f"huge upload: {err}")
 
     background = {}
-    threads = [threading.Thread(target=watch, daemon=True), threading.Thread(target=attacker), threading.Thread(target=polite)]
+    threads = [
+        threading.Thread(target=watch, daemon=True),
+        threading.Thread(target=attacker),
+        threading.Thread(target=polite),
+    ]
     threads += [threading.Thread(target=huge_upload, args=(k,)) for k in range(huge)]
     if users:
-        threads.append(threading.Thread(target=lambda: background.update(
-            run_load(url, users, calls=10**6, deadline_s=seconds, pid=pid))))
+        threads.append(
+            threading.Thread(
+                target=lambda: background.update(run_load(url, users, calls=10**6, deadline_s=seconds, pid=pid))
+            )
+        )
     for th in threads:
         th.start()
     for th in threads[1:]:
@@ -232,19 +293,29 @@ def run_hostile(url: str, seconds: float = 60, users: int = 0, huge: int = 0, ca
         return float(np.percentile(v, q)) if v else float("nan")
 
     return {
-        "seconds": seconds, "flood": flood, "polite_errors": polite_errors[:5], "polite_refused": len(polite_errors),
-        "polite_latency_s": {k: {"n": len(v), "p50": pct(v, 50), "p95": pct(v, 95), "max": max(v)} for k, v in polite_lat.items()},
+        "seconds": seconds,
+        "flood": flood,
+        "polite_errors": polite_errors[:5],
+        "polite_refused": len(polite_errors),
+        "polite_latency_s": {
+            k: {"n": len(v), "p50": pct(v, 50), "p95": pct(v, 95), "max": max(v)} for k, v in polite_lat.items()
+        },
         "huge_uploads": {"n": huge, "completed": len(huge_lat), "max_s": max(huge_lat) if huge_lat else None},
-        "background_users": {k: background.get(k) for k in ("users", "completed", "refused", "errors")} if users else None,
-        "peak_rss_mb": peak["rss"] / 2**20, "peak_cache_mb": peak["disk"] / 2**20,
+        "background_users": {k: background.get(k) for k in ("users", "completed", "refused", "errors")}
+        if users
+        else None,
+        "peak_rss_mb": peak["rss"] / 2**20,
+        "peak_cache_mb": peak["disk"] / 2**20,
     }
 
 
 def serve(port: int, cache: str) -> subprocess.Popen:
     """The app in a process of its own (so that the clients here neither share its interpreter lock nor count
     in its memory), as behind the Spaces proxy: users are told apart by X-Forwarded-For."""
-    code = ("import app; app.GUARD.trust_proxy = True; "
-            f"app.launch(warm=False, server_name='127.0.0.1', server_port={port}, quiet=True)")
+    code = (
+        "import app; app.GUARD.trust_proxy = True; "
+        f"app.launch(warm=False, server_name='127.0.0.1', server_port={port}, quiet=True)"
+    )
     env = {**os.environ, "GRADIO_TEMP_DIR": cache, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
     import httpx
@@ -289,23 +360,26 @@ def main():
         server.terminate()
         server.wait(30)
     if args.json:
-        import platform
-
         import json
+        import platform
 
         meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "load_average_at_end": os.getloadavg()}
         Path(args.json).write_text(json.dumps({**vars(args), **meta, "results": r}, indent=1) + "\n")
     if args.hostile:
-        print(f"flood: {r['flood']['accepted']} joins accepted, {r['flood']['refused']} refused; polite refusals: {r['polite_refused']}; huge uploads "
-              f"{r['huge_uploads']['completed']}/{r['huge_uploads']['n']}; peak RSS {r['peak_rss_mb']:.0f} MB; "
-              f"peak cache folder {r['peak_cache_mb']:.0f} MB")
+        print(
+            f"flood: {r['flood']['accepted']} joins accepted, {r['flood']['refused']} refused; polite refusals: {r['polite_refused']}; huge uploads "
+            f"{r['huge_uploads']['completed']}/{r['huge_uploads']['n']}; peak RSS {r['peak_rss_mb']:.0f} MB; "
+            f"peak cache folder {r['peak_cache_mb']:.0f} MB"
+        )
         print("| polite endpoint | n | p50 s | p95 s | max s |\n|---|---|---|---|---|")
         for k, v in sorted(r["polite_latency_s"].items()):
             print(f"| /{k} | {v['n']} | {v['p50']:.2f} | {v['p95']:.2f} | {v['max']:.2f} |")
         return
-    print(f"{r['users']} users x {r['calls_per_user']} calls: {r['completed']} completed, {r['refused']} refused, "
-          f"{r['wall_s']:.1f} s wall, peak RSS {r['peak_rss_mb']:.0f} MB; identical requests gave "
-          f"{r['identical_forward_variants']} forward / {r['identical_sample_variants']} sample variant(s)")
+    print(
+        f"{r['users']} users x {r['calls_per_user']} calls: {r['completed']} completed, {r['refused']} refused, "
+        f"{r['wall_s']:.1f} s wall, peak RSS {r['peak_rss_mb']:.0f} MB; identical requests gave "
+        f"{r['identical_forward_variants']} forward / {r['identical_sample_variants']} sample variant(s)"
+    )
     print("| endpoint | n | p50 s | p90 s | p99 s | max s |\n|---|---|---|---|---|---|")
     for k, v in sorted(r["latency_s"].items()):
         print(f"| /{k} | {v['n']} | {v['p50']:.2f} | {v['p90']:.2f} | {v['p99']:.2f} | {v['max']:.2f} |")

@@ -30,13 +30,45 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(processes: int, threads: int, args, out: Path, port: int) -> dict:
-    cli = ["-m", "ddpm_core.sample", "--model", args.model, "--num", str(args.num), "--batch", str(args.batch),
-           "--steps", str(args.steps), "--out", str(out)]
-    cmd = [sys.executable, *cli] if processes == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
-        "--master_port", str(port), *cli[:2], "--", *cli[2:]]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
-           "PYTHONPATH": str(ROOT)}
+    cli = [
+        "-m",
+        "ddpm_core.sample",
+        "--model",
+        args.model,
+        "--num",
+        str(args.num),
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--out",
+        str(out),
+    ]
+    cmd = (
+        [sys.executable, *cli]
+        if processes == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            *cli[:2],
+            "--",
+            *cli[2:],
+        ]
+    )
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
@@ -44,9 +76,15 @@ def run(processes: int, threads: int, args, out: Path, port: int) -> dict:
     rec = json.loads((out / "sampling.json").read_text())
     assert rec["num_processes"] == processes and rec["images"] == args.num
     loop = max(r["seconds"] for r in rec["ranks"])
-    return {"processes": processes, "threads": threads, "wall_s": round(wall, 3), "loop_s": loop,
-            "images_per_s_end_to_end": round(args.num / wall, 3), "images_per_s_sampling": round(args.num / loop, 3),
-            "load_1min_before": round(load, 2)}
+    return {
+        "processes": processes,
+        "threads": threads,
+        "wall_s": round(wall, 3),
+        "loop_s": loop,
+        "images_per_s_end_to_end": round(args.num / wall, 3),
+        "images_per_s_sampling": round(args.num / loop, 3),
+        "load_1min_before": round(load, 2),
+    }
 
 
 def main(argv=None):
@@ -71,23 +109,38 @@ def main(argv=None):
     summary = []
     for n, t in configs:
         mine = [r for r in runs if r["processes"] == n]
-        summary.append({"config": f"{n} process{'es' if n > 1 else ''} x {t} thread{'s' if t > 1 else ''}",
-                        "images_per_s_end_to_end": statistics.median(r["images_per_s_end_to_end"] for r in mine),
-                        "images_per_s_sampling": statistics.median(r["images_per_s_sampling"] for r in mine)})
+        summary.append(
+            {
+                "config": f"{n} process{'es' if n > 1 else ''} x {t} thread{'s' if t > 1 else ''}",
+                "images_per_s_end_to_end": statistics.median(r["images_per_s_end_to_end"] for r in mine),
+                "images_per_s_sampling": statistics.median(r["images_per_s_sampling"] for r in mine),
+            }
+        )
     base = summary[0]
     for s in summary:
         s["end_to_end_vs_1_process"] = round(s["images_per_s_end_to_end"] / base["images_per_s_end_to_end"], 3)
         s["sampling_vs_1_process"] = round(s["images_per_s_sampling"] / base["images_per_s_sampling"], 3)
     import torch
 
-    result = {"command": f"python -m ddpm_core.sample --model {args.model} --num {args.num} --batch {args.batch} "
-                         f"--steps {args.steps}", "repeats": args.repeats, "summary": summary, "runs": runs,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                          "load_1min_range": [min(r["load_1min_before"] for r in runs), max(r["load_1min_before"] for r in runs)]}}
+    result = {
+        "command": f"python -m ddpm_core.sample --model {args.model} --num {args.num} --batch {args.batch} "
+        f"--steps {args.steps}",
+        "repeats": args.repeats,
+        "summary": summary,
+        "runs": runs,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "load_1min_range": [min(r["load_1min_before"] for r in runs), max(r["load_1min_before"] for r in runs)],
+        },
+    }
     print("\n| config | images/s end to end | images/s sampling |\n|---|---|---|")
     for s in summary:
-        print(f"| {s['config']} | {s['images_per_s_end_to_end']:.2f} ({s['end_to_end_vs_1_process']:.2f}x) | "
-              f"{s['images_per_s_sampling']:.2f} ({s['sampling_vs_1_process']:.2f}x) |")
+        print(
+            f"| {s['config']} | {s['images_per_s_end_to_end']:.2f} ({s['end_to_end_vs_1_process']:.2f}x) | "
+            f"{s['images_per_s_sampling']:.2f} ({s['sampling_vs_1_process']:.2f}x) |"
+        )
     print(f"load average (1 min) before the runs: {result['machine']['load_1min_range']}")
     if args.json:  # each session is appended: runs on a loaded and on a quiet machine side by side
         args.json.parent.mkdir(parents=True, exist_ok=True)

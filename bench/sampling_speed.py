@@ -31,18 +31,18 @@ import statistics
 import time
 from pathlib import Path
 
-import common  # noqa: F401 - offline environment, the repo on the import path
-
 import diffusers  # noqa: E402
 import torch  # noqa: E402
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 
+import common  # noqa: F401 - offline environment, the repo on the import path
+
 diffusers.utils.logging.set_verbosity_error()  # its note on casting with .to() concerns fp32-pinned modules (none here)
 
-from ddpm_core.fast import FastLoop, channels_last, compiled, default_mode, frozen_unet  # noqa: E402
-from ddpm_core.checkpoints import LoadedModel  # noqa: E402
-from ddpm_core.sampling import generate  # noqa: E402
 from common import load_model  # noqa: E402
+from ddpm_core.checkpoints import LoadedModel  # noqa: E402
+from ddpm_core.fast import FastLoop, channels_last, compiled, default_mode, frozen_unet  # noqa: E402
+from ddpm_core.sampling import generate  # noqa: E402
 
 
 def twin(unet: torch.nn.Module, dtype) -> torch.nn.Module:
@@ -60,10 +60,12 @@ def sync(device):
 def unet_only_runner(unet, x, t, steps: int, device, graph: bool):
     """``steps`` forward calls of ``unet`` on a fixed input; on CUDA, one captured graph replayed per call."""
     if not graph or device.type != "cuda":
+
         def run():
             with torch.inference_mode():
                 for _ in range(steps):
                     unet(x, t)
+
         return run
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -78,6 +80,7 @@ def unet_only_runner(unet, x, t, steps: int, device, graph: bool):
     def run_graph():
         for _ in range(steps):
             g.replay()
+
     return run_graph
 
 
@@ -93,8 +96,13 @@ class Echo(torch.nn.Module):
 
 
 def loop_alone_runner(model: LoadedModel, shape, steps: int, device, dtype):
-    loop = FastLoop(model.diffusion, Echo(device, dtype), shape, model.diffusion.inference_timesteps(steps),
-                    mode=default_mode(device))
+    loop = FastLoop(
+        model.diffusion,
+        Echo(device, dtype),
+        shape,
+        model.diffusion.inference_timesteps(steps),
+        mode=default_mode(device),
+    )
     x_T = torch.randn(shape, device=device)
 
     def run():
@@ -102,6 +110,7 @@ def loop_alone_runner(model: LoadedModel, shape, steps: int, device, dtype):
         for out in loop.run(x_T, torch.Generator(device).manual_seed(0)):
             pass
         out.prev_sample.cpu()
+
     return run
 
 
@@ -115,9 +124,13 @@ def main():
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--compile", action="store_true", help="also time ours and the UNet under torch.compile")
     p.add_argument("--json", help="write the results here too")
-    p.add_argument("--all-baselines", action=argparse.BooleanOptionalAction, default=None,
-                   help="also the eager contiguous UNet and (for --dtype other than float32) DDPMPipeline in --dtype; "
-                        "default: on for the CPU, off on a GPU where each costs a 1000-step eager run")
+    p.add_argument(
+        "--all-baselines",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also the eager contiguous UNet and (for --dtype other than float32) DDPMPipeline in --dtype; "
+        "default: on for the CPU, off on a GPU where each costs a 1000-step eager run",
+    )
     args = p.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     cuda = device.type == "cuda"
@@ -128,7 +141,9 @@ def main():
     C, H, W = model.sample_shape
     pipes = {}
     for pdtype in dict.fromkeys([torch.float32, dtype] if args.all_baselines else [torch.float32]):
-        pipe = DDPMPipeline(unet=twin(model.unet, pdtype), scheduler=DDPMScheduler.from_config(model.diffusion.to_config()))
+        pipe = DDPMPipeline(
+            unet=twin(model.unet, pdtype), scheduler=DDPMScheduler.from_config(model.diffusion.to_config())
+        )
         pipe.set_progress_bar_config(disable=True)
         pipes[str(pdtype).replace("torch.", "")] = pipe
     plain_unet = twin(model.unet, dtype)
@@ -139,22 +154,41 @@ def main():
 
     def ours(**kw):
         def run():
-            res = generate(model, batch_size=args.batch, seed=0, num_inference_steps=args.steps, n_snapshots=0, n_frames=0, **kw)
+            res = generate(
+                model, batch_size=args.batch, seed=0, num_inference_steps=args.steps, n_snapshots=0, n_frames=0, **kw
+            )
             info.setdefault("path" + ("_compiled" if kw else ""), res.path)
+
         return run
 
-    runs = {f"diffusers DDPMPipeline {k}": (lambda pipe=pipe: pipe(batch_size=args.batch, num_inference_steps=args.steps,
-                                                                     generator=torch.Generator().manual_seed(0), output_type="np"))
-            for k, pipe in pipes.items()}
+    runs = {
+        f"diffusers DDPMPipeline {k}": (
+            lambda pipe=pipe: pipe(
+                batch_size=args.batch,
+                num_inference_steps=args.steps,
+                generator=torch.Generator().manual_seed(0),
+                output_type="np",
+            )
+        )
+        for k, pipe in pipes.items()
+    }
     runs["ours (fast path)"] = ours()
     same = frozen_unet(model.unet, (C, H, W)) if not cuda else channels_last(model.unet)
-    lazy = {"UNet only, same settings": lambda: unet_only_runner(same, x_cl, t_fixed, args.steps, device, graph=True),
-            "loop alone (a model that costs nothing)": lambda: loop_alone_runner(model, x_fixed.shape, args.steps, device, dtype)}
+    lazy = {
+        "UNet only, same settings": lambda: unet_only_runner(same, x_cl, t_fixed, args.steps, device, graph=True),
+        "loop alone (a model that costs nothing)": lambda: loop_alone_runner(
+            model, x_fixed.shape, args.steps, device, dtype
+        ),
+    }
     if args.all_baselines:
-        lazy["UNet only, eager contiguous"] = lambda: unet_only_runner(plain_unet, x_fixed, t_fixed, args.steps, device, graph=False)
+        lazy["UNet only, eager contiguous"] = lambda: unet_only_runner(
+            plain_unet, x_fixed, t_fixed, args.steps, device, graph=False
+        )
     if args.compile:
         runs["ours + torch.compile"] = ours(compile=True)
-        lazy["UNet only, torch.compile"] = lambda: unet_only_runner(compiled(model.unet), x_cl, t_fixed, args.steps, device, graph=True)
+        lazy["UNet only, torch.compile"] = lambda: unet_only_runner(
+            compiled(model.unet), x_cl, t_fixed, args.steps, device, graph=True
+        )
     first = {}
     for name, fn in runs.items():  # first calls: tracing, compilation, CUDA graph capture
         sync(device)
@@ -177,22 +211,36 @@ def main():
             sync(device)
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    dev = (torch.cuda.get_device_name() if cuda else
-           f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
+    dev = (
+        torch.cuda.get_device_name()
+        if cuda
+        else f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    )
     print(f"#### {model.name}: batch {args.batch}, {args.steps} steps, UNet in {args.dtype}, {dev}")
-    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}; median of {args.repeats} alternating runs; "
-          f"ours ran: {info.get('path')}" + (f"; compiled: {info.get('path_compiled')}" if args.compile else "") + "\n")
+    print(
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}; median of {args.repeats} alternating runs; "
+        f"ours ran: {info.get('path')}" + (f"; compiled: {info.get('path_compiled')}" if args.compile else "") + "\n"
+    )
     print("| run | median s | per step ms | first call s |\n|---|---|---|---|")
     for k, v in med.items():
         print(f"| {k} | {v:.3f} | {1e3 * v / args.steps:.2f} | {first[k]:.1f} |")
     # ratios are taken within each round (runs seconds apart) and their median reported: the machine's speed drifts
     # between rounds by more than the few percent that ours/UNet-only measures
-    pairs = {"ours / diffusers fp32": ("ours (fast path)", "diffusers DDPMPipeline float32"),
-             "ours / UNet-only (same settings)": ("ours (fast path)", "UNet only, same settings")}
+    pairs = {
+        "ours / diffusers fp32": ("ours (fast path)", "diffusers DDPMPipeline float32"),
+        "ours / UNet-only (same settings)": ("ours (fast path)", "UNet only, same settings"),
+    }
     if args.compile:
-        pairs.update({"compiled / diffusers fp32": ("ours + torch.compile", "diffusers DDPMPipeline float32"),
-                      "compiled / UNet-only (compiled)": ("ours + torch.compile", "UNet only, torch.compile")})
-    pairs["loop alone / UNet-only (the loop's own overhead)"] = ("loop alone (a model that costs nothing)", "UNet only, same settings")
+        pairs.update(
+            {
+                "compiled / diffusers fp32": ("ours + torch.compile", "diffusers DDPMPipeline float32"),
+                "compiled / UNet-only (compiled)": ("ours + torch.compile", "UNet only, torch.compile"),
+            }
+        )
+    pairs["loop alone / UNet-only (the loop's own overhead)"] = (
+        "loop alone (a model that costs nothing)",
+        "UNet only, same settings",
+    )
     ratios = {}
     print("\n| ratio (median of per-round ratios) | value | range over rounds |\n|---|---|---|")
     for label, (a, b) in pairs.items():
@@ -201,9 +249,20 @@ def main():
         speed = f" ({1 / ratios[label]:.1f}x)" if "diffusers" in label else ""
         nd = 4 if ratios[label] < 0.1 else 3  # the loop-alone share is small: keep its digits
         print(f"| {label} | **{ratios[label]:.{nd}f}**{speed} | {min(per_round):.{nd}f} - {max(per_round):.{nd}f} |")
-    result = {"model": model.name, "batch": args.batch, "steps": args.steps, "dtype": args.dtype, "device": dev,
-              "torch": torch.__version__, "diffusers": diffusers.__version__, "median_s": med, "first_call_s": first, "times_s": times,
-              "ratios": ratios, "paths": info}
+    result = {
+        "model": model.name,
+        "batch": args.batch,
+        "steps": args.steps,
+        "dtype": args.dtype,
+        "device": dev,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "median_s": med,
+        "first_call_s": first,
+        "times_s": times,
+        "ratios": ratios,
+        "paths": info,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

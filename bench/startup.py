@@ -12,10 +12,9 @@ import argparse
 import time
 
 T0 = time.perf_counter()
-import common  # noqa: F401 - offline environment, the repo on the import path
-
 import torch  # noqa: E402
 
+import common  # noqa: E402, F401 - offline environment, the repo on the import path
 from ddpm_core.checkpoints import BUNDLED_DEFAULT, load_checkpoint  # noqa: E402
 from ddpm_core.sampling import generate, pick_device  # noqa: E402
 
@@ -47,9 +46,14 @@ def main():
         res = generate(model, batch_size=args.batch, seed=0, num_inference_steps=args.steps)
         rows.append((label, time.perf_counter() - t, res.setup_seconds, res.path))
     dev = torch.cuda.get_device_name() if model.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"#### start-up and the default request ({BUNDLED_DEFAULT}, batch {args.batch}, {args.steps} DDPM steps), {dev}\n")
-    print(f"| stage | s |\n|---|---|\n| import torch, ddpm_core{', gradio, app' if app else ' (no gradio here)'} | {t_import:.1f} |"
-          + (f"\n| build the Blocks | {t_build:.1f} |" if app else "") + f"\n| load the bundled model | {t_load:.2f} |")
+    print(
+        f"#### start-up and the default request ({BUNDLED_DEFAULT}, batch {args.batch}, {args.steps} DDPM steps), {dev}\n"
+    )
+    print(
+        f"| stage | s |\n|---|---|\n| import torch, ddpm_core{', gradio, app' if app else ' (no gradio here)'} | {t_import:.1f} |"
+        + (f"\n| build the Blocks | {t_build:.1f} |" if app else "")
+        + f"\n| load the bundled model | {t_load:.2f} |"
+    )
     for label, secs, setup, path in rows:
         print(f"| {label} | {secs:.2f} (set-up {setup:.2f}; {path}) |")
 

@@ -9,6 +9,13 @@ from .schedule import SCHEDULES, NoiseSchedule
 from .timesteps import SPACINGS, inference_timesteps
 
 __all__ = [
-    "GaussianDiffusion", "NoiseSchedule", "StepOutput", "call_model", "inference_timesteps",
-    "PREDICTION_TYPES", "SCHEDULES", "SPACINGS", "VARIANCE_TYPES",
+    "GaussianDiffusion",
+    "NoiseSchedule",
+    "StepOutput",
+    "call_model",
+    "inference_timesteps",
+    "PREDICTION_TYPES",
+    "SCHEDULES",
+    "SPACINGS",
+    "VARIANCE_TYPES",
 ]

@@ -26,14 +26,24 @@ from .diffusion import GaussianDiffusion
 CHECKPOINT_DIR = Path(os.environ.get("DDPM_CHECKPOINT_DIR", Path(__file__).resolve().parents[1] / "checkpoints"))
 BUNDLED_DEFAULT = "ddpm-mnist-28"
 #: Public DDPM checkpoints of Ho et al. (converted to diffusers by Google); all pixel-space UNet2DModels.
-HUB_MODELS = ("google/ddpm-cifar10-32", "google/ddpm-celebahq-256", "google/ddpm-ema-church-256", "google/ddpm-cat-256",
-              "google/ddpm-ema-bedroom-256")
+HUB_MODELS = (
+    "google/ddpm-cifar10-32",
+    "google/ddpm-celebahq-256",
+    "google/ddpm-ema-church-256",
+    "google/ddpm-cat-256",
+    "google/ddpm-ema-bedroom-256",
+)
 CACHE_SIZE = int(os.environ.get("DDPM_MODEL_CACHE_SIZE", 3))
 MAX_WEIGHTS_BYTES = 1_500_000_000  # a pixel-space DDPM UNet is < 500 MB; refuse anything far larger
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-_DEFAULT_SCHEDULER = {"beta_schedule": "linear", "num_train_timesteps": 1000, "variance_type": "fixed_small", "clip_sample": True}
+_DEFAULT_SCHEDULER = {
+    "beta_schedule": "linear",
+    "num_train_timesteps": 1000,
+    "variance_type": "fixed_small",
+    "clip_sample": True,
+}
 
 
 @dataclass
@@ -72,7 +82,9 @@ def bundled_models(root: Path | None = None) -> list[str]:
     root = Path(root) if root is not None else CHECKPOINT_DIR
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "unet" / "config.json").is_file() or (p / "config.json").is_file())
+    return sorted(
+        p.name for p in root.iterdir() if (p / "unet" / "config.json").is_file() or (p / "config.json").is_file()
+    )
 
 
 MAX_ID_CHARS = 96 + 1 + 96  # huggingface_hub: owner and name of at most 96 characters each
@@ -87,18 +99,24 @@ def validate_model_id(name: str, root: Path | None = None) -> tuple[str, str]:
         raise ValueError(f"a model name must be text (a bundled name or a Hub id), got {type(name).__name__}")
     name = name.strip()
     if len(name) > MAX_ID_CHARS:  # Hub ids are at most 96 characters; never echo a huge string back
-        raise ValueError(f"{name[:40]!r}... ({len(name)} characters) is too long for a model name or Hub id "
-                         f"(at most {MAX_ID_CHARS})")
+        raise ValueError(
+            f"{name[:40]!r}... ({len(name)} characters) is too long for a model name or Hub id "
+            f"(at most {MAX_ID_CHARS})"
+        )
     if not name:
         raise ValueError("no model given: pick a bundled model or type a Hub id such as google/ddpm-cifar10-32")
     if "://" in name or name.startswith(("/", "~", "\\")) or ".." in name or "\\" in name or "--" in name:
-        raise ValueError(f"{name!r} is not allowed: give a bundled model name ({', '.join(bundled_models(root)) or 'none'}) "
-                         "or a Hub id of the form owner/name")
+        raise ValueError(
+            f"{name!r} is not allowed: give a bundled model name ({', '.join(bundled_models(root)) or 'none'}) "
+            "or a Hub id of the form owner/name"
+        )
     if _NAME_RE.match(name):
         if name in bundled_models(root):
             return "bundled", name
-        raise ValueError(f"no bundled model named {name!r}; bundled: {', '.join(bundled_models(root)) or 'none'}. "
-                         "Hub models are given as owner/name")
+        raise ValueError(
+            f"no bundled model named {name!r}; bundled: {', '.join(bundled_models(root)) or 'none'}. "
+            "Hub models are given as owner/name"
+        )
     if _HUB_ID_RE.match(name):
         return "hub", name
     raise ValueError(f"{name!r} is neither a bundled model name nor a Hub id of the form owner/name")
@@ -151,8 +169,10 @@ def _hub_file(repo_id: str, filename: str, local_only: bool, cache_dir: str | No
     except LocalEntryNotFoundError as err:
         if local_only:
             return None
-        raise ValueError(f"the Hugging Face Hub could not be reached for {repo_id}; try again later or use the "
-                         f"bundled model ({_bundled_hint()})") from err
+        raise ValueError(
+            f"the Hugging Face Hub could not be reached for {repo_id}; try again later or use the "
+            f"bundled model ({_bundled_hint()})"
+        ) from err
     except EntryNotFoundError:
         return None
 
@@ -182,8 +202,10 @@ def _fetch_hub(repo_id: str, cache_dir: str | None) -> tuple[Path, str | None]:
             if weights is None:
                 weights = _hub_file(repo_id, prefix + "diffusion_pytorch_model.bin", not online, cache_dir)
             if weights is None:
-                raise ValueError(f"{repo_id} has a UNet config but no diffusion_pytorch_model weights"
-                                 + ("" if online else " in the local cache (the Hub is not reachable)"))
+                raise ValueError(
+                    f"{repo_id} has a UNet config but no diffusion_pytorch_model weights"
+                    + ("" if online else " in the local cache (the Hub is not reachable)")
+                )
             for sched in ("scheduler/scheduler_config.json", "scheduler_config.json"):
                 _hub_file(repo_id, sched, not online, cache_dir)
             return config.parent.parent if sub else config.parent, sub
@@ -193,17 +215,24 @@ def _fetch_hub(repo_id: str, cache_dir: str | None) -> tuple[Path, str | None]:
         raise ValueError(f"{repo_id} is gated: it needs an access token") from err
     except (HfHubHTTPError, OSError) as err:
         if online:
-            raise ValueError(f"the Hugging Face Hub could not be reached for {repo_id} ({type(err).__name__}); "
-                             f"try again later or use the bundled model ({bundled})") from err
+            raise ValueError(
+                f"the Hugging Face Hub could not be reached for {repo_id} ({type(err).__name__}); "
+                f"try again later or use the bundled model ({bundled})"
+            ) from err
         raise
     if not online:
-        raise ValueError(f"the Hugging Face Hub cannot be reached and {repo_id} is not in the local cache; "
-                         f"the bundled model ({bundled}) works offline")
+        raise ValueError(
+            f"the Hugging Face Hub cannot be reached and {repo_id} is not in the local cache; "
+            f"the bundled model ({bundled}) works offline"
+        )
     # The repo exists but holds no UNet2DModel at the root or in unet/.
     root_cfg = _hub_file(repo_id, "config.json", False, cache_dir)
     cls = json.loads(root_cfg.read_text()).get("_class_name") if root_cfg else None
-    raise ValueError(f"{repo_id} is not a UNet2DModel checkpoint" + (f" (its model is a {cls})" if cls else "")
-                     + ": only unconditional pixel-space DDPM UNets are supported")
+    raise ValueError(
+        f"{repo_id} is not a UNet2DModel checkpoint"
+        + (f" (its model is a {cls})" if cls else "")
+        + ": only unconditional pixel-space DDPM UNets are supported"
+    )
 
 
 def _check_config(config_path: Path, name: str) -> dict:
@@ -213,8 +242,10 @@ def _check_config(config_path: Path, name: str) -> dict:
         raise ValueError(f"{name}: unreadable config.json ({err})") from err
     cls = config.get("_class_name")
     if cls != "UNet2DModel":
-        raise ValueError(f"{name} is a {cls or 'model without _class_name'}, not a UNet2DModel: "
-                         "only unconditional pixel-space DDPM UNets are supported")
+        raise ValueError(
+            f"{name} is a {cls or 'model without _class_name'}, not a UNet2DModel: "
+            "only unconditional pixel-space DDPM UNets are supported"
+        )
     for key in ("in_channels", "out_channels", "sample_size"):
         if key not in config:
             raise ValueError(f"{name}: config.json lacks {key!r}")
@@ -241,7 +272,9 @@ def _load_unet(folder: Path, subfolder: str | None, name: str):
             state = torch.load(weights, map_location="cpu", weights_only=True)
             missing, unexpected = unet.load_state_dict(state, strict=False)
             if missing or unexpected:
-                raise ValueError(f"{name}: weights do not fit the config (missing {len(missing)}, unexpected {len(unexpected)} keys)")
+                raise ValueError(
+                    f"{name}: weights do not fit the config (missing {len(missing)}, unexpected {len(unexpected)} keys)"
+                )
     except ValueError:
         raise
     except Exception as err:  # corrupt files, pickles with code (refused by weights_only), shape mismatches
@@ -276,7 +309,9 @@ def _load(name: str, device: torch.device, dtype: torch.dtype, cache_dir: str | 
         overrides["variance_type"] = "learned_range"
         notes.append("the UNet outputs 2C channels: using learned_range variance")
     if not learned and unet.config.out_channels != unet.config.in_channels:
-        raise ValueError(f"{name}: out_channels={unet.config.out_channels} fits neither a fixed nor a learned variance")
+        raise ValueError(
+            f"{name}: out_channels={unet.config.out_channels} fits neither a fixed nor a learned variance"
+        )
     diffusion = GaussianDiffusion.from_config(sched_cfg, **overrides)
     unet = unet.to(device)
     if unet.dtype != dtype:
@@ -294,8 +329,13 @@ class ModelCache:
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-            cache_dir: str | None = None) -> LoadedModel:
+    def get(
+        self,
+        name: str,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        cache_dir: str | None = None,
+    ) -> LoadedModel:
         root = self.root
         validate_model_id(name, root)  # a list or dict as a name must be a clear ValueError, not a failed dict lookup
         key = (name.strip(), str(torch.device(device)), dtype, str(root))
@@ -324,7 +364,11 @@ class ModelCache:
 _default_cache = ModelCache()
 
 
-def load_checkpoint(name: str = BUNDLED_DEFAULT, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                    cache_dir: str | None = None) -> LoadedModel:
+def load_checkpoint(
+    name: str = BUNDLED_DEFAULT,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cache_dir: str | None = None,
+) -> LoadedModel:
     """Load a bundled model by name or a Hub model by id (through the shared LRU cache)."""
     return _default_cache.get(name, device, dtype, cache_dir)

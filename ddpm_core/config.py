@@ -19,9 +19,21 @@ if TYPE_CHECKING:
 
 # Keys of a diffusers scheduler config and what we do with them. Keys starting with "_" are metadata.
 CONFIG_KEYS = {
-    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "variance_type",
-    "clip_sample", "clip_sample_range", "prediction_type", "thresholding", "dynamic_thresholding_ratio",
-    "sample_max_value", "timestep_spacing", "steps_offset", "rescale_betas_zero_snr",
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "variance_type",
+    "clip_sample",
+    "clip_sample_range",
+    "prediction_type",
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "sample_max_value",
+    "timestep_spacing",
+    "steps_offset",
+    "rescale_betas_zero_snr",
     "set_alpha_to_one",  # DDIMScheduler: the alpha used after the last step
 }
 # Keys of early diffusers releases: ``timesteps`` was the old name of ``num_train_timesteps`` and ``tensor_format``

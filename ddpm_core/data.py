@@ -36,7 +36,7 @@ def mnist_split(part: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     bounds = np.cumsum([0] + [n // 10 for n in MNIST_SPLIT.values()])
     k = list(MNIST_SPLIT).index(part)
-    idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[bounds[k]:bounds[k + 1]] for c in range(10)])
+    idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[bounds[k] : bounds[k + 1]] for c in range(10)])
     idx = np.sort(idx)
     return X[idx], y[idx]
 
@@ -71,7 +71,9 @@ class ImageFolder(Dataset):
         return x
 
 
-def hub_dataset(name: str, resolution: int, channels: int, split: str = "train", image_column: str | None = None) -> Dataset:
+def hub_dataset(
+    name: str, resolution: int, channels: int, split: str = "train", image_column: str | None = None
+) -> Dataset:
     """A Hugging Face ``datasets`` image dataset (needs the network or a local cache)."""
     try:
         import datasets

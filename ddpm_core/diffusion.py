@@ -28,6 +28,7 @@ Tensor = torch.Tensor
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned_range")
 
+
 @dataclass
 class StepOutput:
     """One reverse step: ``x_t`` -> ``prev_sample`` (x_{t-1}), with the model's predicted x_0.
@@ -212,7 +213,11 @@ class GaussianDiffusion:
         """q(x_t | x_0) (eq. 4): mean sqrt(abar_t) x_0 ``[B x C x H x W]``, variance and log-variance ``[B x 1 x 1 x 1]``."""
         t = self._timesteps(t, x_start)
         mean = self._extract("sqrt_alphas_cumprod", t, x_start) * x_start
-        return mean, 1.0 - self._extract("alphas_cumprod", t, x_start), self._extract("log_one_minus_alphas_cumprod", t, x_start)
+        return (
+            mean,
+            1.0 - self._extract("alphas_cumprod", t, x_start),
+            self._extract("log_one_minus_alphas_cumprod", t, x_start),
+        )
 
     def q_sample(
         self, x_start: Tensor, t: int | Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
@@ -251,7 +256,10 @@ class GaussianDiffusion:
 
     def _posterior_mean(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         # eq. 7: mu~_t = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t
-        return self._extract("posterior_mean_coef1", t, x_t) * x_start + self._extract("posterior_mean_coef2", t, x_t) * x_t
+        return (
+            self._extract("posterior_mean_coef1", t, x_t) * x_start
+            + self._extract("posterior_mean_coef2", t, x_t) * x_t
+        )
 
     # ------------------------------------------------------------------ parameterisations
     def predict_start_from_noise(self, x_t: Tensor, t: int | Tensor, noise: Tensor) -> Tensor:
@@ -261,7 +269,9 @@ class GaussianDiffusion:
 
     def _start_from_noise(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         # The division form stays finite where abar_t is tiny and matches diffusers' float32 arithmetic.
-        return (x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * eps) / self._extract("sqrt_alphas_cumprod", t, x_t)
+        return (x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * eps) / self._extract(
+            "sqrt_alphas_cumprod", t, x_t
+        )
 
     def predict_start_from_v(self, x_t: Tensor, t: int | Tensor, v: Tensor) -> Tensor:
         """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v (Salimans & Ho 2022, sec. 4)."""
@@ -269,7 +279,10 @@ class GaussianDiffusion:
         return self._start_from_v(x_t, self._timesteps(t, x_t), v)
 
     def _start_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
-        return self._extract("sqrt_alphas_cumprod", t, x_t) * x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * v
+        return (
+            self._extract("sqrt_alphas_cumprod", t, x_t) * x_t
+            - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * v
+        )
 
     def predict_noise_from_start(self, x_t: Tensor, t: int | Tensor, x_start: Tensor) -> Tensor:
         """eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t)."""
@@ -277,7 +290,9 @@ class GaussianDiffusion:
         return self._noise_from_start(x_t, self._timesteps(t, x_t), x_start)
 
     def _noise_from_start(self, x_t: Tensor, t: Tensor, x_start: Tensor) -> Tensor:
-        return (x_t - self._extract("sqrt_alphas_cumprod", t, x_t) * x_start) / self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
+        return (x_t - self._extract("sqrt_alphas_cumprod", t, x_t) * x_start) / self._extract(
+            "sqrt_one_minus_alphas_cumprod", t, x_t
+        )
 
     def get_v(self, x_start: Tensor, noise: Tensor, t: int | Tensor) -> Tensor:
         """The v-prediction target v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (== DDPMScheduler.get_velocity)."""
@@ -285,7 +300,10 @@ class GaussianDiffusion:
         return self._v(x_start, noise, self._timesteps(t, x_start))
 
     def _v(self, x_start: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        return self._extract("sqrt_alphas_cumprod", t, x_start) * noise - self._extract("sqrt_one_minus_alphas_cumprod", t, x_start) * x_start
+        return (
+            self._extract("sqrt_alphas_cumprod", t, x_start) * noise
+            - self._extract("sqrt_one_minus_alphas_cumprod", t, x_start) * x_start
+        )
 
     def _threshold(self, x0: Tensor) -> Tensor:
         """Clip or dynamically threshold x_0 ``[B x ...]`` (Saharia et al. 2022, sec. 2.3), as diffusers does."""
@@ -312,8 +330,14 @@ class GaussianDiffusion:
                 )
             return model_output[:, :C], model_output[:, C:]
         if model_output.shape != x.shape:
-            hint = " (a learned-variance model: use variance_type='learned_range')" if model_output.shape[1] == 2 * C else ""
-            raise ValueError(f"model output shape {tuple(model_output.shape)} does not match samples {tuple(x.shape)}{hint}")
+            hint = (
+                " (a learned-variance model: use variance_type='learned_range')"
+                if model_output.shape[1] == 2 * C
+                else ""
+            )
+            raise ValueError(
+                f"model output shape {tuple(model_output.shape)} does not match samples {tuple(x.shape)}{hint}"
+            )
         return model_output, None
 
     def model_predictions(self, model_output: Tensor, x_t: Tensor, t: Tensor) -> ModelPrediction:
@@ -344,7 +368,9 @@ class GaussianDiffusion:
     def _learned_log_variance(self, x_t: Tensor, t: Tensor, var_values: Tensor) -> Tensor:
         # IDDPM eq. 15: v in [-1, 1] interpolates log beta~_t and log beta_t
         frac = (var_values + 1) / 2
-        return frac * self._extract("log_betas", t, x_t) + (1 - frac) * self._extract("posterior_log_variance_clipped", t, x_t)
+        return frac * self._extract("log_betas", t, x_t) + (1 - frac) * self._extract(
+            "posterior_log_variance_clipped", t, x_t
+        )
 
     def noise_from_start(self, x_t: Tensor, t: Tensor, x_start: Tensor) -> Tensor:
         """eps from x_t and x_0, tensor-only (``t``: indices ``[B]``)."""
@@ -383,10 +409,18 @@ class GaussianDiffusion:
         if self.variance_type == "learned_range":
             log_var = self._learned_log_variance(x_t, t, pred.var_values)
         else:
-            log_var = self._extract("posterior_log_variance_clipped" if self.variance_type == "fixed_small" else "log_betas", t, x_t)
+            log_var = self._extract(
+                "posterior_log_variance_clipped" if self.variance_type == "fixed_small" else "log_betas", t, x_t
+            )
         std = self.reverse_std(x_t, t, pred.var_values)
-        return {"mean": mean, "variance": std * std, "log_variance": log_var, "std": std, "pred_xstart": pred.pred_xstart,
-                "model_output": model_output}
+        return {
+            "mean": mean,
+            "variance": std * std,
+            "log_variance": log_var,
+            "std": std,
+            "pred_xstart": pred.pred_xstart,
+            "model_output": model_output,
+        }
 
     def p_sample(
         self,
@@ -468,7 +502,9 @@ class GaussianDiffusion:
 
         if timesteps is None:
             timesteps = self.inference_timesteps(num_inference_steps)
-        yield from sample_loop_progressive(self, get_sampler("ddpm"), model, shape, timesteps, generator, noise, device, dtype)
+        yield from sample_loop_progressive(
+            self, get_sampler("ddpm"), model, shape, timesteps, generator, noise, device, dtype
+        )
 
     def p_sample_loop(
         self,
@@ -488,13 +524,17 @@ class GaussianDiffusion:
         ``callback`` sees every :class:`StepOutput` (t, x_t, x_{t-1}, predicted x_0).
         """
         x = None
-        for out in self.p_sample_loop_progressive(model, shape, num_inference_steps, generator, noise, device, dtype, timesteps):
+        for out in self.p_sample_loop_progressive(
+            model, shape, num_inference_steps, generator, noise, device, dtype, timesteps
+        ):
             if callback is not None:
                 callback(out)
             x = out.prev_sample
         return x
 
-    def sample(self, model: Callable, image_size: int, batch_size: int = 16, channels: int = 3, **kwargs: Any) -> Tensor:
+    def sample(
+        self, model: Callable, image_size: int, batch_size: int = 16, channels: int = 3, **kwargs: Any
+    ) -> Tensor:
         """``p_sample_loop`` for ``batch_size`` square images: returns ``[batch_size x channels x image_size x image_size]``."""
         return self.p_sample_loop(model, (batch_size, channels, image_size, image_size), **kwargs)
 
@@ -523,11 +563,19 @@ class GaussianDiffusion:
 
         if timesteps is None:
             timesteps = self.inference_timesteps(num_inference_steps)
-        yield from sample_loop_progressive(self, DDIM(use_clipped_model_output), model, shape, timesteps, generator, noise,
-                                           device, dtype, eta)
+        yield from sample_loop_progressive(
+            self, DDIM(use_clipped_model_output), model, shape, timesteps, generator, noise, device, dtype, eta
+        )
 
-    def ddim_sample_loop(self, model: Callable, shape: Sequence[int] | None = None, num_inference_steps: int = 50,
-                         eta: float = 0.0, callback: Callable[[StepOutput], None] | None = None, **kwargs: Any) -> Tensor:
+    def ddim_sample_loop(
+        self,
+        model: Callable,
+        shape: Sequence[int] | None = None,
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        callback: Callable[[StepOutput], None] | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
         """Run :meth:`ddim_sample_loop_progressive` to the end; returns x_0 ``[B x C x H x W]``."""
         x = None
         for out in self.ddim_sample_loop_progressive(model, shape, num_inference_steps, eta, **kwargs):
@@ -559,10 +607,18 @@ class GaussianDiffusion:
         if x_start.ndim < 2:
             raise ValueError(f"x_start must be [B x C x ...], got shape {tuple(x_start.shape)}")
         if self.variance_type == "learned_range":
-            raise ValueError("p_losses trains fixed-variance models; learned_range needs IDDPM's L_vlb term, not implemented here")
+            raise ValueError(
+                "p_losses trains fixed-variance models; learned_range needs IDDPM's L_vlb term, not implemented here"
+            )
         B = x_start.shape[0]
         if t is None:
-            t = torch.randint(0, self.num_timesteps, (B,), generator=generator, device=generator.device if generator else x_start.device).to(x_start.device)
+            t = torch.randint(
+                0,
+                self.num_timesteps,
+                (B,),
+                generator=generator,
+                device=generator.device if generator else x_start.device,
+            ).to(x_start.device)
         t = self._timesteps(t, x_start)
         if noise is None:
             noise = randn(x_start.shape, generator, x_start.device, x_start.dtype)
@@ -593,5 +649,7 @@ class GaussianDiffusion:
         return per_sample.mean()
 
     def __repr__(self) -> str:
-        return (f"GaussianDiffusion({self.schedule!r}, prediction_type={self.prediction_type!r}, "
-                f"variance_type={self.variance_type!r}, clip_sample={self.clip_sample})")
+        return (
+            f"GaussianDiffusion({self.schedule!r}, prediction_type={self.prediction_type!r}, "
+            f"variance_type={self.variance_type!r}, clip_sample={self.clip_sample})"
+        )

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .samplers import SAMPLERS
-import torch.nn.functional as F
 
 #: The evaluation classifier's weights, next to the code that uses them: they are the ruler of every MNIST model
 #: (not part of one checkpoint), and ``checkpoints/`` holds only models the Space lists.
@@ -55,8 +55,16 @@ class DigitNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.fc = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 7 * 7, 128), nn.ReLU())
         self.head = nn.Linear(128, 10)
@@ -117,8 +125,10 @@ def save_classifier(net: DigitNet, path: Path, info: dict) -> str:
 
     # one metadata key holding sorted JSON: safetensors writes several keys in a random order, and the hash
     # of a rebuilt file should depend on the weights only
-    data = save({k: v.detach().contiguous() for k, v in net.state_dict().items()},
-                metadata={"ddpm_explorer": json.dumps(info, sort_keys=True)})
+    data = save(
+        {k: v.detach().contiguous() for k, v in net.state_dict().items()},
+        metadata={"ddpm_explorer": json.dumps(info, sort_keys=True)},
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -134,13 +144,14 @@ def load_classifier(path: Path | None = None, sha256: str | None = CLASSIFIER_SH
 
     path = Path(path) if path is not None else CLASSIFIER_PATH
     if not path.is_file():
-        raise ValueError(f"evaluation classifier not found at {path}; the repo ships it as "
-                         f"{_CLASSIFIER_IN_REPO}")
+        raise ValueError(f"evaluation classifier not found at {path}; the repo ships it as {_CLASSIFIER_IN_REPO}")
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if sha256 is not None and digest != sha256:
-        raise ValueError(f"evaluation classifier {path.name} has SHA-256 {digest}, expected {sha256}: the file is "
-                         "not the shipped ruler (restore it from git, or pass another classifier explicitly)")
+        raise ValueError(
+            f"evaluation classifier {path.name} has SHA-256 {digest}, expected {sha256}: the file is "
+            "not the shipped ruler (restore it from git, or pass another classifier explicitly)"
+        )
     net = DigitNet()
     net.load_state_dict(load(data), strict=True)
     from safetensors import safe_open
@@ -211,12 +222,12 @@ def nearest_distances(x, ref, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray
     ref = np.asarray(ref, np.float64).reshape(len(ref), -1)
     if x.shape[1] != ref.shape[1] or not len(ref):
         raise ValueError(f"items of different sizes or an empty reference: {x.shape} vs {ref.shape}")
-    ref_sq = (ref ** 2).sum(1)
+    ref_sq = (ref**2).sum(1)
     idx = np.empty(len(x), np.int64)
     for i in range(0, len(x), chunk):
-        xb = x[i:i + chunk]
-        d2 = (xb ** 2).sum(1)[:, None] + ref_sq[None, :] - 2 * xb @ ref.T
-        idx[i:i + chunk] = d2.argmin(1)
+        xb = x[i : i + chunk]
+        d2 = (xb**2).sum(1)[:, None] + ref_sq[None, :] - 2 * xb @ ref.T
+        idx[i : i + chunk] = d2.argmin(1)
     # the expansion above loses the last digits near 0; the distance to the chosen neighbour is taken directly,
     # so an exact copy reads 0
     return np.sqrt(((x - ref[idx]) ** 2).sum(1)), idx
@@ -237,8 +248,16 @@ def _mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def evaluate(folder: Path, num: int = 500, steps: int | None = 100, sampler: str = "ddpm", batch: int = 100,
-             seed: int = 0, seeds: int = 3, classifier: Path | None = None) -> dict:
+def evaluate(
+    folder: Path,
+    num: int = 500,
+    steps: int | None = 100,
+    sampler: str = "ddpm",
+    batch: int = 100,
+    seed: int = 0,
+    seeds: int = 3,
+    classifier: Path | None = None,
+) -> dict:
     """Evaluate the pipeline folder ``folder``; writes ``eval.json``, ``samples.png`` and the card's section there.
 
     Sampling seed s = ``seed`` .. ``seed + seeds - 1`` draws ``num`` samples in batches of ``batch``; its batch b
@@ -247,7 +266,6 @@ def evaluate(folder: Path, num: int = 500, steps: int | None = 100, sampler: str
     from .data import to_model_range
     from .imaging import make_grid, tensor_to_pil
     from .sampling import generate
-
 
     if num < 2 or seeds < 1 or batch < 1:
         raise ValueError(f"need --num >= 2, --seeds >= 1 and --batch >= 1, got {num}, {seeds}, {batch}")
@@ -263,8 +281,18 @@ def evaluate(folder: Path, num: int = 500, steps: int | None = 100, sampler: str
     t0 = time.time()
     runs = []
     for s in seed_list:
-        chunks = [generate(model, batch_size=min(batch, num - k), seed=1000 * s + k // batch, sampler=sampler,
-                           num_inference_steps=steps, n_snapshots=1, n_frames=1).samples for k in range(0, num, batch)]
+        chunks = [
+            generate(
+                model,
+                batch_size=min(batch, num - k),
+                seed=1000 * s + k // batch,
+                sampler=sampler,
+                num_inference_steps=steps,
+                n_snapshots=1,
+                n_frames=1,
+            ).samples
+            for k in range(0, num, batch)
+        ]
         runs.append(torch.cat(chunks).clamp(-1, 1))
     t_sample = time.time() - t0
 
@@ -276,8 +304,10 @@ def evaluate(folder: Path, num: int = 500, steps: int | None = 100, sampler: str
     real_conf = _probs(net, real).max(1).values
     perm = np.random.default_rng(seed).permutation(len(Xd))
     n_real_sets = min(REAL_SETS, len(Xd) // m)
-    fd_real = [frechet_distance(_features(net, to_model_range(Xd[perm[k * m:(k + 1) * m]])), f_real)
-               for k in range(n_real_sets)]
+    fd_real = [
+        frechet_distance(_features(net, to_model_range(Xd[perm[k * m : (k + 1) * m]])), f_real)
+        for k in range(n_real_sets)
+    ]
     conf_runs, hist_runs, fd_runs, fd_noise, nn_runs = [], [], [], [], []
     train01 = Xd.astype(np.float64) / 255.0
     for s, samples in zip(seed_list, runs):
@@ -285,7 +315,7 @@ def evaluate(folder: Path, num: int = 500, steps: int | None = 100, sampler: str
         conf_runs.append(float((conf >= 0.9).float().mean()))
         hist_runs.append(np.bincount(pred.numpy(), minlength=10) / len(pred))
         f_s = _features(net, samples)
-        fd_runs += [frechet_distance(f_s[k:k + m], f_real) for k in range(0, len(f_s) - m + 1, m)]
+        fd_runs += [frechet_distance(f_s[k : k + m], f_real) for k in range(0, len(f_s) - m + 1, m)]
         noise = torch.randn(m, 1, 28, 28, generator=torch.Generator().manual_seed(s)).clamp(-1, 1)
         fd_noise.append(frechet_distance(_features(net, noise), f_real))
         nn_runs.append(nearest_distances((samples.numpy()[:, 0].astype(np.float64) + 1) / 2, train01)[0])
@@ -305,15 +335,14 @@ def evaluate(folder: Path, num: int = 500, steps: int | None = 100, sampler: str
     r3 = lambda v: round(float(v), 3)  # noqa: E731
     result = {
         "classifier_heldout_accuracy": r4(acc),
-        "classifier_file": (_CLASSIFIER_IN_REPO if classifier is None
-                            else str(classifier)),
+        "classifier_file": (_CLASSIFIER_IN_REPO if classifier is None else str(classifier)),
         "classifier_sha256": cls_info["sha256"],
         "num_samples": int(num),
         "num_seeds": len(seed_list),
         "sampling_seeds": seed_list,
         "sampler": f"{sampler.upper()} ({model.diffusion.variance_type}), {steps or model.diffusion.num_timesteps} steps "
-                   f"({model.diffusion.timestep_spacing} spacing), seeds {seed_list[0]}..{seed_list[-1]} x {num} samples "
-                   f"(batch b of seed s: generator seed 1000 s + b)",
+        f"({model.diffusion.timestep_spacing} spacing), seeds {seed_list[0]}..{seed_list[-1]} x {num} samples "
+        f"(batch b of seed s: generator seed 1000 s + b)",
         "confident_fraction_0.9": r4(conf_mean),
         "confident_fraction_0.9_std": r4(conf_std),
         "confident_fraction_0.9_per_seed": [r4(v) for v in conf_runs],
@@ -347,8 +376,12 @@ def evaluate(folder: Path, num: int = 500, steps: int | None = 100, sampler: str
         "seconds_sampling": round(t_sample, 1),
         "device": str(model.device),
     }
-    result["targets_met"] = bool(result["confident_fraction_0.9"] >= 0.85 and min(hist) >= 0.04 and max(hist) <= 0.20
-                                 and result["fd_samples_vs_heldout"] < 0.25 * result["fd_noise_vs_heldout"])
+    result["targets_met"] = bool(
+        result["confident_fraction_0.9"] >= 0.85
+        and min(hist) >= 0.04
+        and max(hist) <= 0.20
+        and result["fd_samples_vs_heldout"] < 0.25 * result["fd_noise_vs_heldout"]
+    )
     (folder / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     make_grid(tensor_to_pil(runs[0][:64]), ncols=16, scale=2).save(folder / "samples.png")
     _update_card(folder, result, num, steps, sampler, len(seed_list), seed, classifier)
@@ -379,36 +412,36 @@ Reproduce: `{cmd}`
 (results also in `eval.json`; samples below in `samples.png`).
 
 The ruler is fixed: a small CNN digit classifier trained on the 1,500 digits of the `classifier` split, which the
-diffusion model never saw, ships as `{r['classifier_file']}`
-(SHA-256 `{r['classifier_sha256']}`, checked before it is loaded);
-it reaches **{r['classifier_heldout_accuracy']:.1%}** accuracy on the 500 held-out digits.
+diffusion model never saw, ships as `{r["classifier_file"]}`
+(SHA-256 `{r["classifier_sha256"]}`, checked before it is loaded);
+it reaches **{r["classifier_heldout_accuracy"]:.1%}** accuracy on the 500 held-out digits.
 
-Samples from DDPM Explorer's sampler: {r['sampler']}.
+Samples from DDPM Explorer's sampler: {r["sampler"]}.
 Each figure is the mean ± std over the seeds (FDs: over the sets). The Fréchet distances (FD, in the classifier's 128-d feature space) compare sets of {m} feature vectors
 with those of the {m} held-out digits (FD grows as the sets shrink: only FDs of equal set sizes compare).
 
 | measure | value | target |
 |---|---|---|
-| classified with confidence >= 0.9 | **{r['confident_fraction_0.9']:.1%}** ± {r['confident_fraction_0.9_std']:.1%} (per seed: {per_seed}; real held-out digits: {r['confident_fraction_0.9_real_heldout']:.1%}) | >= 85% |
-| smallest / largest class share (mean over seeds) | {min(r['class_histogram']):.1%} / {max(r['class_histogram']):.1%} | 4% .. 20% |
-| FD, samples vs held-out ({n_sets} sets of {m}) | **{r['fd_samples_vs_heldout']:.2f}** ± {r['fd_samples_vs_heldout_std']:.2f} | far nearer real-vs-real than noise |
-| ... real vs held-out ({n_real} disjoint sets of {m} digits of the diffusion split) | {_pm(r['fd_real_vs_heldout'], r['fd_real_vs_heldout_std'], False)} | |
-| ... N(0, I) noise vs held-out ({seeds} sets of {m}) | {_pm(r['fd_noise_vs_heldout'], r['fd_noise_vs_heldout_std'], False)} | |
+| classified with confidence >= 0.9 | **{r["confident_fraction_0.9"]:.1%}** ± {r["confident_fraction_0.9_std"]:.1%} (per seed: {per_seed}; real held-out digits: {r["confident_fraction_0.9_real_heldout"]:.1%}) | >= 85% |
+| smallest / largest class share (mean over seeds) | {min(r["class_histogram"]):.1%} / {max(r["class_histogram"]):.1%} | 4% .. 20% |
+| FD, samples vs held-out ({n_sets} sets of {m}) | **{r["fd_samples_vs_heldout"]:.2f}** ± {r["fd_samples_vs_heldout_std"]:.2f} | far nearer real-vs-real than noise |
+| ... real vs held-out ({n_real} disjoint sets of {m} digits of the diffusion split) | {_pm(r["fd_real_vs_heldout"], r["fd_real_vs_heldout_std"], False)} | |
+| ... N(0, I) noise vs held-out ({seeds} sets of {m}) | {_pm(r["fd_noise_vs_heldout"], r["fd_noise_vs_heldout_std"], False)} | |
 
 Class shares (0..9), mean ± std over seeds: {hist}
 
-Not memorised: the distance from each image to its nearest training digit (the {nn['num_training_digits']:,} digits of the
+Not memorised: the distance from each image to its nearest training digit (the {nn["num_training_digits"]:,} digits of the
 diffusion split), L2 between 28x28 images with pixels in [0, 1]. Pixels, not classifier features: a memorised
 sample is a copy of a training digit pixel for pixel (distance 0), while the classifier's features are built to
 put different writings of a digit close together.
 
 | quantile | 1% | 5% | 50% | smallest |
 |---|---|---|---|---|
-| samples ({seeds} x {num}) | {nn['samples'][0]:.2f} | {nn['samples'][1]:.2f} | {nn['samples'][2]:.2f} | {nn['samples_min']:.2f} |
-| real held-out digits (500) | {nn['real_heldout'][0]:.2f} | {nn['real_heldout'][1]:.2f} | {nn['real_heldout'][2]:.2f} | {nn['real_heldout_min']:.2f} |
+| samples ({seeds} x {num}) | {nn["samples"][0]:.2f} | {nn["samples"][1]:.2f} | {nn["samples"][2]:.2f} | {nn["samples_min"]:.2f} |
+| real held-out digits (500) | {nn["real_heldout"][0]:.2f} | {nn["real_heldout"][1]:.2f} | {nn["real_heldout"][2]:.2f} | {nn["real_heldout_min"]:.2f} |
 
 Samples nearer to a training digit than the 1% quantile of held-out digits:
-**{_pm(nn['share_samples_below_heldout_q01'], nn['share_samples_below_heldout_q01_std'], True)}** (a held-out digit: 1% by construction).
+**{_pm(nn["share_samples_below_heldout_q01"], nn["share_samples_below_heldout_q01_std"], True)}** (a held-out digit: 1% by construction).
 
 ![samples](samples.png)
 """
@@ -423,27 +456,55 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=100, help="inference steps (0: all T)")
     p.add_argument("--sampler", default="ddpm", choices=tuple(SAMPLERS))
     p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0, help="first sampling seed (and the classifier's, with --train-classifier)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="first sampling seed (and the classifier's, with --train-classifier)"
+    )
     p.add_argument("--seeds", type=int, default=3, help="number of sampling seeds; figures are mean ± std over them")
-    p.add_argument("--classifier", type=Path, default=None,
-                   help="evaluate with this classifier file instead of the shipped one (its hash is recorded)")
-    p.add_argument("--train-classifier", type=Path, default=None, metavar="OUT",
-                   help="train the evaluation classifier, write it to OUT (safetensors) and print its hash")
+    p.add_argument(
+        "--classifier",
+        type=Path,
+        default=None,
+        help="evaluate with this classifier file instead of the shipped one (its hash is recorded)",
+    )
+    p.add_argument(
+        "--train-classifier",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="train the evaluation classifier, write it to OUT (safetensors) and print its hash",
+    )
     p.add_argument("--epochs", type=int, default=30, help="classifier training epochs (with --train-classifier)")
     args = p.parse_args(argv)
     if args.train_classifier is not None:
         t0 = time.time()
         net, acc = train_classifier(args.seed, args.epochs)
-        info = {"heldout_accuracy": round(acc, 4), "seed": args.seed, "epochs": args.epochs,
-                "trained_on": "mnist_split('classifier'), 1500 digits", "torch": torch.__version__}
+        info = {
+            "heldout_accuracy": round(acc, 4),
+            "seed": args.seed,
+            "epochs": args.epochs,
+            "trained_on": "mnist_split('classifier'), 1500 digits",
+            "torch": torch.__version__,
+        }
         digest = save_classifier(net, args.train_classifier, info)
-        print(json.dumps({**info, "path": str(args.train_classifier), "sha256": digest,
-                          "seconds": round(time.time() - t0, 1)}, indent=2))
+        print(
+            json.dumps(
+                {**info, "path": str(args.train_classifier), "sha256": digest, "seconds": round(time.time() - t0, 1)},
+                indent=2,
+            )
+        )
         return
     if args.folder is None:
         p.error("give a pipeline folder to evaluate, or --train-classifier OUT")
-    r = evaluate(Path(args.folder), args.num, args.steps or None, args.sampler, args.batch, args.seed, args.seeds,
-                 args.classifier)
+    r = evaluate(
+        Path(args.folder),
+        args.num,
+        args.steps or None,
+        args.sampler,
+        args.batch,
+        args.seed,
+        args.seeds,
+        args.classifier,
+    )
     print(json.dumps(r, indent=2))
 
 

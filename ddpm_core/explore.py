@@ -54,8 +54,11 @@ def curves(schedule: NoiseSchedule) -> dict[str, np.ndarray]:
         "posterior_variance": schedule.posterior_variance.numpy(),
         # log scale: cosine's betas reach 0.999 and would flatten every other curve; beta~_0 = 0 has no log (NaN)
         "log10_beta": schedule.betas.log10().numpy(),
-        "log10_posterior_variance": torch.where(schedule.posterior_variance > 0, schedule.posterior_variance.log10(),
-                                                torch.tensor(float("nan"), dtype=torch.float64)).numpy(),
+        "log10_posterior_variance": torch.where(
+            schedule.posterior_variance > 0,
+            schedule.posterior_variance.log10(),
+            torch.tensor(float("nan"), dtype=torch.float64),
+        ).numpy(),
     }
 
 
@@ -75,7 +78,9 @@ def strip_timesteps(num_timesteps: int, n: int = 8) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, num_timesteps - 1, min(n, num_timesteps))})
 
 
-def forward_views(x0: torch.Tensor, diffusion: GaussianDiffusion, t: int, seed: int, n_strip: int = 8, thumb: int = 160) -> ForwardViews:
+def forward_views(
+    x0: torch.Tensor, diffusion: GaussianDiffusion, t: int, seed: int, n_strip: int = 8, thumb: int = 160
+) -> ForwardViews:
     """x_t ~ q(x_t | x_0) (eq. 4), the noise that made it, the true posterior mean mu~_t(x_t, x_0) (eq. 7) and a strip
     of x_t at ``n_strip`` timesteps (downscaled to ``thumb`` px on the long side). Deterministic in ``seed``."""
     if x0.ndim != 4 or x0.shape[0] != 1:
@@ -86,7 +91,9 @@ def forward_views(x0: torch.Tensor, diffusion: GaussianDiffusion, t: int, seed: 
     mean, _, _ = diffusion.q_posterior(x0, x_t, t)
     H, W = x0.shape[-2:]
     scale = min(1.0, thumb / max(H, W))
-    small = F.interpolate(x0, size=(max(1, round(H * scale)), max(1, round(W * scale))), mode="area") if scale < 1 else x0
+    small = (
+        F.interpolate(x0, size=(max(1, round(H * scale)), max(1, round(W * scale))), mode="area") if scale < 1 else x0
+    )
     strip_noise = randn(small.shape, torch.Generator().manual_seed(int(seed)), small.device, small.dtype)
     strip = [(s, diffusion.q_sample(small, s, strip_noise)) for s in strip_timesteps(diffusion.num_timesteps, n_strip)]
     return ForwardViews(x_t, noise, mean, strip, readout(diffusion.schedule, t))

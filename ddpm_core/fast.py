@@ -92,8 +92,14 @@ def _freeze(unet: torch.nn.Module, sample_shape: tuple[int, ...]) -> tuple[Calla
     except Exception as e:  # an exotic block that does not trace: eager is always right
         return unet, f"eager (TorchScript trace failed: {type(e).__name__})"
     scale = float(want.abs().max()) + 1.0
-    if got.shape != want.shape or got3.shape[0] != 3 or not (
-            torch.allclose(got, want, rtol=0, atol=1e-4 * scale) and torch.allclose(got3[:2], want, rtol=0, atol=1e-4 * scale)):
+    if (
+        got.shape != want.shape
+        or got3.shape[0] != 3
+        or not (
+            torch.allclose(got, want, rtol=0, atol=1e-4 * scale)
+            and torch.allclose(got3[:2], want, rtol=0, atol=1e-4 * scale)
+        )
+    ):
         return unet, "eager (the TorchScript trace did not match the module)"
     return traced, "frozen TorchScript"
 
@@ -148,8 +154,16 @@ class FastLoop:
     ``graph`` / ``compile+graph`` (CUDA graph of the whole step). ``path`` says what actually runs.
     """
 
-    def __init__(self, diffusion: GaussianDiffusion, unet: torch.nn.Module, shape: Sequence[int], timesteps: Sequence[int],
-                 sampler: str = "ddpm", eta: float = 0.0, mode: str | None = None):
+    def __init__(
+        self,
+        diffusion: GaussianDiffusion,
+        unet: torch.nn.Module,
+        shape: Sequence[int],
+        timesteps: Sequence[int],
+        sampler: str = "ddpm",
+        eta: float = 0.0,
+        mode: str | None = None,
+    ):
         t0 = time.perf_counter()
         if mode is None:
             mode = default_mode(next(unet.parameters()).device)
@@ -268,15 +282,29 @@ class FastLoop:
             self.busy = False
 
 
-def fast_loop(model_unet: torch.nn.Module, diffusion: GaussianDiffusion, shape: Sequence[int], timesteps: Sequence[int],
-              sampler: str = "ddpm", eta: float = 0.0, mode: str | None = None, keep: int = 4) -> FastLoop:
+def fast_loop(
+    model_unet: torch.nn.Module,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int],
+    timesteps: Sequence[int],
+    sampler: str = "ddpm",
+    eta: float = 0.0,
+    mode: str | None = None,
+    keep: int = 4,
+) -> FastLoop:
     """A :class:`FastLoop` from the model's cache (built, and on CUDA captured, on first use); ``keep`` per model.
 
     The loop comes reserved for the caller, who runs it (:meth:`FastLoop.run` frees it at the end) or calls
     :meth:`FastLoop.release`; a concurrent caller with the same settings gets a loop of its own.
     """
-    key = (json.dumps(diffusion.to_config(), sort_keys=True, default=str), tuple(int(s) for s in shape),
-           tuple(int(t) for t in timesteps), sampler, float(eta), mode)
+    key = (
+        json.dumps(diffusion.to_config(), sort_keys=True, default=str),
+        tuple(int(s) for s in shape),
+        tuple(int(t) for t in timesteps),
+        sampler,
+        float(eta),
+        mode,
+    )
     with _lock:
         loops: OrderedDict = _store(model_unet)["loops"]
         loop = loops.get(key)

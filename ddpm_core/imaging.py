@@ -57,9 +57,13 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _MAGIC = (  # leading bytes -> the only Pillow plugin allowed to parse the file
     (_PNG_MAGIC, "PNG"),
     (b"\xff\xd8\xff", "JPEG"),
-    (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
     (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),  # classic and BigTIFF
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),  # classic and BigTIFF
 )
 _REFUSED_MAGIC = (  # recognised only to say what the file is
     (b"%!PS", "a PostScript/EPS document"),
@@ -134,7 +138,9 @@ def _load(source, mode: str, max_pixels: int, max_side: int | None) -> Image.Ima
         target = None if max_side is None else _fit_size(full_size, max_side)
         if target == full_size:
             target = None  # never upscale
-        factor = 1 if target is None else max(1, int(min(extent[0] / target[0], extent[1] / target[1]) / _REDUCING_GAP))
+        factor = (
+            1 if target is None else max(1, int(min(extent[0] / target[0], extent[1] / target[1]) / _REDUCING_GAP))
+        )
         orientation = _orientation(img)
         out = _to_8bit(img, mode, factor)
     finally:
@@ -170,8 +176,9 @@ def _open(source, max_pixels: int, max_side: int | None) -> _Opened:
     try:
         img = Image.open(io.BytesIO(data), formats=[fmt])  # no other plugin may claim the bytes
     except Image.DecompressionBombError as err:
-        raise ValueError(f"image refused: it declares more pixels than the {max_pixels / 1e6:.0f} MP limit "
-                         "(a decompression bomb?)") from err
+        raise ValueError(
+            f"image refused: it declares more pixels than the {max_pixels / 1e6:.0f} MP limit (a decompression bomb?)"
+        ) from err
     except Exception as err:  # whatever a hostile header makes a parser raise, the user gets a sentence
         raise ValueError(f"{name} is corrupt or truncated and cannot be decoded as {fmt} ({err})") from err
     full_size = extent = img.size
@@ -262,13 +269,13 @@ def _png_without_oversized_metadata(data: bytes) -> bytes:
     kept: list[memoryview] = []
     start, pos = 0, len(_PNG_MAGIC)
     while pos + 12 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
+        length = int.from_bytes(data[pos : pos + 4], "big")
         end = pos + 12 + length
         if end > len(data):
             break  # truncated: Pillow says so
-        kind = data[pos + 4:pos + 8]
+        kind = data[pos + 4 : pos + 8]
         if kind in _PNG_METADATA:
-            size = _metadata_size(kind, view[pos + 8:pos + 8 + length], min(limit, budget))
+            size = _metadata_size(kind, view[pos + 8 : pos + 8 + length], min(limit, budget))
             if size is None:
                 kept.append(view[start:pos])
                 start = end
@@ -399,7 +406,8 @@ def _to_8bit(img: Image.Image, mode: str, factor: int = 1) -> Image.Image:
 def _band_converter(img: Image.Image, mode: str) -> Callable[[Image.Image], Image.Image]:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return lambda band: Image.fromarray(
-            (np.asarray(band, dtype=np.float64) / 257.0).round().astype(np.uint8)).convert(mode)
+            (np.asarray(band, dtype=np.float64) / 257.0).round().astype(np.uint8)
+        ).convert(mode)
     if img.mode in ("I", "F"):
         # scaled by the whole image's range: a first pass finds it (and refuses NaN/inf) a band at a time
         rows = max(1, _BAND_PIXELS // img.size[0])
@@ -407,10 +415,12 @@ def _band_converter(img: Image.Image, mode: str) -> Callable[[Image.Image], Imag
         lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
         return lambda band: Image.fromarray(_scale_to_uint8(np.asarray(band, dtype=np.float64), lo, hi)).convert(mode)
     if img.mode in ("P", "RGBA", "LA", "PA", "RGBa", "La"):  # a palette may carry transparency
+
         def on_white(band: Image.Image) -> Image.Image:
             rgba = band.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(background, rgba).convert(mode)
+
         return on_white
     return lambda band: band.convert(mode)
 
@@ -450,8 +460,13 @@ def noise_to_pil(noise: torch.Tensor) -> Image.Image:
     return tensor_to_pil((noise / 3).clamp(-1, 1))[0]
 
 
-def make_grid(images: Sequence[Image.Image], ncols: int | None = None, labels: Sequence[str] | None = None,
-              pad: int = 2, scale: int = 1) -> Image.Image:
+def make_grid(
+    images: Sequence[Image.Image],
+    ncols: int | None = None,
+    labels: Sequence[str] | None = None,
+    pad: int = 2,
+    scale: int = 1,
+) -> Image.Image:
     """Tile images (all the same size) into a grid, optionally upscaled (nearest) and labelled underneath."""
     if not images:
         raise ValueError("make_grid needs at least one image")
@@ -474,7 +489,9 @@ def make_grid(images: Sequence[Image.Image], ncols: int | None = None, labels: S
     return grid
 
 
-def save_animation(frames: Iterable[Image.Image], path: str | Path, duration_ms: int = 60, last_hold_ms: int = 1200) -> Path:
+def save_animation(
+    frames: Iterable[Image.Image], path: str | Path, duration_ms: int = 60, last_hold_ms: int = 1200
+) -> Path:
     """Write frames as a looping GIF (or WebP by suffix); the final frame is held so the result can be seen."""
     frames = [f.convert("RGB") for f in frames]
     if not frames:

@@ -53,15 +53,24 @@ def check_launch(state) -> None:
     started a single process where N were asked for."""
     expected = launched_processes()
     if expected > 1 and state.num_processes != expected:
-        raise SystemExit(f"the launcher started {expected} processes but this one sees a group of {state.num_processes}; "
-                         "refusing to let every process do all the work")
-    if (expected == 1 and state.num_processes == 1 and _env_flag("ACCELERATE_USE_CPU") and os.environ.get("MASTER_ADDR")
-            and "RANK" not in os.environ):
+        raise SystemExit(
+            f"the launcher started {expected} processes but this one sees a group of {state.num_processes}; "
+            "refusing to let every process do all the work"
+        )
+    if (
+        expected == 1
+        and state.num_processes == 1
+        and _env_flag("ACCELERATE_USE_CPU")
+        and os.environ.get("MASTER_ADDR")
+        and "RANK" not in os.environ
+    ):
         # accelerate sets MASTER_ADDR only for --num_processes > 1 or --num_machines > 1, and its --cpu launcher
         # starts those processes only through mpirun (--mpirun_hostfile)
-        raise SystemExit("`accelerate launch --cpu --num_processes N` started one process (accelerate starts several CPU "
-                         "processes only with --mpirun_hostfile and MPI); use `torchrun --nproc_per_node N -m ...` or "
-                         "`accelerate launch --multi_gpu --num_processes N -m ...`, which use gloo on a CPU-only machine")
+        raise SystemExit(
+            "`accelerate launch --cpu --num_processes N` started one process (accelerate starts several CPU "
+            "processes only with --mpirun_hostfile and MPI); use `torchrun --nproc_per_node N -m ...` or "
+            "`accelerate launch --multi_gpu --num_processes N -m ...`, which use gloo on a CPU-only machine"
+        )
 
 
 def distributed_state():
@@ -80,13 +89,22 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--batch", type=int, default=64, help="images per batch (per process)")
     p.add_argument("--sampler", default="ddpm", choices=tuple(SAMPLERS))
-    p.add_argument("--steps", type=int, default=0, help="inference steps (0: the sampler's usual count: all T for DDPM, 50 for DDIM, 20 for DPM-Solver++)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="inference steps (0: the sampler's usual count: all T for DDPM, 50 for DDIM, 20 for DPM-Solver++)",
+    )
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the UNet (pays 30-60 s once per process; default: on a GPU only, where it "
-                        "goes inside the CUDA graph; on a CPU the frozen UNet is within 10%% of it)")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the UNet (pays 30-60 s once per process; default: on a GPU only, where it "
+        "goes inside the CUDA graph; on a CPU the frozen UNet is within 10%% of it)",
+    )
     return p.parse_args(argv)
 
 
@@ -109,7 +127,11 @@ def main(argv=None) -> int:
     state = distributed_state()
     rank, world = state.process_index, state.num_processes
     device = state.device
-    dtype = (torch.float16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" else getattr(torch, args.dtype)
+    dtype = (
+        (torch.float16 if device.type == "cuda" else torch.float32)
+        if args.dtype == "auto"
+        else getattr(torch, args.dtype)
+    )
     model = load_checkpoint(args.model, device, dtype)
     compile_ = device.type == "cuda" if args.compile is None else args.compile
     out = Path(args.out)
@@ -123,28 +145,50 @@ def main(argv=None) -> int:
         index = tmp.name[1:].split(".")[0]
         if index.isdigit() and int(index) // args.batch % world == rank:
             tmp.unlink(missing_ok=True)
-    run = {**vars(args), "device": str(device), "dtype": str(dtype).replace("torch.", ""), "num_processes": world,
-           "batches": n_batches}
+    run = {
+        **vars(args),
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "num_processes": world,
+        "batches": n_batches,
+    }
     if state.is_main_process:
         (out / "sampling.json").write_text(json.dumps(run, indent=2) + "\n")
     written, t0 = 0, time.perf_counter()
     for b in tqdm(todo, desc=f"rank {rank}", disable=not state.is_local_main_process):
         # always a full batch (the extra images of the last one are dropped): one shape, one compiled/captured loop
-        res = generate(model, batch_size=args.batch, seed=args.seed + b, sampler=args.sampler, num_inference_steps=steps,
-                       eta=args.eta, n_snapshots=0, n_frames=0, compile=compile_)
+        res = generate(
+            model,
+            batch_size=args.batch,
+            seed=args.seed + b,
+            sampler=args.sampler,
+            num_inference_steps=steps,
+            eta=args.eta,
+            n_snapshots=0,
+            n_frames=0,
+            compile=compile_,
+        )
         for path, img in zip(batch_files(out, b, args.batch, args.num), tensor_to_pil(res.samples.clamp(-1, 1))):
             tmp = path.with_name(f".{path.name}.{rank}-{os.getpid()}.tmp")  # unique even beside a stray second run
             img.save(tmp, format="PNG")
             tmp.replace(path)  # atomic: a killed run never leaves a half-written PNG
             written += 1
-    record = {"rank": rank, "drawn": todo, "skipped": len(mine) - len(todo), "images": written,
-              "seconds": round(time.perf_counter() - t0, 3)}
+    record = {
+        "rank": rank,
+        "drawn": todo,
+        "skipped": len(mine) - len(todo),
+        "images": written,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     ranks = gather_object([record])  # also waits for every process
     if state.is_main_process:
         total = len(list(out.glob("[0-9]*.png")))
         (out / "sampling.json").write_text(json.dumps({**run, "images": total, "ranks": ranks}, indent=2) + "\n")
-        print(f"{total} / {args.num} images in {out} ({sum(r['images'] for r in ranks)} drawn now by {world} "
-              f"process{'es' if world > 1 else ''}, batches per process {[len(r['drawn']) for r in ranks]})", flush=True)
+        print(
+            f"{total} / {args.num} images in {out} ({sum(r['images'] for r in ranks)} drawn now by {world} "
+            f"process{'es' if world > 1 else ''}, batches per process {[len(r['drawn']) for r in ranks]})",
+            flush=True,
+        )
     return written
 
 

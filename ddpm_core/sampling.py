@@ -57,13 +57,16 @@ def diffusion_for(model: LoadedModel, variance_type: str | None = None) -> Gauss
         return model.diffusion
     learned = model.unet.config.out_channels == 2 * model.unet.config.in_channels
     if learned != (variance_type == "learned_range"):
-        raise ValueError(f"variance {variance_type!r} does not fit this model: "
-                         + ("it predicts its variance (use learned_range)" if learned else "it has no variance output"))
+        raise ValueError(
+            f"variance {variance_type!r} does not fit this model: "
+            + ("it predicts its variance (use learned_range)" if learned else "it has no variance output")
+        )
     return GaussianDiffusion.from_config(model.scheduler_config, variance_type=variance_type)
 
 
-def reverse_timesteps(diffusion: GaussianDiffusion, num_inference_steps: int | None = None,
-                      start_t: int | None = None) -> np.ndarray:
+def reverse_timesteps(
+    diffusion: GaussianDiffusion, num_inference_steps: int | None = None, start_t: int | None = None
+) -> np.ndarray:
     """The original timesteps the reverse process visits, descending: the diffusion's inference timesteps, or,
     starting from x_t at ``start_t``, ``num_inference_steps`` (all t + 1 when None) evenly spread over [0, t]."""
     if start_t is None:
@@ -133,9 +136,14 @@ def generate_steps(
     n_steps = len(timesteps)
     snaps = snapshot_steps(n_steps, n_snapshots)
     frame_steps = snapshot_steps(n_steps, n_frames)
-    result = SampleResult(samples=torch.empty(0), timesteps=[int(t) for t in timesteps], device=str(device),
-                          dtype=str(dtype).replace("torch.", ""), path=loop.path if loop else "plain loop",
-                          setup_seconds=loop.setup_seconds if loop and loop.runs == 0 else 0.0)
+    result = SampleResult(
+        samples=torch.empty(0),
+        timesteps=[int(t) for t in timesteps],
+        device=str(device),
+        dtype=str(dtype).replace("torch.", ""),
+        path=loop.path if loop else "plain loop",
+        setup_seconds=loop.setup_seconds if loop and loop.runs == 0 else 0.0,
+    )
     if noise is not None:
         result.frames.append(_copy(noise))
 
@@ -154,8 +162,18 @@ def generate_steps(
     if loop is not None:
         steps = loop.run(noise, generator)
     else:
-        steps = sample_loop_progressive(diffusion, sampler_, model.unet, None if noise is not None else shape, timesteps,
-                                        generator, noise, device, dtype, eta)
+        steps = sample_loop_progressive(
+            diffusion,
+            sampler_,
+            model.unet,
+            None if noise is not None else shape,
+            timesteps,
+            generator,
+            noise,
+            device,
+            dtype,
+            eta,
+        )
     x = None
     for out in steps:
         on_step(out)
@@ -166,13 +184,25 @@ def generate_steps(
     yield result
 
 
-def warm_up(model: LoadedModel, batch_size: int = 8, num_inference_steps: int | None = None, sampler: str = "ddpm",
-            compile: bool = False) -> float:
+def warm_up(
+    model: LoadedModel,
+    batch_size: int = 8,
+    num_inference_steps: int | None = None,
+    sampler: str = "ddpm",
+    compile: bool = False,
+) -> float:
     """Pay the fast path's one-off costs for these settings now (TorchScript trace on a CPU, CUDA graph capture,
     compilation) by sampling once; the cached loop then serves the first real request. Returns the seconds that
     request would otherwise have waited on set-up."""
-    return generate(model, batch_size=batch_size, num_inference_steps=num_inference_steps, sampler=sampler,
-                    n_snapshots=0, n_frames=0, compile=compile).setup_seconds
+    return generate(
+        model,
+        batch_size=batch_size,
+        num_inference_steps=num_inference_steps,
+        sampler=sampler,
+        n_snapshots=0,
+        n_frames=0,
+        compile=compile,
+    ).setup_seconds
 
 
 def _copy(x: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,10 @@ def _cosine_betas(num_timesteps: int, max_beta: float = 0.999) -> Tensor:
         return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
 
     return torch.tensor(
-        [min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), max_beta) for i in range(num_timesteps)],
+        [
+            min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), max_beta)
+            for i in range(num_timesteps)
+        ],
         dtype=torch.float64,
     )
 
@@ -88,7 +91,9 @@ class NoiseSchedule:
         if not torch.isfinite(betas).all():
             raise ValueError("betas must be finite")
         if not ((betas > 0).all() and (betas <= 1).all()):
-            raise ValueError(f"betas must lie in (0, 1]; got min {betas.min().item():.3g}, max {betas.max().item():.3g}")
+            raise ValueError(
+                f"betas must lie in (0, 1]; got min {betas.min().item():.3g}, max {betas.max().item():.3g}"
+            )
         self.name = name
         self.beta_start: float | None = None  # set by make() for named schedules (kept for configs)
         self.beta_end: float | None = None
@@ -96,9 +101,13 @@ class NoiseSchedule:
         self.betas = betas
         self.alphas = 1.0 - betas
         # A respaced schedule passes its exact abar: re-multiplying 1 - beta'_i loses digits where abar is tiny.
-        self.alphas_cumprod = torch.cumprod(self.alphas, 0) if alphas_cumprod is None else alphas_cumprod.to(torch.float64)
+        self.alphas_cumprod = (
+            torch.cumprod(self.alphas, 0) if alphas_cumprod is None else alphas_cumprod.to(torch.float64)
+        )
         if self.alphas_cumprod.shape != betas.shape:
-            raise ValueError(f"alphas_cumprod must have shape {tuple(betas.shape)} like betas, got {tuple(self.alphas_cumprod.shape)}")
+            raise ValueError(
+                f"alphas_cumprod must have shape {tuple(betas.shape)} like betas, got {tuple(self.alphas_cumprod.shape)}"
+            )
         one = torch.ones(1, dtype=torch.float64)
         self.alphas_cumprod_prev = torch.cat([one, self.alphas_cumprod[:-1]])
         self.alphas_cumprod_next = torch.cat([self.alphas_cumprod[1:], torch.zeros(1, dtype=torch.float64)])
@@ -123,12 +132,16 @@ class NoiseSchedule:
         """Raise ``ValueError`` (never ``assert``: ``python -O`` would let NaN tables through) on unusable tables."""
         abar = self.alphas_cumprod
         if abar.shape != (self.num_timesteps,):
-            raise ValueError(f"alphas_cumprod must have shape ({self.num_timesteps},) like betas, got {tuple(abar.shape)}")
+            raise ValueError(
+                f"alphas_cumprod must have shape ({self.num_timesteps},) like betas, got {tuple(abar.shape)}"
+            )
         if not torch.isfinite(abar).all() or (abar < 0).any() or (abar > 1).any():
             raise ValueError("alphas_cumprod must be finite and lie in [0, 1]")
         if (abar[1:] > abar[:-1]).any():
             t = int((abar[1:] > abar[:-1]).nonzero()[0]) + 1
-            raise ValueError(f"alphas_cumprod must be non-increasing, but alphas_cumprod[{t}] > alphas_cumprod[{t - 1}]")
+            raise ValueError(
+                f"alphas_cumprod must be non-increasing, but alphas_cumprod[{t}] > alphas_cumprod[{t - 1}]"
+            )
         if (abar == 1).any():
             # abar_t = 1 makes 1 - abar_t = 0: eq. 7's posterior and the SNR divide by zero (NaN/inf tables).
             last = int((abar == 1).nonzero()[-1])
@@ -141,7 +154,9 @@ class NoiseSchedule:
             value = getattr(self, key)
             if not (torch.isfinite(value).all() and (value >= 0).all()):
                 t = int((~torch.isfinite(value) | (value < 0)).nonzero()[0])
-                raise ValueError(f"{key}[{t}]={value[t].item():.3g} is not a finite non-negative number; check betas near t={t}")
+                raise ValueError(
+                    f"{key}[{t}]={value[t].item():.3g} is not a finite non-negative number; check betas near t={t}"
+                )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -176,20 +191,27 @@ class NoiseSchedule:
             if key not in SCHEDULES:
                 raise ValueError(f"unknown beta_schedule {name!r}; choose one of {SCHEDULES + tuple(_ALIASES)}")
             if key != "squaredcos_cap_v2" and not (0 < beta_start <= beta_end < 1):
-                raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}")
+                raise ValueError(
+                    f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
+                )
             if key == "linear":
                 betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
             elif key == "linear_improved":
                 scale = 1000.0 / num_timesteps
                 if not beta_end * scale < 1:
-                    raise ValueError(f"linear_improved with T={num_timesteps} scales beta_end to {beta_end * scale:.3g} >= 1")
+                    raise ValueError(
+                        f"linear_improved with T={num_timesteps} scales beta_end to {beta_end * scale:.3g} >= 1"
+                    )
                 betas = torch.linspace(beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64)
             elif key == "scaled_linear":
                 betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
             elif key == "squaredcos_cap_v2":
                 betas = _cosine_betas(num_timesteps)
             else:  # sigmoid
-                betas = torch.sigmoid(torch.linspace(-6, 6, num_timesteps, dtype=torch.float64)) * (beta_end - beta_start) + beta_start
+                betas = (
+                    torch.sigmoid(torch.linspace(-6, 6, num_timesteps, dtype=torch.float64)) * (beta_end - beta_start)
+                    + beta_start
+                )
             name = key
         if rescale_betas_zero_snr:
             if betas.numel() < 2:

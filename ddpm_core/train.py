@@ -34,14 +34,27 @@ from .schedule import NoiseSchedule
 
 #: UNet sizes (diffusers UNet2DModel kwargs). Attention only at the coarsest level keeps CPU training cheap.
 MODEL_SIZES = {
-    "tiny": dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D")),
-    "small": dict(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8,
-                  down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                  up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")),
-    "base": dict(block_out_channels=(64, 128, 128, 256), layers_per_block=2, norm_num_groups=32,
-                 down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D")),
+    "tiny": dict(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    ),
+    "small": dict(
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    ),
+    "base": dict(
+        block_out_channels=(64, 128, 128, 256),
+        layers_per_block=2,
+        norm_num_groups=32,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    ),
 }
 
 
@@ -57,15 +70,20 @@ def build_unet(size: str, resolution: int, channels: int):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ddpm_core.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ddpm_core.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--data", default="mnist", help="'mnist', an image folder, or 'hub:<dataset>'")
     p.add_argument("--resolution", type=int, default=28)
     p.add_argument("--channels", type=int, default=1, choices=(1, 3))
     p.add_argument("--model-size", default="small", choices=tuple(MODEL_SIZES))
     p.add_argument("--out", required=True, help="output pipeline folder")
     p.add_argument("--steps", type=int, default=4000, help="optimiser steps in total")
-    p.add_argument("--batch-size", type=int, default=64, help="per process (the effective batch is N processes x this)")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="per process (the effective batch is N processes x this)"
+    )
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200, help="linear LR warm-up steps, then cosine decay to 10%%")
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -77,7 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
     p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     p.add_argument("--save-every", type=int, default=500, help="resumable checkpoint every N steps")
-    p.add_argument("--log-every", type=int, default=50, help="a train_log.jsonl row (mean loss, LR, time) every N steps")
+    p.add_argument(
+        "--log-every", type=int, default=50, help="a train_log.jsonl row (mean loss, LR, time) every N steps"
+    )
     p.add_argument("--sample-every", type=int, default=1000, help="save a sample grid every N steps (0: never)")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
     p.add_argument("--seed", type=int, default=0)
@@ -125,19 +145,24 @@ class GlobalBatchShard(Sampler):
     def global_indices(self, step: int) -> torch.Tensor:
         epoch, k = divmod(step, self.per_epoch)
         if self._perm[0] != epoch:
-            self._perm = (epoch, torch.randperm(self.n, generator=torch.Generator().manual_seed(step_seed(self.seed, 1, epoch))))
-        return self._perm[1][k * self.global_batch:(k + 1) * self.global_batch]
+            self._perm = (
+                epoch,
+                torch.randperm(self.n, generator=torch.Generator().manual_seed(step_seed(self.seed, 1, epoch))),
+            )
+        return self._perm[1][k * self.global_batch : (k + 1) * self.global_batch]
 
     def __iter__(self):
         lo = self.rank * self.per_rank
         for step in range(self.start, self.stop):
-            yield self.global_indices(step)[lo:lo + self.per_rank].tolist()
+            yield self.global_indices(step)[lo : lo + self.per_rank].tolist()
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
 
-def step_draws(seed: int, step: int, global_batch: int, shape, num_timesteps: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def step_draws(
+    seed: int, step: int, global_batch: int, shape, num_timesteps: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Step ``step``'s timesteps ``[G]`` and noise ``[G x C x H x W]`` for the whole global batch, the same on every
     process; each takes its own rows, so a sample gets the same t and noise however the batch is split."""
     g = torch.Generator(device).manual_seed(step_seed(seed, 0, step))
@@ -153,7 +178,9 @@ def save_pipeline(unet, diffusion: GaussianDiffusion, out: Path) -> None:
     """Save ``unet`` and the scheduler config as a diffusers DDPMPipeline folder (safetensors)."""
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(diffusion.to_config())).save_pretrained(out, safe_serialization=True)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(diffusion.to_config())).save_pretrained(
+        out, safe_serialization=True
+    )
 
 
 def main(argv=None) -> Path:
@@ -174,14 +201,20 @@ def main(argv=None) -> Path:
     # cpu=True where needed: without it accelerate forms no process group on a CPU-only machine. split_batches: the
     # (unprepared) loader already yields this rank's part of the global batch; it also makes the prepared LR
     # schedule step once per optimiser step, as --warmup and --steps count them, instead of N times
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, project_dir=str(out), cpu=use_cpu(),
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        project_dir=str(out),
+        cpu=use_cpu(),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
     check_launch(accelerator.state)
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(args.seed)  # the same initial weights on every process
 
     schedule = NoiseSchedule.make(args.schedule, args.timesteps)
-    diffusion = GaussianDiffusion(schedule, prediction_type=args.prediction_type, variance_type="fixed_small", clip_sample=True)
+    diffusion = GaussianDiffusion(
+        schedule, prediction_type=args.prediction_type, variance_type="fixed_small", clip_sample=True
+    )
     dataset = build_dataset(args.data, args.resolution, args.channels)
     unet = build_unet(args.model_size, args.resolution, args.channels)
     ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
@@ -203,10 +236,14 @@ def main(argv=None) -> Path:
 
     global_batch = world * args.batch_size
     shard = GlobalBatchShard(len(dataset), args.batch_size, world, rank, args.seed, step, args.steps)
-    loader = DataLoader(dataset, batch_sampler=shard, num_workers=args.num_workers, pin_memory=accelerator.device.type == "cuda")
+    loader = DataLoader(
+        dataset, batch_sampler=shard, num_workers=args.num_workers, pin_memory=accelerator.device.type == "cuda"
+    )
     n_params = sum(p.numel() for p in accelerator.unwrap_model(unet).parameters())
-    accelerator.print(f"{len(dataset)} images, UNet {n_params / 1e6:.2f}M parameters, {args.steps} steps of batch "
-                      f"{global_batch} ({world} process{'es' if world > 1 else ''} x {args.batch_size})")
+    accelerator.print(
+        f"{len(dataset)} images, UNet {n_params / 1e6:.2f}M parameters, {args.steps} steps of batch "
+        f"{global_batch} ({world} process{'es' if world > 1 else ''} x {args.batch_size})"
+    )
     log_path = out / "train_log.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=args.steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
@@ -233,10 +270,19 @@ def main(argv=None) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{lr_sched.get_last_lr()[0]:.2e}")
         if accelerator.is_main_process and args.log_every and step % args.log_every == 0:
-            recent = losses[-args.log_every:]
+            recent = losses[-args.log_every :]
             with log_path.open("a") as f:
-                f.write(json.dumps({"step": step, "loss": sum(recent) / len(recent), "lr": lr_sched.get_last_lr()[0],
-                                    "elapsed_s": round(time.time() - t0, 1)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "loss": sum(recent) / len(recent),
+                            "lr": lr_sched.get_last_lr()[0],
+                            "elapsed_s": round(time.time() - t0, 1),
+                        }
+                    )
+                    + "\n"
+                )
         if args.save_every and step % args.save_every == 0 and step < args.steps:
             # every process calls it (each saves its RNG state); the model, optimiser and EMA are written by rank 0
             accelerator.save_state(str(out / f"checkpoint-{step}"))
@@ -244,8 +290,16 @@ def main(argv=None) -> Path:
                 for old in _checkpoints(out)[:-2]:
                     shutil.rmtree(old, ignore_errors=True)
         if accelerator.is_main_process and args.sample_every and step % args.sample_every == 0:
-            _sample_grid(accelerator.unwrap_model(unet), ema, diffusion, args, out / "samples" / f"step-{step:06d}.png",
-                         make_grid, tensor_to_pil, generator)
+            _sample_grid(
+                accelerator.unwrap_model(unet),
+                ema,
+                diffusion,
+                args,
+                out / "samples" / f"step-{step:06d}.png",
+                make_grid,
+                tensor_to_pil,
+                generator,
+            )
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -269,26 +323,40 @@ def _sample_grid(unet, ema, diffusion, args, path, make_grid, tensor_to_pil, gen
     ema.store(unet.parameters())
     ema.copy_to(unet.parameters())
     unet.eval()
-    x = diffusion.p_sample_loop(unet, (16, args.channels, args.resolution, args.resolution), num_inference_steps=100, generator=generator)
+    x = diffusion.p_sample_loop(
+        unet, (16, args.channels, args.resolution, args.resolution), num_inference_steps=100, generator=generator
+    )
     unet.train()
     ema.restore(unet.parameters())
     path.parent.mkdir(parents=True, exist_ok=True)
     make_grid(tensor_to_pil(x), ncols=4, scale=2).save(path)
 
 
-def write_model_card(out: Path, args, n_params: int, steps: int, seconds: float, losses: list[float], processes: int = 1) -> None:
+def write_model_card(
+    out: Path, args, n_params: int, steps: int, seconds: float, losses: list[float], processes: int = 1
+) -> None:
     """The model card: what was trained, how, and (filled in by ``ddpm_core.evaluate``) how well."""
     import os
     import platform
 
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "push_to_hub", "hub_model_id", "resume")}
-    hardware = (torch.cuda.get_device_name() if torch.cuda.is_available()
-                else f"{platform.machine()} CPU, {os.cpu_count()} cores") + f", torch {torch.__version__}"
+    hardware = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    ) + f", torch {torch.__version__}"
     tail = losses[-200:]
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if v not in (None, False))
-    launcher = f"torchrun --nproc_per_node {processes} -m ddpm_core.train" if processes > 1 else "python -m ddpm_core.train"
-    same = f" (the same training as one process with `--batch-size {processes * args.batch_size}`)" if processes > 1 else ""
-    card = f"""---
+    launcher = (
+        f"torchrun --nproc_per_node {processes} -m ddpm_core.train" if processes > 1 else "python -m ddpm_core.train"
+    )
+    same = (
+        f" (the same training as one process with `--batch-size {processes * args.batch_size}`)"
+        if processes > 1
+        else ""
+    )
+    card = (
+        f"""---
 library_name: diffusers
 license: apache-2.0
 tags: [diffusers, ddpm, unconditional-image-generation, mnist, ddpm-explorer]
@@ -315,7 +383,9 @@ Reproduce: `{launcher} {flags} --out {out.as_posix()}`{same}
 
 | setting | value |
 |---|---|
-""" + "\n".join(f"| {k} | {v} |" for k, v in settings.items()) + f"""
+"""
+        + "\n".join(f"| {k} | {v} |" for k, v in settings.items())
+        + f"""
 | processes | {processes} |
 | effective batch | {processes * args.batch_size} ({processes} x {args.batch_size}) |
 | hardware | {hardware} |
@@ -327,6 +397,7 @@ Reproduce: `{launcher} {flags} --out {out.as_posix()}`{same}
 
 Not evaluated yet: run `python -m ddpm_core.evaluate {out.as_posix()}`.
 """
+    )
     (out / "README.md").write_text(card)
 
 

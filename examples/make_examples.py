@@ -1,6 +1,6 @@
 """Draw the forward tab's example images (made by this repo, so free to ship: CC0).
 
-    python examples/make_examples.py
+python examples/make_examples.py
 """
 
 from pathlib import Path

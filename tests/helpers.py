@@ -89,7 +89,9 @@ def upload_corpus(folder: Path) -> dict[str, tuple[Path, bool]]:
     exif[274] = 6  # rotate 90 degrees clockwise on display
     save("exif_rotated.jpg", Image.new("RGB", (40, 20), (200, 30, 30)), exif=exif)
     save("tiny_1x1.png", Image.new("RGB", (1, 1), (10, 200, 10)))
-    big = Image.fromarray(np.broadcast_to(np.linspace(0, 255, 6000, dtype=np.uint8)[None, :, None], (4000, 6000, 3)).copy())
+    big = Image.fromarray(
+        np.broadcast_to(np.linspace(0, 255, 6000, dtype=np.uint8)[None, :, None], (4000, 6000, 3)).copy()
+    )
     save("huge_6000x4000.jpg", big, quality=70)
     save("float_ok.tif", Image.fromarray(rng.random((20, 20)).astype(np.float32)))
     bad = rng.random((20, 20)).astype(np.float32)

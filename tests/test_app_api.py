@@ -45,7 +45,9 @@ def test_forward_at_t0_returns_the_input(client, corpus):
     from gradio_client import handle_file
 
     src = corpus["rgb.png"][0]
-    x_t, noise, strip, readout, post, post_md = client.predict(handle_file(str(src)), 0, "linear", 1000, 0, api_name="/forward")
+    x_t, noise, strip, readout, post, post_md = client.predict(
+        handle_file(str(src)), 0, "linear", 1000, 0, api_name="/forward"
+    )
     a, b = _img(x_t), _img(src)
     assert a.shape == b.shape
     # t = 0 is the first forward step (the paper's t = 1): sqrt(abar) = 0.99995 and noise of sigma 0.01, i.e.
@@ -98,13 +100,16 @@ def test_every_upload_kind_gets_a_result_or_a_clear_error(client, corpus):
             assert len(msg) > 15 and "error" not in msg.lower()[:6], f"{name}: {msg}"
 
 
-@pytest.mark.parametrize("args,fragment", [
-    ((-1, "linear", 1000, 0), "less than minimum"),
-    ((1000, "linear", 1000, 0), "greater than maximum"),
-    ((600, "linear", 500, 0), "t must be between 0 and 499"),
-    ((10, "nope", 1000, 0), "not in the list of choices"),
-    ((10, "linear", 1000, "abc"), "must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        ((-1, "linear", 1000, 0), "less than minimum"),
+        ((1000, "linear", 1000, 0), "greater than maximum"),
+        ((600, "linear", 500, 0), "t must be between 0 and 499"),
+        ((10, "nope", 1000, 0), "not in the list of choices"),
+        ((10, "linear", 1000, "abc"), "must be a finite number"),
+    ],
+)
 def test_forward_bad_parameters(client, corpus, args, fragment):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
@@ -127,7 +132,16 @@ def test_schedules_endpoint_and_csv(client):
     assert lin["alpha_bar"].is_monotonic_decreasing and lin["beta"].iloc[0] == pytest.approx(1e-4)
 
 
-def _sample(client, seed, sampler="DDPM (fewer steps)", steps=20, batch=4, model="ddpm-mnist-28", eta=0.0, variance="model default"):
+def _sample(
+    client,
+    seed,
+    sampler="DDPM (fewer steps)",
+    steps=20,
+    batch=4,
+    model="ddpm-mnist-28",
+    eta=0.0,
+    variance="model default",
+):
     return client.predict(model, sampler, steps, eta, variance, batch, seed, api_name="/sample")
 
 
@@ -151,15 +165,18 @@ def test_ddim_and_variance_override(client):
     assert "5 DDPM steps" in out[4] and "variance fixed_large" in out[4]
 
 
-@pytest.mark.parametrize("kwargs,fragment", [
-    (dict(steps=0), "less than minimum"),
-    (dict(batch=10**6), "greater than maximum"),
-    (dict(seed="x"), "finite number"),
-    (dict(model="../../etc/passwd"), "not allowed"),
-    (dict(model="https://evil.example/model"), "not allowed"),
-    (dict(model="google/ddpm-cifar10-32"), "cannot be reached"),
-    (dict(variance="learned_range"), "does not fit this model"),
-])
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        (dict(steps=0), "less than minimum"),
+        (dict(batch=10**6), "greater than maximum"),
+        (dict(seed="x"), "finite number"),
+        (dict(model="../../etc/passwd"), "not allowed"),
+        (dict(model="https://evil.example/model"), "not allowed"),
+        (dict(model="google/ddpm-cifar10-32"), "cannot be reached"),
+        (dict(variance="learned_range"), "does not fit this model"),
+    ],
+)
 def test_sampling_bad_parameters(client, kwargs, fragment):
     from gradio_client.exceptions import AppError
 
@@ -170,9 +187,13 @@ def test_sampling_bad_parameters(client, kwargs, fragment):
 def test_denoise_from_t(client, corpus):
     from gradio_client import handle_file
 
-    gallery, info = client.predict(handle_file(str(corpus["gray.png"][0])), "ddpm-mnist-28", 300, 3, 10, 0, api_name="/denoise_from_t")
+    gallery, info = client.predict(
+        handle_file(str(corpus["gray.png"][0])), "ddpm-mnist-28", 300, 3, 10, 0, api_name="/denoise_from_t"
+    )
     assert len(gallery) == 2 + 3 and "t = 300" in info
-    again = client.predict(handle_file(str(corpus["gray.png"][0])), "ddpm-mnist-28", 300, 3, 10, 0, api_name="/denoise_from_t")[0]
+    again = client.predict(
+        handle_file(str(corpus["gray.png"][0])), "ddpm-mnist-28", 300, 3, 10, 0, api_name="/denoise_from_t"
+    )[0]
     assert [_digest(g["image"]) for g in gallery] == [_digest(g["image"]) for g in again]
 
 
@@ -200,8 +221,9 @@ def test_python_app_py_serves_on_the_configured_port(tmp_path):
     port = free_port()
     env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     try:
@@ -231,8 +253,13 @@ def test_warm_up_prepares_the_default_request_and_skips_zero_gpu(monkeypatch):
 
     app.warm_up_default()
     assert app.WARM["status"].startswith("ready")
-    first = generate(app.model(app.BUNDLED_DEFAULT), batch_size=app.DEFAULT_BATCH, num_inference_steps=app.DEFAULT_STEPS,
-                     n_snapshots=0, n_frames=0)
+    first = generate(
+        app.model(app.BUNDLED_DEFAULT),
+        batch_size=app.DEFAULT_BATCH,
+        num_inference_steps=app.DEFAULT_STEPS,
+        n_snapshots=0,
+        n_frames=0,
+    )
     assert first.setup_seconds == 0.0  # the first visitor's request found its loop ready
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     app.warm_up_default()

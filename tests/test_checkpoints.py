@@ -67,8 +67,22 @@ def test_other_model_classes_are_refused(ckdir):
         ck.ModelCache().get("vae")
 
 
-@pytest.mark.parametrize("name", ["../checkpoints", "..", "a/../../etc", "/etc/passwd", "~/x", "https://huggingface.co/google/ddpm-cifar10-32",
-                                  "file:///etc", "C:\\x", "nope", "", "a/b/c"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../checkpoints",
+        "..",
+        "a/../../etc",
+        "/etc/passwd",
+        "~/x",
+        "https://huggingface.co/google/ddpm-cifar10-32",
+        "file:///etc",
+        "C:\\x",
+        "nope",
+        "",
+        "a/b/c",
+    ],
+)
 def test_path_escapes_and_junk_are_refused(ckdir, name):
     with pytest.raises(ValueError):
         ck.ModelCache().get(name)
@@ -109,7 +123,9 @@ def test_flat_hub_repo_and_a_non_unet_hub_repo(ckdir, tmp_path):
     cache = tmp_path / "hub"
     prefill_hub_cache(cache, "someone/flat-ddpm", save_flat_folder(tiny_unet(3), tmp_path / "flat"))
     other = save_flat_folder(tiny_unet(3), tmp_path / "other")
-    (other / "config.json").write_text((other / "config.json").read_text().replace('"UNet2DModel"', '"UNet2DConditionModel"'))
+    (other / "config.json").write_text(
+        (other / "config.json").read_text().replace('"UNet2DModel"', '"UNet2DConditionModel"')
+    )
     prefill_hub_cache(cache, "someone/sd-unet", other)
     models = ck.ModelCache()
     assert models.get("someone/flat-ddpm", cache_dir=str(cache)).sample_shape == (3, 8, 8)

@@ -20,6 +20,7 @@ CK = ROOT / "checkpoints" / "ddpm-mnist-28"
 
 # -- the classifier -----------------------------------------------------------------------------------------------
 
+
 def test_the_classifier_ships_in_the_repo_and_its_hash_verifies():
     assert ev.CLASSIFIER_PATH.is_file() and ev.CLASSIFIER_PATH.relative_to(ROOT).as_posix() == ev._CLASSIFIER_IN_REPO
     assert ev.CLASSIFIER_PATH.suffix == ".safetensors" and ev.CLASSIFIER_PATH.stat().st_size < 4 * 2**20
@@ -30,7 +31,10 @@ def test_the_classifier_ships_in_the_repo_and_its_hash_verifies():
     assert {"heldout_accuracy", "seed", "epochs"} <= set(info)
     rel = ev.CLASSIFIER_PATH.relative_to(ROOT).as_posix()
     try:
-        in_git = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=ROOT, capture_output=True).returncode == 0
+        in_git = (
+            subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=ROOT, capture_output=True).returncode
+            == 0
+        )
     except OSError:
         in_git = False
     if not in_git:
@@ -79,6 +83,7 @@ def test_the_cli_wants_a_folder_or_train_classifier():
 
 # -- Fréchet distance ---------------------------------------------------------------------------------------------
 
+
 def _pytorch_fid_reference(a, b):
     """pytorch-fid's calculate_frechet_distance, on [N x D] features."""
     from scipy import linalg
@@ -106,7 +111,9 @@ def test_fd_closed_form_for_gaussians_with_diagonal_covariances_in_any_common_ba
     assert got == pytest.approx(expected, rel=1e-10)
     # singular covariances: zero variances and a rank-1 pair; the closed form still holds exactly
     a0, b0 = np.array([0.0, 1.0, 4.0, 0.0]), np.array([1.0, 0.0, 4.0, 0.0])
-    assert ev.frechet_distance_from_stats(np.zeros(4), np.diag(a0), np.zeros(4), np.diag(b0)) == pytest.approx(2.0, abs=1e-12)
+    assert ev.frechet_distance_from_stats(np.zeros(4), np.diag(a0), np.zeros(4), np.diag(b0)) == pytest.approx(
+        2.0, abs=1e-12
+    )
 
 
 def test_fd_equals_the_pytorch_fid_recipe_where_sqrtm_is_well_posed():
@@ -131,7 +138,8 @@ def test_fd_stays_finite_and_quiet_on_singular_covariances():
     d = np.zeros(128)
     d[:5] = [1.0, 2.0, 3.0, 4.0, 5.0]
     assert ev.frechet_distance_from_stats(np.zeros(128), np.diag(d), np.zeros(128), np.diag(d[::-1])) == pytest.approx(
-        2 * ((np.sqrt(d[:5])) ** 2).sum(), rel=1e-12)
+        2 * ((np.sqrt(d[:5])) ** 2).sum(), rel=1e-12
+    )
 
 
 def test_fd_refuses_what_is_not_two_feature_sets_or_not_psd():
@@ -144,6 +152,7 @@ def test_fd_refuses_what_is_not_two_feature_sets_or_not_psd():
 
 
 # -- nearest neighbours -------------------------------------------------------------------------------------------
+
 
 def test_nearest_distances_find_a_copied_training_image_at_zero():
     rng = np.random.default_rng(3)
@@ -161,6 +170,7 @@ def test_nearest_distances_find_a_copied_training_image_at_zero():
 
 
 # -- the evaluation -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow  # ~25 s on 2 shared cores: loading the model and the digits, three sampling steps
 def test_a_tiny_evaluation_end_to_end(tmp_path):

@@ -38,8 +38,13 @@ def server(tmp_path_factory):
 def polite(server, tmp_path):
     from gradio_client import Client
 
-    return Client(server[1], verbose=False, analytics_enabled=False, download_files=str(tmp_path),
-                  headers={"X-Forwarded-For": POLITE})
+    return Client(
+        server[1],
+        verbose=False,
+        analytics_enabled=False,
+        download_files=str(tmp_path),
+        headers={"X-Forwarded-For": POLITE},
+    )
 
 
 def _fn_index(url: str, api_name: str) -> int:
@@ -51,8 +56,13 @@ def _fn_index(url: str, api_name: str) -> int:
 
 def _join(http, url, fn_index, data, session=None):
     """POST a job to the queue and never listen for its result."""
-    body = {"data": data, "fn_index": fn_index, "session_hash": session or uuid.uuid4().hex[:10],
-            "event_data": None, "trigger_id": None}
+    body = {
+        "data": data,
+        "fn_index": fn_index,
+        "session_hash": session or uuid.uuid4().hex[:10],
+        "event_data": None,
+        "trigger_id": None,
+    }
     return http.post(url + "gradio_api/queue/join", json=body, headers={"X-Forwarded-For": HOSTILE}, timeout=10)
 
 
@@ -178,22 +188,25 @@ def test_repeated_schedules_are_computed_once(polite):
 HUGE = 10**400
 
 
-@pytest.mark.parametrize("endpoint,args,fragment", [
-    ("/forward", ["__IMG__", HUGE, "linear", 1000, 0], "t \\(timestep\\) is far out of range"),
-    ("/forward", ["__IMG__", 5, "linear", HUGE, 0], "T \\(steps\\) is far out of range"),
-    ("/forward", ["__IMG__", 5, "linear", 1000, HUGE], "Seed is far out of range"),
-    ("/sample", ["ddpm-mnist-28", "DDIM", HUGE, 0.0, "model default", 1, 0], "Steps is far out of range"),
-    ("/sample", ["ddpm-mnist-28", "DDIM", 5, 0.0, "model default", HUGE, 0], "Batch size is far out of range"),
-    ("/sample", ["ddpm-mnist-28", "DDIM", 5, 0.0, "model default", 1, -HUGE], "Seed is far out of range"),
-    ("/schedules", [["linear"], HUGE], "T is far out of range"),
-    ("/denoise_from_t", ["__IMG__", "ddpm-mnist-28", 10**309, 2, 10, 0], "far out of range"),
-    ("/sample", [["a", "b"], "DDIM", 5, 0.0, "model default", 1, 0], "must be text"),
-    ("/sample", [{"repo": "x"}, "DDIM", 5, 0.0, "model default", 1, 0], "must be text"),
-    ("/sample", ["a/" + "b" * 10_000, "DDIM", 5, 0.0, "model default", 1, 0], "too long"),
-    ("/schedules", [7, 1000], "Schedules must be a list of names"),
-    ("/schedules", [None, 1000], "Schedules must be a list of names"),
-    ("/forward", ["__IMG__", 5, "linear_improved", 15, 0], "linear_improved needs T ≥ 21"),
-])
+@pytest.mark.parametrize(
+    "endpoint,args,fragment",
+    [
+        ("/forward", ["__IMG__", HUGE, "linear", 1000, 0], "t \\(timestep\\) is far out of range"),
+        ("/forward", ["__IMG__", 5, "linear", HUGE, 0], "T \\(steps\\) is far out of range"),
+        ("/forward", ["__IMG__", 5, "linear", 1000, HUGE], "Seed is far out of range"),
+        ("/sample", ["ddpm-mnist-28", "DDIM", HUGE, 0.0, "model default", 1, 0], "Steps is far out of range"),
+        ("/sample", ["ddpm-mnist-28", "DDIM", 5, 0.0, "model default", HUGE, 0], "Batch size is far out of range"),
+        ("/sample", ["ddpm-mnist-28", "DDIM", 5, 0.0, "model default", 1, -HUGE], "Seed is far out of range"),
+        ("/schedules", [["linear"], HUGE], "T is far out of range"),
+        ("/denoise_from_t", ["__IMG__", "ddpm-mnist-28", 10**309, 2, 10, 0], "far out of range"),
+        ("/sample", [["a", "b"], "DDIM", 5, 0.0, "model default", 1, 0], "must be text"),
+        ("/sample", [{"repo": "x"}, "DDIM", 5, 0.0, "model default", 1, 0], "must be text"),
+        ("/sample", ["a/" + "b" * 10_000, "DDIM", 5, 0.0, "model default", 1, 0], "too long"),
+        ("/schedules", [7, 1000], "Schedules must be a list of names"),
+        ("/schedules", [None, 1000], "Schedules must be a list of names"),
+        ("/forward", ["__IMG__", 5, "linear_improved", 15, 0], "linear_improved needs T ≥ 21"),
+    ],
+)
 def test_odd_values_get_a_clear_message(polite, endpoint, args, fragment):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
@@ -218,7 +231,9 @@ def test_a_missing_argument_and_a_foreign_path_are_named(server):
     url = server[1]
     text = _raw_call(url, "forward", [{"path": str(EXAMPLES / "shapes.png"), "meta": {"_type": "gradio.FileData"}}, 5])
     assert "event: error" in text and "missing" in text.lower(), text[-500:]
-    text = _raw_call(url, "forward", [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, 5, "linear", 1000, 0])
+    text = _raw_call(
+        url, "forward", [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, 5, "linear", 1000, 0]
+    )
     assert "event: error" in text and "not uploaded to this Space" in text, text[-500:]
 
 
@@ -244,15 +259,20 @@ def test_fuzz_every_endpoint_with_arbitrary_json(polite):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-                        st.text(max_size=30))
-    json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                                st.dictionaries(st.text(max_size=5), inner, max_size=3)),
-                               max_leaves=8)
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30)
+    )
+    json_values = st.recursive(
+        scalars,
+        lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+        max_leaves=8,
+    )
     img = handle_file(str(EXAMPLES / "shapes.png"))
-    valid = {"/forward": [img, 5, "linear", 1000, 0],
-             "/sample": ["ddpm-mnist-28", "DDPM (fewer steps)", 2, 0.0, "model default", 1, 0],
-             "/schedules": [["linear"], 100]}
+    valid = {
+        "/forward": [img, 5, "linear", 1000, 0],
+        "/sample": ["ddpm-mnist-28", "DDPM (fewer steps)", 2, 0.0, "model default", 1, 0],
+        "/schedules": [["linear"], 100],
+    }
 
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
     @given(endpoint=st.sampled_from(sorted(valid)), position=st.integers(0, 6), value=json_values)
@@ -264,7 +284,11 @@ def test_fuzz_every_endpoint_with_arbitrary_json(polite):
         except AppError as err:
             message = str(err)
             assert message and "Traceback" not in message and "upstream Gradio app has raised" not in message, (
-                endpoint, position, json.dumps(value)[:200], message)
+                endpoint,
+                position,
+                json.dumps(value)[:200],
+                message,
+            )
 
     check()
 

@@ -17,7 +17,14 @@ from PIL import Image
 
 import ddpm_core.imaging as imaging
 from ddpm_core.imaging import (
-    center_crop_resize, fit_longest_side, load_image, make_grid, pil_to_tensor, save_animation, tensor_to_pil, to_uint8,
+    center_crop_resize,
+    fit_longest_side,
+    load_image,
+    make_grid,
+    pil_to_tensor,
+    save_animation,
+    tensor_to_pil,
+    to_uint8,
 )
 from helpers import upload_corpus
 
@@ -51,9 +58,17 @@ def test_specific_conversions(corpus):
     assert load_image(transparent).getpixel((0, 0)) == (255, 255, 255)  # composited on white
 
 
-@pytest.mark.parametrize("name,fragment", [("bomb.png", "MP"), ("empty.png", "empty"), ("svg_renamed.png", "SVG"),
-                                           ("truncated.png", "corrupt or truncated"), ("strip_1x100000.png", "aspect"),
-                                           ("float_nan.tif", "NaN")])
+@pytest.mark.parametrize(
+    "name,fragment",
+    [
+        ("bomb.png", "MP"),
+        ("empty.png", "empty"),
+        ("svg_renamed.png", "SVG"),
+        ("truncated.png", "corrupt or truncated"),
+        ("strip_1x100000.png", "aspect"),
+        ("float_nan.tif", "NaN"),
+    ],
+)
 def test_error_messages_name_the_problem(corpus, name, fragment):
     with pytest.raises(ValueError, match=fragment):
         load_image(corpus[name][0])
@@ -88,7 +103,12 @@ def test_fuzz_random_bytes_never_crash_the_decoder(data):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 60), st.sampled_from(["png", "jpeg", "gif", "bmp", "tiff", "webp"]), st.integers(1, 40), st.integers(1, 40))
+@given(
+    st.integers(0, 60),
+    st.sampled_from(["png", "jpeg", "gif", "bmp", "tiff", "webp"]),
+    st.integers(1, 40),
+    st.integers(1, 40),
+)
 def test_fuzz_corrupted_real_images(cut, fmt, w, h):
     """Real encodings of random sizes, with bytes flipped or cut: decoded or refused with ValueError."""
     buf = io.BytesIO()
@@ -127,8 +147,8 @@ def _encoded(img, fmt, **kw) -> bytes:
 def _blocks(w=24, h=16):
     """Four flat colours: exact through every lossless format, GIF's palette included."""
     a = np.zeros((h, w, 3), np.uint8)
-    a[: h // 2, : w // 2], a[: h // 2, w // 2:] = (250, 10, 10), (10, 250, 10)
-    a[h // 2:, : w // 2], a[h // 2:, w // 2:] = (10, 10, 250), (240, 240, 240)
+    a[: h // 2, : w // 2], a[: h // 2, w // 2 :] = (250, 10, 10), (10, 250, 10)
+    a[h // 2 :, : w // 2], a[h // 2 :, w // 2 :] = (10, 10, 250), (240, 240, 240)
     return a
 
 
@@ -184,7 +204,9 @@ def test_formats_outside_the_allow_list_are_refused_naming_the_accepted_ones(kin
     with pytest.raises(ValueError, match="accepted format") as err:
         load_image(data)
     assert ACCEPTED in str(err.value)
-    assert {"pdf": "PDF", "ico": "ICO", "svg": "SVG", "html": "HTML", "heic": "HEIC", "ascii_ppm": "ASCII"}.get(kind, "") in str(err.value)
+    assert {"pdf": "PDF", "ico": "ICO", "svg": "SVG", "html": "HTML", "heic": "HEIC", "ascii_ppm": "ASCII"}.get(
+        kind, ""
+    ) in str(err.value)
 
 
 def _accepted_uploads():
@@ -228,6 +250,7 @@ def test_every_accepted_format_still_decodes(kind, tmp_path):
 
 # --- PNG metadata never stops the pixels from decoding -------------------------------------------------------------
 
+
 def _png_with(info=None, **kw):
     a = np.random.default_rng(1).integers(0, 256, (12, 20, 3), dtype=np.uint8)
     return a, _encoded(Image.fromarray(a), "PNG", pnginfo=info, **kw)
@@ -243,8 +266,13 @@ def _oversized_metadata():
     text.add_text("Comment", "t" * big)
     for k in range(80):  # each under the per-chunk limit, together over Pillow's 64 MB for all text
         many.add_text(f"note{k}", "m" * (PngImagePlugin.MAX_TEXT_CHUNK - 10), zip=True)
-    return {"zTXt": {"info": ztxt}, "iTXt": {"info": itxt}, "tEXt": {"info": text}, "many_zTXt": {"info": many},
-            "iCCP": {"icc_profile": bytes(3 * PngImagePlugin.MAX_TEXT_CHUNK)}}
+    return {
+        "zTXt": {"info": ztxt},
+        "iTXt": {"info": itxt},
+        "tEXt": {"info": text},
+        "many_zTXt": {"info": many},
+        "iCCP": {"icc_profile": bytes(3 * PngImagePlugin.MAX_TEXT_CHUNK)},
+    }
 
 
 @pytest.mark.parametrize("kind", list(_oversized_metadata()))
@@ -262,9 +290,12 @@ def test_png_metadata_within_limits_is_kept():
     _, plain = _png_with()
     assert imaging._png_without_oversized_metadata(plain) is plain  # nothing dropped, nothing copied
     info = PngImagePlugin.PngInfo()
-    info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
-                  '02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
-                  'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    info.add_itxt(
+        "XML:com.adobe.xmp",
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+        '02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+        'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>',
+    )
     info.add_text("Comment", "z" * 2 * PngImagePlugin.MAX_TEXT_CHUNK, zip=True)
     a, data = _png_with(info)
     stripped = imaging._png_without_oversized_metadata(data)
@@ -278,6 +309,7 @@ def test_png_metadata_within_limits_is_kept():
 
 
 # --- Bounded memory and concurrency; reduced while decoding -------------------------------------------------------
+
 
 def _smooth(w, h, channels=3, seed=0):
     y, x = np.mgrid[0:h, 0:w] / max(w, h)
@@ -319,7 +351,9 @@ def test_max_side_is_exact_without_reduction_and_never_upscales():
     a = _smooth(300, 200)
     data = _encoded(Image.fromarray(a), "PNG")
     for source in (data, Image.fromarray(a), a):  # under 3x the target: one Lanczos pass, as fit_longest_side does
-        assert np.array_equal(np.asarray(load_image(source, max_side=128)), np.asarray(fit_longest_side(load_image(source), 128)))
+        assert np.array_equal(
+            np.asarray(load_image(source, max_side=128)), np.asarray(fit_longest_side(load_image(source), 128))
+        )
     assert np.array_equal(np.asarray(load_image(data, max_side=1000)), a)
     assert load_image(data, max_side=300).size == (300, 200)
     for bad in (0, -5, 2.5, "512", True):
@@ -344,11 +378,23 @@ def test_converting_in_bands_equals_converting_whole_images(monkeypatch, factor)
     white = Image.new("RGBA", (31, 23), (255, 255, 255, 255))
     sources = {  # image -> what converting it whole gives (the module's previous behaviour)
         "rgba": (Image.fromarray(a), lambda m: Image.alpha_composite(white, Image.fromarray(a)).convert(m)),
-        "la": (Image.fromarray(a).convert("LA"), lambda m: Image.alpha_composite(white, Image.fromarray(a).convert("LA").convert("RGBA")).convert(m)),
+        "la": (
+            Image.fromarray(a).convert("LA"),
+            lambda m: Image.alpha_composite(white, Image.fromarray(a).convert("LA").convert("RGBA")).convert(m),
+        ),
         "palette": (palette, lambda m: Image.alpha_composite(white, palette.convert("RGBA")).convert(m)),
-        "sixteen": (Image.fromarray(a[..., 0].astype(np.uint16) * 250), lambda m: Image.fromarray(np.round(a[..., 0].astype(np.float64) * 250 / 257).astype(np.uint8)).convert(m)),
-        "float": (Image.fromarray(floats), lambda m: Image.fromarray(imaging._scale_to_uint8(floats.astype(np.float64))).convert(m)),
-        "cmyk": (Image.fromarray(a).convert("RGB").convert("CMYK"), lambda m: Image.fromarray(a).convert("RGB").convert("CMYK").convert(m)),
+        "sixteen": (
+            Image.fromarray(a[..., 0].astype(np.uint16) * 250),
+            lambda m: Image.fromarray(np.round(a[..., 0].astype(np.float64) * 250 / 257).astype(np.uint8)).convert(m),
+        ),
+        "float": (
+            Image.fromarray(floats),
+            lambda m: Image.fromarray(imaging._scale_to_uint8(floats.astype(np.float64))).convert(m),
+        ),
+        "cmyk": (
+            Image.fromarray(a).convert("RGB").convert("CMYK"),
+            lambda m: Image.fromarray(a).convert("RGB").convert("CMYK").convert(m),
+        ),
     }
     for name, (img, whole) in sources.items():
         for mode in ("RGB", "L"):
@@ -362,7 +408,9 @@ def test_concurrent_decodes_are_bounded(tmp_path, monkeypatch):
     from PIL import ImageFile
 
     path = tmp_path / "big.jpg"
-    Image.fromarray(np.broadcast_to(np.linspace(0, 255, 6000, dtype=np.uint8)[None, :, None], (4000, 6000, 3))).save(path, quality=70)
+    Image.fromarray(np.broadcast_to(np.linspace(0, 255, 6000, dtype=np.uint8)[None, :, None], (4000, 6000, 3))).save(
+        path, quality=70
+    )
     real_load, lock, state = ImageFile.ImageFile.load, threading.Lock(), {"now": 0, "max": 0}
 
     def counting_load(self):
@@ -418,7 +466,9 @@ print((kib("VmHWM") - before) * 1024)
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak resident size through Linux's /proc")
+@pytest.mark.skipif(
+    not Path("/proc/self/clear_refs").exists(), reason="measures the peak resident size through Linux's /proc"
+)
 def test_peak_memory_of_one_decode(tmp_path):
     """A 12 MP RGBA PNG (48 MB decoded) costs the decoded image plus its 8-bit copy (about 2.2x), or plus a
     reduced copy with max_side (about 1.45x); converting the whole image at once used to cost 5x."""
@@ -428,8 +478,14 @@ def test_peak_memory_of_one_decode(tmp_path):
     root = Path(__file__).resolve().parents[1]
 
     def peak(max_side):
-        out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path), max_side], cwd=root, check=True,
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS, str(path), max_side],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         return int(out.stdout.split()[-1])
 
     assert peak("512") < 1.6 * decoded
@@ -437,6 +493,7 @@ def test_peak_memory_of_one_decode(tmp_path):
 
 
 # --- Shapes survive 1-pixel-wide or -high images ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [(1, 1), (32, 1), (1, 32)])
 @pytest.mark.parametrize("mode", ["RGB", "L"])

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-U = 2.0 ** -24  # float32 unit roundoff
+U = 2.0**-24  # float32 unit roundoff
 EPS32 = torch.finfo(torch.float32).eps  # float32 ulp of 1 (2u)
 
 pytestmark = pytest.mark.timeout(600)
@@ -31,15 +31,28 @@ def _port() -> int:
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ACCELERATE_", "MASTER_", "PMI_", "OMPI_")) and k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", DIFFUSERS_VERBOSITY="error",
-               TQDM_DISABLE="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])), **extra)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ACCELERATE_", "MASTER_", "PMI_", "OMPI_"))
+        and k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+    }
+    env.update(
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        DIFFUSERS_VERBOSITY="error",
+        TQDM_DISABLE="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        **extra,
+    )
     return env
 
 
 def _run(cmd, timeout=240, check=True, **env) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=timeout
+    )
     if check:
         assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
@@ -49,8 +62,20 @@ def torchrun(n: int, *args) -> list:
     """``args``: ``-m module ...`` or ``script ...``; a ``--`` after the target keeps torchrun's parser off the
     target's options (it would take ``--num`` for an abbreviation of its own ``--numa-binding``)."""
     k = 2 if args[0] == "-m" else 1
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", n, "--master_addr", "127.0.0.1",
-            "--master_port", _port(), *args[:k], "--", *args[k:]]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        n,
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        _port(),
+        *args[:k],
+        "--",
+        *args[k:],
+    ]
 
 
 def accelerate_launch(*args) -> list:
@@ -63,7 +88,20 @@ def _pngs(folder: Path) -> dict[str, bytes]:
 
 # ------------------------------------------------------------------------------------------------ sampling
 
-SAMPLE = ["-m", "ddpm_core.sample", "--model", "ddpm-mnist-28", "--num", "9", "--batch", "2", "--steps", "4", "--seed", "3"]
+SAMPLE = [
+    "-m",
+    "ddpm_core.sample",
+    "--model",
+    "ddpm-mnist-28",
+    "--num",
+    "9",
+    "--batch",
+    "2",
+    "--steps",
+    "4",
+    "--seed",
+    "3",
+]
 
 
 @pytest.mark.slow
@@ -118,13 +156,27 @@ def test_launch_checks(monkeypatch):
 # ------------------------------------------------------------------------------------------------ training
 
 B, STEPS = 4, 3
-TRAIN = ["--data", "mnist", "--model-size", "tiny", "--steps", STEPS, "--save-every", 2, "--sample-every", 0,
-         "--threads", 1, "--grad-clip", 0]  # no clipping: the recorded gradient is the plain average, scale included
+TRAIN = [
+    "--data",
+    "mnist",
+    "--model-size",
+    "tiny",
+    "--steps",
+    STEPS,
+    "--save-every",
+    2,
+    "--sample-every",
+    0,
+    "--threads",
+    1,
+    "--grad-clip",
+    0,
+]  # no clipping: the recorded gradient is the plain average, scale included
 
 # Runs a CLI module as __main__ and records, per rank, the files it writes under PROBE_OUT (open() for writing,
 # renames, and the two native writers: torch.save and safetensors) and the optimiser's parameters, gradients and
 # learning rate before each of the first PROBE_STEPS steps.
-RUNNER = textwrap.dedent('''
+RUNNER = textwrap.dedent("""
     import json, os, runpy, sys
     rank, probe, watched = os.environ.get("RANK", "0"), os.environ["PROBE_DIR"], os.path.realpath(os.environ["PROBE_OUT"])
     writes = []
@@ -172,7 +224,7 @@ RUNNER = textwrap.dedent('''
     finally:
         with open(os.path.join(probe, f"writes-rank{rank}.json"), "w") as f:
             json.dump(writes, f)
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +238,18 @@ def runs(tmp_path_factory):
         probe, out = root / f"probe-{name}", root / name
         probe.mkdir()
         args = [runner, "ddpm_core.train", *TRAIN, "--batch-size", B * 2 // n, "--out", out / "run"]
-        proc = _run(torchrun(2, *args) if n == 2 else [sys.executable, *args],
-                    PROBE_DIR=str(probe), PROBE_OUT=str(out), PROBE_STEPS=str(STEPS))
-        res[name] = SimpleNamespace(probe=probe, out=out / "run", stdout=proc.stdout,
-                                    steps=[torch.load(probe / f"step{k}-rank0.pt") for k in range(STEPS)])
+        proc = _run(
+            torchrun(2, *args) if n == 2 else [sys.executable, *args],
+            PROBE_DIR=str(probe),
+            PROBE_OUT=str(out),
+            PROBE_STEPS=str(STEPS),
+        )
+        res[name] = SimpleNamespace(
+            probe=probe,
+            out=out / "run",
+            stdout=proc.stdout,
+            steps=[torch.load(probe / f"step{k}-rank0.pt") for k in range(STEPS)],
+        )
     return SimpleNamespace(root=root, **res)
 
 
@@ -223,7 +283,7 @@ def _per_sample_grads(params, step: int) -> torch.Tensor:
     rows = []
     for i in range(G):
         unet.zero_grad()
-        (((unet(xt[i:i + 1], t[i:i + 1]).sample - noise[i:i + 1]) ** 2).mean() / G).backward()
+        (((unet(xt[i : i + 1], t[i : i + 1]).sample - noise[i : i + 1]) ** 2).mean() / G).backward()
         rows.append(_flat(p.grad for p in unet.parameters()))
     return torch.stack(rows)
 
@@ -280,7 +340,7 @@ def test_two_processes_train_like_one_with_twice_the_batch(runs):
         mh, sv = m / (1 - b1 ** (k + 1)), (v / (1 - b2 ** (k + 1))).sqrt()
         w1 = torch.tensor([(1 - b1) * b1 ** (k - s) / (1 - b1 ** (k + 1)) for s in range(k + 1)], dtype=torch.float64)
         w2 = torch.tensor([(1 - b2) * b2 ** (k - s) / (1 - b2 ** (k + 1)) for s in range(k + 1)], dtype=torch.float64)
-        c = (w1 ** 2 / w2).sum().sqrt().item()
+        c = (w1**2 / w2).sum().sqrt().item()
         du = (e_max * (1 + mh.abs() / (sv + eps)) / ((sv - e_max).clamp(min=0) + eps)).clamp(max=2 * c)
         tol = tol + one.steps[k]["lr"] * du
         if k + 1 < STEPS:  # weights after k + 1 steps (recorded before the next step)
@@ -299,8 +359,10 @@ def test_two_processes_train_like_one_with_twice_the_batch(runs):
     for run in (two, one):
         ck = load_file(run.out / "checkpoint-2" / "model.safetensors")
         assert torch.equal(_flat(ck[n] for n in sorted(ck)), _flat(run.steps[2]["params"])[order])
-    ema2, ema1 = (_flat(f[n] for n in sorted(f)) for f in (load_file(r.out / "unet" / "diffusion_pytorch_model.safetensors")
-                                                          for r in (two, one)))
+    ema2, ema1 = (
+        _flat(f[n] for n in sorted(f))
+        for f in (load_file(r.out / "unet" / "diffusion_pytorch_model.safetensors") for r in (two, one))
+    )
     T = torch.stack(weight_tols).max(0).values[order] + STEPS * 3 * EPS32 * torch.maximum(ema1.abs(), ema2.abs())
     assert ((ema2 - ema1).abs() <= T).all()
 
@@ -323,13 +385,27 @@ def test_checkpoints_ema_and_pipeline_written_once_by_rank_zero(runs):
     rank1 = json.loads((runs.two.probe / "writes-rank1.json").read_text())
     # rank 1 writes its own RNG state into the checkpoint, nothing else
     assert rank1 == ["run/checkpoint-2/random_states_1.pkl"]
-    for f in ("checkpoint-2/model.safetensors", "checkpoint-2/optimizer.bin", "checkpoint-2/scheduler.bin",
-              "checkpoint-2/custom_checkpoint_0.pkl", "checkpoint-2/random_states_0.pkl",  # custom_checkpoint_0: the EMA
-              "unet/diffusion_pytorch_model.safetensors", "model_index.json", "README.md"):
+    for f in (
+        "checkpoint-2/model.safetensors",
+        "checkpoint-2/optimizer.bin",
+        "checkpoint-2/scheduler.bin",
+        "checkpoint-2/custom_checkpoint_0.pkl",
+        "checkpoint-2/random_states_0.pkl",  # custom_checkpoint_0: the EMA
+        "unet/diffusion_pytorch_model.safetensors",
+        "model_index.json",
+        "README.md",
+    ):
         assert rank0.count(f"run/{f}") == 1, f
     assert sorted(p.name for p in (runs.two.out / "checkpoint-2").iterdir()) == sorted(
-        ["model.safetensors", "optimizer.bin", "scheduler.bin", "custom_checkpoint_0.pkl", "random_states_0.pkl",
-         "random_states_1.pkl"])
+        [
+            "model.safetensors",
+            "optimizer.bin",
+            "scheduler.bin",
+            "custom_checkpoint_0.pkl",
+            "random_states_0.pkl",
+            "random_states_1.pkl",
+        ]
+    )
     card = (runs.two.out / "README.md").read_text()
     assert "| processes | 2 |" in card and f"| effective batch | {2 * B} (2 x {B}) |" in card
     assert "torchrun --nproc_per_node 2 -m ddpm_core.train" in card and f"--batch-size {2 * B}`" in card
@@ -345,8 +421,24 @@ def test_two_process_training_resumes_where_it_stopped(runs):
     out = runs.root / "resumed"
     out.mkdir()
     shutil.copytree(runs.two.out / "checkpoint-2", out / "checkpoint-2")
-    proc = _run(accelerate_launch("--multi_gpu", "--num_processes", 2, "--main_process_port", _port(), "-m", "ddpm_core.train",
-                                  *TRAIN, "--batch-size", B, "--out", out, "--resume", "latest"))
+    proc = _run(
+        accelerate_launch(
+            "--multi_gpu",
+            "--num_processes",
+            2,
+            "--main_process_port",
+            _port(),
+            "-m",
+            "ddpm_core.train",
+            *TRAIN,
+            "--batch-size",
+            B,
+            "--out",
+            out,
+            "--resume",
+            "latest",
+        )
+    )
     assert "resumed from" in proc.stdout and "at step 2" in proc.stdout
     ref = load_file(runs.two.out / "unet" / "diffusion_pytorch_model.safetensors")
     got = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")

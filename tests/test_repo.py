@@ -13,7 +13,8 @@ FORBIDDEN = {
     "a path outside the repo": re.compile(r"\.\./shared|\.library/|/ *\"shared\"|ROOT\.parent\b"),
     "an issue-tracker reference": re.compile(r"(?<!diffusers )\bissue #\d+", re.IGNORECASE),
     "words about the work's organisation": re.compile(
-        r"\b(this|that|an earlier|a later|the next) session\b|\bdevice machine\b|\blent\b", re.IGNORECASE),
+        r"\b(this|that|an earlier|a later|the next) session\b|\bdevice machine\b|\blent\b", re.IGNORECASE
+    ),
 }
 
 
@@ -26,7 +27,9 @@ def _tracked_text_files() -> list[Path]:
     for name in filter(None, out.decode().split("\0")):
         path = ROOT / name
         if path.suffix in {".py", ".md", ".txt", ".sh", ".ini", ".cfg", ".toml", ".json", ".yml", ".yaml"} or name in {
-                "Makefile", ".ci/run"}:
+            "Makefile",
+            ".ci/run",
+        }:
             files.append(path)
     return files
 
@@ -39,9 +42,13 @@ def test_the_listing_sees_the_code():
 @pytest.mark.parametrize("what", list(FORBIDDEN))
 def test_no_tracked_text_matches(what):
     pattern = FORBIDDEN[what]
-    hits = [f"{p.relative_to(ROOT)}:{n}: {line.strip()[:120]}"
-            for p in _tracked_text_files() if p != Path(__file__).resolve() and p.is_file()
-            for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+    hits = [
+        f"{p.relative_to(ROOT)}:{n}: {line.strip()[:120]}"
+        for p in _tracked_text_files()
+        if p != Path(__file__).resolve() and p.is_file()
+        for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not hits, f"{what}:\n" + "\n".join(hits)
 
 

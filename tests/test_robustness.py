@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 pytestmark = pytest.mark.timeout(900)
 
@@ -57,7 +56,7 @@ def test_out_of_memory_becomes_a_clear_message(served, client, monkeypatch):
 
     def boom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        yield  # noqa: unreachable - makes this a generator like the real one
+        yield  # makes this a generator like the real one (never reached)
 
     import ui.tabs.sample
 
@@ -65,31 +64,45 @@ def test_out_of_memory_becomes_a_clear_message(served, client, monkeypatch):
     with pytest.raises(AppError, match="Out of memory: try a smaller batch"):
         client.predict("ddpm-mnist-28", "DDPM (fewer steps)", 5, 0.0, "model default", 1, 0, api_name="/sample")
     monkeypatch.undo()
-    assert len(client.predict("ddpm-mnist-28", "DDPM (fewer steps)", 5, 0.0, "model default", 1, 0, api_name="/sample")[0]) == 1
+    assert (
+        len(
+            client.predict("ddpm-mnist-28", "DDPM (fewer steps)", 5, 0.0, "model default", 1, 0, api_name="/sample")[0]
+        )
+        == 1
+    )
 
 
 def test_hub_unreachable_mid_use(served, client, monkeypatch):
-    import ddpm_core.checkpoints as ck
     from gradio_client.exceptions import AppError
+
+    import ddpm_core.checkpoints as ck
 
     monkeypatch.setattr(ck, "hub_reachable", lambda *a, **k: False)
     t0 = time.time()
     with pytest.raises(AppError, match="cannot be reached.*bundled"):
         client.predict("google/ddpm-cat-256", "DDPM (fewer steps)", 5, 0.0, "model default", 1, 0, api_name="/sample")
     assert time.time() - t0 < 10
-    assert len(client.predict("ddpm-mnist-28", "DDPM (fewer steps)", 5, 0.0, "model default", 1, 0, api_name="/sample")[0]) == 1
+    assert (
+        len(
+            client.predict("ddpm-mnist-28", "DDPM (fewer steps)", 5, 0.0, "model default", 1, 0, api_name="/sample")[0]
+        )
+        == 1
+    )
 
 
-@pytest.mark.parametrize("endpoint,args,fragment", [
-    ("/sample", ("ddpm-mnist-28", "DDPM (fewer steps)", 5, "0.5", "model default", 1, 0), "finite number"),
-    ("/sample", ("ddpm-mnist-28", "DDPM (fewer steps)", 5.5, 0.0, "model default", 1, 0), "whole number"),
-    ("/sample", ("ddpm-mnist-28", "DDPM (fewer steps)", 5, 0.0, "model default", 1, -3), "less than minimum"),
-    ("/sample", ("google/../../secrets", "DDPM (fewer steps)", 5, 0.0, "model default", 1, 0), "not allowed"),
-    ("/sample", ("file:///etc/passwd", "DDPM (fewer steps)", 5, 0.0, "model default", 1, 0), "not allowed"),
-    ("/denoise_from_t", (None, "ddpm-mnist-28", 100, 2, 10, 0), "Upload an image"),
-    ("/denoise_from_t", ("__IMG__", "ddpm-mnist-28", 1000, 2, 10, 0), "greater than maximum"),
-    ("/denoise_from_t", ("__IMG__", "ddpm-mnist-28", 100, 10**6, 10, 0), "greater than maximum"),
-])
+@pytest.mark.parametrize(
+    "endpoint,args,fragment",
+    [
+        ("/sample", ("ddpm-mnist-28", "DDPM (fewer steps)", 5, "0.5", "model default", 1, 0), "finite number"),
+        ("/sample", ("ddpm-mnist-28", "DDPM (fewer steps)", 5.5, 0.0, "model default", 1, 0), "whole number"),
+        ("/sample", ("ddpm-mnist-28", "DDPM (fewer steps)", 5, 0.0, "model default", 1, -3), "less than minimum"),
+        ("/sample", ("google/../../secrets", "DDPM (fewer steps)", 5, 0.0, "model default", 1, 0), "not allowed"),
+        ("/sample", ("file:///etc/passwd", "DDPM (fewer steps)", 5, 0.0, "model default", 1, 0), "not allowed"),
+        ("/denoise_from_t", (None, "ddpm-mnist-28", 100, 2, 10, 0), "Upload an image"),
+        ("/denoise_from_t", ("__IMG__", "ddpm-mnist-28", 1000, 2, 10, 0), "greater than maximum"),
+        ("/denoise_from_t", ("__IMG__", "ddpm-mnist-28", 100, 10**6, 10, 0), "greater than maximum"),
+    ],
+)
 def test_invalid_parameters_straight_to_the_api(client, endpoint, args, fragment, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
@@ -110,8 +123,14 @@ def test_fuzz_api_parameters(client):
     from hypothesis import strategies as st
 
     examples = Path(__file__).resolve().parents[1] / "examples"
-    junk = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=False, allow_infinity=False),  # JSON carries no NaN
-                     st.text(max_size=12), st.lists(st.integers(), max_size=3))
+    junk = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**12), 10**12),
+        st.floats(allow_nan=False, allow_infinity=False),  # JSON carries no NaN
+        st.text(max_size=12),
+        st.lists(st.integers(), max_size=3),
+    )
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
     @given(t=junk, schedule=st.one_of(junk, st.sampled_from(["linear", "sigmoid"])), T=junk, seed=junk)

@@ -19,13 +19,33 @@ def test_mnist_splits_are_disjoint_and_stratified():
     for k, (X, y) in parts.items():
         assert len(X) == MNIST_SPLIT[k] and (torch.bincount(torch.from_numpy(y)) == MNIST_SPLIT[k] // 10).all()
     keys = {k: {x.tobytes() for x in X} for k, (X, _) in parts.items()}
-    assert not keys["diffusion"] & keys["classifier"] and not keys["diffusion"] & keys["heldout"] and not keys["classifier"] & keys["heldout"]
+    assert (
+        not keys["diffusion"] & keys["classifier"]
+        and not keys["diffusion"] & keys["heldout"]
+        and not keys["classifier"] & keys["heldout"]
+    )
 
 
 def test_train_save_resume_reload_and_sample(tmp_path, monkeypatch):
     out = tmp_path / "ckpts" / "tiny-mnist"
-    args = ["--data", "mnist", "--model-size", "tiny", "--batch-size", "8", "--save-every", "3", "--sample-every", "0",
-            "--log-every", "1", "--out", str(out), "--threads", "2"]
+    args = [
+        "--data",
+        "mnist",
+        "--model-size",
+        "tiny",
+        "--batch-size",
+        "8",
+        "--save-every",
+        "3",
+        "--sample-every",
+        "0",
+        "--log-every",
+        "1",
+        "--out",
+        str(out),
+        "--threads",
+        "2",
+    ]
     train_main(args + ["--steps", "4"])
     assert (out / "checkpoint-3").is_dir()
     train_main(args + ["--steps", "6", "--resume", "latest"])
@@ -33,13 +53,21 @@ def test_train_save_resume_reload_and_sample(tmp_path, monkeypatch):
     # every step logged once per sitting: 1-4, then 4-6 again from the checkpoint at 3
     assert [r["step"] for r in log] == [1, 2, 3, 4, 4, 5, 6]
     assert all(0 < r["loss"] < 10 and 0 < r["lr"] for r in log)
-    for f in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json", "README.md"):
+    for f in (
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+        "README.md",
+    ):
         assert (out / f).is_file(), f
     assert "optimiser steps run | 6" in (out / "README.md").read_text()
 
     pipe = DDPMPipeline.from_pretrained(str(out))
     pipe.set_progress_bar_config(disable=True)
-    ref = pipe(batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
+    ref = pipe(
+        batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     monkeypatch.setattr(ck, "CHECKPOINT_DIR", out.parent)
     model = ck.ModelCache().get("tiny-mnist")
     ours = generate(model, batch_size=2, seed=0, num_inference_steps=5, fast=False).samples

@@ -41,8 +41,11 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 #: Queue limits (README, security section): the jobs one visitor may hold per group (at most half of the group's
 #: workers, so that a visitor who never listens can hold up the others for at most the listener grace of 3 s), and
 #: the length of each group's queue.
-GUARD = QueueGuard(per_client={"sampler": 2, "forward": 2, "schedules": 2},
-                   per_group={"sampler": 16, "forward": 32, "schedules": 32}, grace_s=3.0)
+GUARD = QueueGuard(
+    per_client={"sampler": 2, "forward": 2, "schedules": 2},
+    per_group={"sampler": 16, "forward": 32, "schedules": 32},
+    grace_s=3.0,
+)
 
 
 def gpu(duration: int):
@@ -59,7 +62,8 @@ def _user_message(err: BaseException) -> gr.Error | None:
     elif isinstance(err, SamplingCancelled):
         message = "Sampling was cancelled."
     elif isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or (
-            isinstance(err, RuntimeError) and "out of memory" in str(err).lower()):
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    ):
         message = "Out of memory: try a smaller batch, fewer seeds or a smaller model."
     else:
         return None
@@ -109,8 +113,11 @@ def int_arg(value, name: str, lo: int, hi: int) -> int:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if isinstance(value, int) and not lo <= value <= hi:  # compared as integers: 10**400 has no float
-        raise ValueError(f"{name} must be between {lo} and {hi}, got a number of {len(str(abs(value)))} digits"
-                         if abs(value) > 2**53 else f"{name} must be between {lo} and {hi}, got {value}")
+        raise ValueError(
+            f"{name} must be between {lo} and {hi}, got a number of {len(str(abs(value)))} digits"
+            if abs(value) > 2**53
+            else f"{name} must be between {lo} and {hi}, got {value}"
+        )
     if value != int(value):
         raise ValueError(f"{name} must be a whole number, got {value}")
     if not lo <= int(value) <= hi:
@@ -131,7 +138,9 @@ def _decoded(path: str, mtime: float, size: int, mode: str, max_side: int | None
     return pil_to_tensor(load_image(path, mode=mode, max_side=max_side))
 
 
-def image_tensor(path, mode: str = "RGB", max_side: int | None = MAX_SIDE_DEFAULT, crop: int | None = None) -> torch.Tensor:
+def image_tensor(
+    path, mode: str = "RGB", max_side: int | None = MAX_SIDE_DEFAULT, crop: int | None = None
+) -> torch.Tensor:
     """Decode an upload once (cached by path and modification time): ``[1 x C x H x W]`` in [-1, 1]."""
     if not path:
         raise ValueError("Upload an image (or pick an example) first.")

@@ -68,7 +68,9 @@ with _no_stub_files():
                 return None
             if payload.path is None:
                 raise user_error("The upload did not arrive as a file; please upload it again.")
-            if not any(is_in_or_equal(payload.path, folder) for folder in (get_upload_folder(), *self.allowed_folders)):
+            if not any(
+                is_in_or_equal(payload.path, folder) for folder in (get_upload_folder(), *self.allowed_folders)
+            ):
                 # an API client can name any path; only uploads (and the examples) are ever read
                 raise user_error("That file was not uploaded to this Space: upload the image, then use it.")
             return payload.path
@@ -111,8 +113,10 @@ def clear_request_errors(demo: gr.Blocks) -> gr.Blocks:
     def validate_inputs(block_fn, inputs):
         if len(inputs) < len(block_fn.inputs):
             names = ", ".join(getattr(b, "label", None) or type(b).__name__ for b in block_fn.inputs)
-            raise user_error(f"{block_fn.api_name or block_fn.name} takes {len(block_fn.inputs)} values ({names}); "
-                           f"{len(inputs)} arrived: a value is missing")
+            raise user_error(
+                f"{block_fn.api_name or block_fn.name} takes {len(block_fn.inputs)} values ({names}); "
+                f"{len(inputs)} arrived: a value is missing"
+            )
         return validate(block_fn, inputs)
 
     async def preprocess_data(block_fn, inputs, state, explicit_call=False):
@@ -124,8 +128,10 @@ def clear_request_errors(demo: gr.Blocks) -> gr.Blocks:
             raise user_error("That file was not uploaded to this Space: upload the image, then use it.") from err
         except ValueError as err:  # pydantic's ValidationError included: a value of the wrong form
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise user_error(f"A value sent to {block_fn.api_name or block_fn.name} does not fit its input "
-                           f"({short_repr(first_line, 120)})") from err
+            raise user_error(
+                f"A value sent to {block_fn.api_name or block_fn.name} does not fit its input "
+                f"({short_repr(first_line, 120)})"
+            ) from err
 
     demo.validate_inputs, demo.preprocess_data = validate_inputs, preprocess_data
     return demo

@@ -45,8 +45,13 @@ def _behind_proxy() -> bool:
 
 
 class QueueGuard:
-    def __init__(self, per_client: dict[str, int], per_group: dict[str, int], grace_s: float = 5.0,
-                 trust_proxy: bool | None = None):
+    def __init__(
+        self,
+        per_client: dict[str, int],
+        per_group: dict[str, int],
+        grace_s: float = 5.0,
+        trust_proxy: bool | None = None,
+    ):
         self.per_client, self.per_group, self.grace_s = dict(per_client), dict(per_group), grace_s
         self.trust_proxy = _behind_proxy() if trust_proxy is None else trust_proxy
         self.listening: Counter[str] = Counter()  # session hash -> open result streams
@@ -110,8 +115,10 @@ class QueueGuard:
             waiting += not running
             mine += self.client_key(event.request) == client
         if mine >= per_client:
-            return (f"You already have {mine} request(s) of this kind waiting or running, the most one visitor may "
-                    "have at once: wait for them to finish (or cancel one), then try again.")
+            return (
+                f"You already have {mine} request(s) of this kind waiting or running, the most one visitor may "
+                "have at once: wait for them to finish (or cancel one), then try again."
+            )
         if waiting >= per_group:
             return f"This queue is full ({waiting} requests waiting). Please try again in a minute."
         return None
@@ -154,7 +161,9 @@ class QueueGuard:
                 return
         self.stats["dropped"] += 1
         log.info("dropped a %s job unrun: nobody listening", getattr(event, "concurrency_id", "?"))
-        raise NotListening("Nobody is listening for this result: the request was dropped unrun.", print_exception=False)
+        raise NotListening(
+            "Nobody is listening for this result: the request was dropped unrun.", print_exception=False
+        )
 
 
 class _StreamCounter:

@@ -33,8 +33,10 @@ class Translations:
 
     def updates(self, language: str) -> list:
         lang = LANGS.get(language, "en")
-        return [gr.update(**{attr: tr(text, key, lang).format(**fmt) if fmt else tr(text, key, lang)})
-                for _, attr, text, key, fmt in self._items]
+        return [
+            gr.update(**{attr: tr(text, key, lang).format(**fmt) if fmt else tr(text, key, lang)})
+            for _, attr, text, key, fmt in self._items
+        ]
 
     def missing(self) -> list[str]:
         """Keys with no Chinese text (a test keeps this empty)."""

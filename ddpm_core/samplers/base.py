@@ -62,8 +62,10 @@ class Sampler:
         if not 0 <= float(eta) <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
         n = len(ts)
-        tables = {name: torch.as_tensor(v, dtype=torch.float64).to(device, dtype)
-                  for name, v in self.tables(diffusion, ts, float(eta)).items()}
+        tables = {
+            name: torch.as_tensor(v, dtype=torch.float64).to(device, dtype)
+            for name, v in self.tables(diffusion, ts, float(eta)).items()
+        }
         tables["index"] = torch.arange(n - 1, -1, -1, dtype=torch.long, device=device)
         tables["t_model"] = torch.as_tensor(ts, dtype=torch.long, device=device)
         return Plan(diffusion.respace(ts), ts, tables, tuple(self.noise_steps(ts, float(eta))))
@@ -80,7 +82,8 @@ class Sampler:
         """History buffers shaped like ``x`` ``[B x C x H x W]`` (none for one-step samplers)."""
         return {}
 
-    def step(self, plan: Plan, k: Tensor, model_output: Tensor, x: Tensor, noise: Tensor | None,
-             state: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def step(
+        self, plan: Plan, k: Tensor, model_output: Tensor, x: Tensor, noise: Tensor | None, state: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
         """x_t at loop position ``k`` (``[1]`` long tensor) -> (x_prev, predicted x_0), tensors only."""
         raise NotImplementedError

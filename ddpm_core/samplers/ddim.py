@@ -28,12 +28,18 @@ class DDIM(Sampler):
         final = torch.ones(1, dtype=torch.float64) if diffusion.set_alpha_to_one else abar_full[:1]
         abar_prev = torch.cat([abar[1:], final])
         sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).clamp(min=0).sqrt()
-        return {"sqrt_abar_prev": abar_prev.sqrt(), "dir_coef": (1 - abar_prev - sigma**2).clamp(min=0).sqrt(), "sigma": sigma}
+        return {
+            "sqrt_abar_prev": abar_prev.sqrt(),
+            "dir_coef": (1 - abar_prev - sigma**2).clamp(min=0).sqrt(),
+            "sigma": sigma,
+        }
 
     def noise_steps(self, timesteps, eta):
         return [eta > 0] * len(timesteps)  # as diffusers: a draw on every step, the last one too
 
-    def step(self, plan: Plan, k: Tensor, model_output: Tensor, x: Tensor, noise: Tensor | None, state) -> tuple[Tensor, Tensor]:
+    def step(
+        self, plan: Plan, k: Tensor, model_output: Tensor, x: Tensor, noise: Tensor | None, state
+    ) -> tuple[Tensor, Tensor]:
         d = plan.diffusion
         pred = d.model_predictions(model_output, x, plan.index(k, x.shape[0]))
         x0, eps = pred.pred_xstart, pred.pred_noise

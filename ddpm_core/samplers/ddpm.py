@@ -21,7 +21,9 @@ class DDPM(Sampler):
         # the fast path replays one captured step for every position, noise included: the mask zeroes it at t = 0
         return {"noise_mask": [float(t > 0) for t in timesteps]}
 
-    def step(self, plan: Plan, k: Tensor, model_output: Tensor, x: Tensor, noise: Tensor | None, state) -> tuple[Tensor, Tensor]:
+    def step(
+        self, plan: Plan, k: Tensor, model_output: Tensor, x: Tensor, noise: Tensor | None, state
+    ) -> tuple[Tensor, Tensor]:
         d = plan.diffusion
         t = plan.index(k, x.shape[0])
         pred = d.model_predictions(model_output, x, t)

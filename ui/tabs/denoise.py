@@ -11,8 +11,21 @@ import torch
 from ddpm_core.imaging import tensor_to_pil
 from ddpm_core.sampling import generate_steps, reverse_timesteps
 from ui.common import (
-    DEFAULT_STEPS, LATEX, MAX_SEEDS, T_MAX, default_model, display, drive, gpu, image_tensor, int_arg, model,
-    model_choices, previews, seed_arg, user_errors,
+    DEFAULT_STEPS,
+    LATEX,
+    MAX_SEEDS,
+    T_MAX,
+    default_model,
+    display,
+    drive,
+    gpu,
+    image_tensor,
+    int_arg,
+    model,
+    model_choices,
+    previews,
+    seed_arg,
+    user_errors,
 )
 from ui.components import StrictNumber, StrictSlider, UploadImage
 from ui.files import png
@@ -21,8 +34,14 @@ from ui.tabs.forward import DEFAULT_IMAGE, EXAMPLES
 
 TEXT = {
     "en": {
-        "tab": "Noise, then denoise", "image": "Image", "model": "Model", "t": "Noise to t", "seeds": "Seeds",
-        "steps": "Reverse steps", "seed": "Seed", "go": "Noise, then denoise",
+        "tab": "Noise, then denoise",
+        "image": "Image",
+        "model": "Model",
+        "t": "Noise to t",
+        "seeds": "Seeds",
+        "steps": "Reverse steps",
+        "seed": "Seed",
+        "go": "Noise, then denoise",
         "gallery": "Original, x_t, and what the model makes of it",
         "denoise": r"""### Noise, then denoise: generation, not restoration
 Noise your image to step $t$, then run the reverse process from there with several seeds. For small $t$ the
@@ -32,8 +51,14 @@ single image cannot simply memorise and restore it: one image is one point, and 
 learn from. (Images are centre-cropped and resized to the model's resolution.)""",
     },
     "zh": {
-        "tab": "先加噪再去噪", "image": "图像", "model": "模型", "t": "加噪到 t", "seeds": "种子数",
-        "steps": "逆向步数", "seed": "随机种子", "go": "先加噪，再去噪",
+        "tab": "先加噪再去噪",
+        "image": "图像",
+        "model": "模型",
+        "t": "加噪到 t",
+        "seeds": "种子数",
+        "steps": "逆向步数",
+        "seed": "随机种子",
+        "go": "先加噪，再去噪",
         "gallery": "原图、x_t，以及模型由此生成的图像",
         "denoise": r"""### 先加噪，再去噪：是生成，不是复原
 把你的图像加噪到第 $t$ 步，再用多个随机种子从这里运行逆向过程。$t$ 较小时结果接近原图；$t$ 较大时只保留大致布局，
@@ -59,7 +84,10 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, progress=gr.Progr
     x_t = m.diffusion.q_sample(x0, t, generator=torch.Generator().manual_seed(seed)).repeat(n_seeds, 1, 1, 1)
     original = tensor_to_pil(x0)[0]
     noisy = tensor_to_pil(x_t[:1].clamp(-1, 1))[0]
-    head = [(png(display(original), "original.png"), "original x₀"), (png(display(noisy), f"x_t-t{t}.png"), f"x_t, t={t}")]
+    head = [
+        (png(display(original), "original.png"), "original x₀"),
+        (png(display(noisy), f"x_t-t{t}.png"), f"x_t, t={t}"),
+    ]
     total = len(reverse_timesteps(m.diffusion, n_steps, start_t=t))
     steps = generate_steps(m, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2)
     for kind, item in drive(steps, total, progress, "Denoising"):
@@ -72,9 +100,11 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, progress=gr.Progr
     outs = tensor_to_pil(result.samples.clamp(-1, 1))
     gallery = head + [(png(display(img), f"denoised-{k + 1}.png"), f"sample {k + 1}") for k, img in enumerate(outs)]
     mse = ((result.samples - x0) ** 2).mean(dim=(1, 2, 3))
-    info = (f"Reverse process from t = {t} with {len(result.timesteps)} steps on **{m.name}** · "
-            f"{result.seconds:.1f} s · mean squared distance to the original per sample: "
-            + ", ".join(f"{d:.3f}" for d in mse.tolist()))
+    info = (
+        f"Reverse process from t = {t} with {len(result.timesteps)} steps on **{m.name}** · "
+        f"{result.seconds:.1f} s · mean squared distance to the original per sample: "
+        + ", ".join(f"{d:.3f}" for d in mse.tolist())
+    )
     yield gallery, info
 
 
@@ -84,19 +114,39 @@ def build(ctx) -> None:
     with add(gr.Tab(t_("tab"), id="denoise"), key="tab"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                image = add(UploadImage(value=DEFAULT_IMAGE, label=t_("image"), type="filepath", sources=["upload", "clipboard"],
-                                        height=240, elem_id="denoise-image"), key="image")
+                image = add(
+                    UploadImage(
+                        value=DEFAULT_IMAGE,
+                        label=t_("image"),
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        height=240,
+                        elem_id="denoise-image",
+                    ),
+                    key="image",
+                )
                 gr.Examples(EXAMPLES, inputs=image)
-                model_in = add(gr.Dropdown(model_choices(), value=default_model(), allow_custom_value=True, label=t_("model")),
-                               key="model")
+                model_in = add(
+                    gr.Dropdown(model_choices(), value=default_model(), allow_custom_value=True, label=t_("model")),
+                    key="model",
+                )
                 t = add(StrictSlider(0, T_MAX - 1, value=400, step=1, label=t_("t")), key="t")
                 seeds = add(StrictSlider(1, MAX_SEEDS, value=4, step=1, label=t_("seeds")), key="seeds")
                 steps = add(StrictSlider(1, T_MAX, value=DEFAULT_STEPS, step=1, label=t_("steps")), key="steps")
-                seed = add(StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed")
+                seed = add(
+                    StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed"
+                )
                 go = add(gr.Button(t_("go"), variant="primary", elem_id="denoise-btn"), key="go", attr="value")
             with gr.Column(scale=2):
                 gallery = add(gr.Gallery(label=t_("gallery"), columns=5, height="auto", format="png"), key="gallery")
                 info = gr.Markdown()
         add(gr.Markdown(t_("denoise"), latex_delimiters=LATEX), key="denoise", attr="value")
-    go.click(denoise_from_t, [image, model_in, t, seeds, steps, seed], [gallery, info], api_name="denoise_from_t",
-             concurrency_limit=1, concurrency_id="sampler", time_limit=600)
+    go.click(
+        denoise_from_t,
+        [image, model_in, t, seeds, steps, seed],
+        [gallery, info],
+        api_name="denoise_from_t",
+        concurrency_limit=1,
+        concurrency_id="sampler",
+        time_limit=600,
+    )

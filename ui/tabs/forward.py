@@ -28,9 +28,16 @@ LINEAR_IMPROVED_T_MIN = 21
 TEXT = {
     "en": {
         "tab": "Forward process",
-        "image": "Image x₀", "examples": "Examples (made by this repo)", "t": "t (timestep)", "schedule": "Schedule",
-        "T": "T (steps)", "seed": "Seed", "x_t": "x_t", "noise": "ε (the noise that was added, ±3σ)",
-        "strip": "x_t at 8 timesteps (same ε)", "posterior_img": "Posterior mean μ̃_t(x_t, x₀)",
+        "image": "Image x₀",
+        "examples": "Examples (made by this repo)",
+        "t": "t (timestep)",
+        "schedule": "Schedule",
+        "T": "T (steps)",
+        "seed": "Seed",
+        "x_t": "x_t",
+        "noise": "ε (the noise that was added, ±3σ)",
+        "strip": "x_t at 8 timesteps (same ε)",
+        "posterior_img": "Posterior mean μ̃_t(x_t, x₀)",
         "forward": r"""### The forward process $q(x_t \mid x_0)$
 Noise is added in $T$ small Gaussian steps, $q(x_t \mid x_{t-1}) = \mathcal N(\sqrt{1-\beta_t}\,x_{t-1}, \beta_t I)$.
 Their product has a closed form, so any $x_t$ is one draw away from the image:
@@ -48,9 +55,16 @@ unknown, so the network's *predicted* $x_0$ takes its place. The image on the ri
     },
     "zh": {
         "tab": "前向扩散",
-        "image": "图像 x₀", "examples": "示例（本仓库生成）", "t": "t（时间步）", "schedule": "噪声调度",
-        "T": "T（总步数）", "seed": "随机种子", "x_t": "x_t", "noise": "ε（加入的噪声，±3σ）",
-        "strip": "8 个时间步的 x_t（同一 ε）", "posterior_img": "后验均值 μ̃_t(x_t, x₀)",
+        "image": "图像 x₀",
+        "examples": "示例（本仓库生成）",
+        "t": "t（时间步）",
+        "schedule": "噪声调度",
+        "T": "T（总步数）",
+        "seed": "随机种子",
+        "x_t": "x_t",
+        "noise": "ε（加入的噪声，±3σ）",
+        "strip": "8 个时间步的 x_t（同一 ε）",
+        "posterior_img": "后验均值 μ̃_t(x_t, x₀)",
         "forward": r"""### 前向扩散 $q(x_t \mid x_0)$
 噪声分 $T$ 小步加入：$q(x_t \mid x_{t-1}) = \mathcal N(\sqrt{1-\beta_t}\,x_{t-1}, \beta_t I)$。
 这些高斯步骤的复合有闭式解，所以任意时刻的 $x_t$ 都可以一次采样得到：
@@ -107,13 +121,22 @@ def forward(image, t, schedule, T, seed):
     v = forward_views(image_tensor(image), diffusion(schedule, T), t, seed_arg(seed))
     r = v.readout
     strip = make_grid([tensor_to_pil(x)[0] for _, x in v.strip], labels=[f"t={s}" for s, _ in v.strip], pad=4)
-    readout = (f"| t | ᾱ_t | √ᾱ_t | √(1−ᾱ_t) | SNR | SNR (dB) | β_t |\n|---|---|---|---|---|---|---|\n"
-               f"| {t} | {_fmt(r['alpha_bar'])} | {_fmt(r['sqrt_alpha_bar'])} | {_fmt(r['sqrt_one_minus_alpha_bar'])} | "
-               f"{_fmt(r['snr'])} | {_fmt(r['snr_db'])} | {_fmt(r['beta'])} |")
-    posterior = f"σ̃_t = √β̃_t = **{_fmt(r['posterior_std'])}**" + ("  (t = 0: x₀ is returned exactly)" if t == 0 else "")
-    x_t, noise, strip, mean = pngs([
-        (tensor_to_pil(v.x_t)[0], f"x_t-t{t}.png"), (noise_to_pil(v.noise), "noise.png"), (strip, "strip.png"),
-        (tensor_to_pil(v.posterior_mean)[0], f"posterior-mean-t{t}.png")])
+    readout = (
+        f"| t | ᾱ_t | √ᾱ_t | √(1−ᾱ_t) | SNR | SNR (dB) | β_t |\n|---|---|---|---|---|---|---|\n"
+        f"| {t} | {_fmt(r['alpha_bar'])} | {_fmt(r['sqrt_alpha_bar'])} | {_fmt(r['sqrt_one_minus_alpha_bar'])} | "
+        f"{_fmt(r['snr'])} | {_fmt(r['snr_db'])} | {_fmt(r['beta'])} |"
+    )
+    posterior = f"σ̃_t = √β̃_t = **{_fmt(r['posterior_std'])}**" + (
+        "  (t = 0: x₀ is returned exactly)" if t == 0 else ""
+    )
+    x_t, noise, strip, mean = pngs(
+        [
+            (tensor_to_pil(v.x_t)[0], f"x_t-t{t}.png"),
+            (noise_to_pil(v.noise), "noise.png"),
+            (strip, "strip.png"),
+            (tensor_to_pil(v.posterior_mean)[0], f"posterior-mean-t{t}.png"),
+        ]
+    )
     return x_t, noise, strip, readout, mean, posterior
 
 
@@ -137,17 +160,31 @@ def build(ctx) -> None:
     with add(gr.Tab(t_("tab"), id="forward"), key="tab"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                image = add(UploadImage(value=DEFAULT_IMAGE, label=t_("image"), type="filepath", sources=["upload", "clipboard"],
-                                        height=280, elem_id="input-image"), key="image")
+                image = add(
+                    UploadImage(
+                        value=DEFAULT_IMAGE,
+                        label=t_("image"),
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        height=280,
+                        elem_id="input-image",
+                    ),
+                    key="image",
+                )
                 gr.Examples(EXAMPLES, inputs=image, label=t_("examples"))
                 t = add(StrictSlider(0, T_MAX - 1, value=250, step=1, label=t_("t"), elem_id="t-slider"), key="t")
                 with gr.Row():
                     schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
                     T = add(StrictSlider(T_MIN, T_MAX, value=1000, step=1, label=t_("T")), key="T")
-                seed = add(StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed")
+                seed = add(
+                    StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed"
+                )
             with gr.Column(scale=2):
                 with gr.Row():
-                    x_t = add(gr.Image(label=t_("x_t"), format="png", interactive=False, height=300, elem_id="xt-image"), key="x_t")
+                    x_t = add(
+                        gr.Image(label=t_("x_t"), format="png", interactive=False, height=300, elem_id="xt-image"),
+                        key="x_t",
+                    )
                     noise = add(gr.Image(label=t_("noise"), format="png", interactive=False, height=300), key="noise")
                 readout = gr.Markdown(elem_id="readout")
                 strip = add(gr.Image(label=t_("strip"), format="png", interactive=False, elem_id="strip"), key="strip")
@@ -156,14 +193,23 @@ def build(ctx) -> None:
             with gr.Column(scale=2):
                 add(gr.Markdown(t_("posterior"), latex_delimiters=LATEX), key="posterior", attr="value")
             with gr.Column(scale=1):
-                posterior_img = add(gr.Image(label=t_("posterior_img"), format="png", interactive=False, height=260),
-                                    key="posterior_img")
+                posterior_img = add(
+                    gr.Image(label=t_("posterior_img"), format="png", interactive=False, height=260),
+                    key="posterior_img",
+                )
                 posterior_md = gr.Markdown()
-    fwd = dict(fn=forward, inputs=[image, t, schedule, T, seed], outputs=[x_t, noise, strip, readout, posterior_img, posterior_md],
-               concurrency_limit=4, concurrency_id="forward", show_progress="minimal")
+    fwd = dict(
+        fn=forward,
+        inputs=[image, t, schedule, T, seed],
+        outputs=[x_t, noise, strip, readout, posterior_img, posterior_md],
+        concurrency_limit=4,
+        concurrency_id="forward",
+        show_progress="minimal",
+    )
     gr.on([image.change, t.release, seed.submit], api_name="forward", trigger_mode="always_last", **fwd)
     t.input(api_visibility="private", trigger_mode="always_last", **fwd)
     schedule.change(T_slider_minimum, [schedule, T], T, api_visibility="private").then(
-        t_slider_range, [T, t], t, api_visibility="private").then(api_visibility="private", **fwd)
+        t_slider_range, [T, t], t, api_visibility="private"
+    ).then(api_visibility="private", **fwd)
     T.release(t_slider_range, [T, t], t, api_visibility="private").then(api_visibility="private", **fwd)
     ctx.demo.load(api_visibility="private", **fwd)

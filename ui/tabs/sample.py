@@ -16,8 +16,23 @@ from ddpm_core.imaging import make_grid, save_animation, tensor_to_pil
 from ddpm_core.samplers import SAMPLERS
 from ddpm_core.sampling import generate_steps, reverse_timesteps
 from ui.common import (
-    DEFAULT_BATCH, DEFAULT_STEPS, DEVICE, LATEX, MAX_BATCH, ON_CPU, T_MAX, default_model, display, drive, gpu, int_arg,
-    model, model_choices, previews, seed_arg, user_errors,
+    DEFAULT_BATCH,
+    DEFAULT_STEPS,
+    DEVICE,
+    LATEX,
+    MAX_BATCH,
+    ON_CPU,
+    T_MAX,
+    default_model,
+    display,
+    drive,
+    gpu,
+    int_arg,
+    model,
+    model_choices,
+    previews,
+    seed_arg,
+    user_errors,
 )
 from ui.components import StrictNumber, StrictSlider, short_repr
 from ui.files import out_path, png
@@ -31,10 +46,18 @@ SAMPLER_CHOICES = [ALL_STEPS, *BY_LABEL]
 TEXT = {
     "en": {
         "tab": "Sample",
-        "model": "Model (bundled, or type a Hub id: owner/name)", "sampler": "Sampler", "steps": "Steps", "eta": "DDIM η",
-        "variance": "Reverse-step variance", "batch": "Batch size", "seed": "Seed", "go": "Generate",
-        "gallery": "Samples", "trajectory": "Reverse trajectory: x_t (top), predicted x̂₀ (bottom)",
-        "animation": "The whole reverse process", "downloads": "Download (PNGs, GIF)",
+        "model": "Model (bundled, or type a Hub id: owner/name)",
+        "sampler": "Sampler",
+        "steps": "Steps",
+        "eta": "DDIM η",
+        "variance": "Reverse-step variance",
+        "batch": "Batch size",
+        "seed": "Seed",
+        "go": "Generate",
+        "gallery": "Samples",
+        "trajectory": "Reverse trajectory: x_t (top), predicted x̂₀ (bottom)",
+        "animation": "The whole reverse process",
+        "downloads": "Download (PNGs, GIF)",
         "cpu_note": "Running on the CPU: defaults use the small bundled model and fewer steps. All steps are allowed.",
         "gpu_note": "Running on the GPU ({device}, {dtype}).",
         "sample": r"""### Sampling = generation
@@ -47,10 +70,18 @@ equal to diffusers' schedulers by its tests.""",
     },
     "zh": {
         "tab": "采样",
-        "model": "模型（内置，或输入 Hub id：owner/name）", "sampler": "采样器", "steps": "步数", "eta": "DDIM η",
-        "variance": "逆向一步的方差", "batch": "批大小", "seed": "随机种子", "go": "生成",
-        "gallery": "样本", "trajectory": "逆向轨迹：x_t（上）与预测的 x̂₀（下）",
-        "animation": "完整的逆向过程", "downloads": "下载（PNG、GIF）",
+        "model": "模型（内置，或输入 Hub id：owner/name）",
+        "sampler": "采样器",
+        "steps": "步数",
+        "eta": "DDIM η",
+        "variance": "逆向一步的方差",
+        "batch": "批大小",
+        "seed": "随机种子",
+        "go": "生成",
+        "gallery": "样本",
+        "trajectory": "逆向轨迹：x_t（上）与预测的 x̂₀（下）",
+        "animation": "完整的逆向过程",
+        "downloads": "下载（PNG、GIF）",
         "cpu_note": "当前在 CPU 上运行：默认使用内置小模型和较少步数，也可选择全部步数。",
         "gpu_note": "当前在 GPU 上运行（{device}，{dtype}）。",
         "sample": r"""### 采样就是生成
@@ -109,15 +140,22 @@ def _archive(images, seed: int) -> str:
 
 def _summary(m, result, sampler, eta: float, variance: str, seed: int) -> str:
     # the variance only matters to samplers that draw noise with it (DDPM); DDIM's is set by eta
-    how = (f"η = {eta:g}" if sampler.uses_eta else
-           f"variance {variance if variance != 'model default' else m.diffusion.variance_type}" if sampler.name == "ddpm" else
-           "deterministic")
-    return (f"**{m.name}** ({m.source}, {m.num_parameters / 1e6:.1f}M parameters, "
-            f"{'×'.join(map(str, m.sample_shape))}) · {len(result.timesteps)} {sampler.label.split(' (')[0]} steps · "
-            f"{how} · seed {seed} · "
-            f"{result.device} {result.dtype} · {result.seconds:.1f} s ({result.path}"
-            + (f"; {result.setup_seconds:.1f} s of one-off set-up" if result.setup_seconds >= 0.5 else "") + ")"
-            + "".join(f"\n\n_{n}_" for n in m.notes))
+    how = (
+        f"η = {eta:g}"
+        if sampler.uses_eta
+        else f"variance {variance if variance != 'model default' else m.diffusion.variance_type}"
+        if sampler.name == "ddpm"
+        else "deterministic"
+    )
+    return (
+        f"**{m.name}** ({m.source}, {m.num_parameters / 1e6:.1f}M parameters, "
+        f"{'×'.join(map(str, m.sample_shape))}) · {len(result.timesteps)} {sampler.label.split(' (')[0]} steps · "
+        f"{how} · seed {seed} · "
+        f"{result.device} {result.dtype} · {result.seconds:.1f} s ({result.path}"
+        + (f"; {result.setup_seconds:.1f} s of one-off set-up" if result.setup_seconds >= 0.5 else "")
+        + ")"
+        + "".join(f"\n\n_{n}_" for n in m.notes)
+    )
 
 
 @gpu(duration=120)
@@ -133,21 +171,38 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
     progress(0, desc=f"Loading {model_name} and preparing the sampler")
     m = model(model_name)
     total = len(reverse_timesteps(m.diffusion, n_steps))
-    steps = generate_steps(m, batch_size=batch_size, seed=seed, sampler=chosen.name, num_inference_steps=n_steps,
-                           eta=eta, variance_type=None if variance == "model default" else variance)
+    steps = generate_steps(
+        m,
+        batch_size=batch_size,
+        seed=seed,
+        sampler=chosen.name,
+        num_inference_steps=n_steps,
+        eta=eta,
+        variance_type=None if variance == "model default" else variance,
+    )
     for kind, item in drive(steps, total, progress, "Sampling"):
         if kind == "done":
             result = item
         elif kind == "preview":
-            yield (previews(item, f"x̂₀ at t={item.timestep}"), gr.skip(), gr.skip(), gr.skip(),
-                   f"Sampling… step {item.index + 1} of {total} (preview: the predicted x̂₀)")
+            yield (
+                previews(item, f"x̂₀ at t={item.timestep}"),
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                f"Sampling… step {item.index + 1} of {total} (preview: the predicted x̂₀)",
+            )
         else:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
     images = tensor_to_pil(result.samples.clamp(-1, 1))
     gif = _animation(result.frames, seed)
     gallery = [(png(display(img), f"sample-{k}.png"), f"#{k}") for k, img in enumerate(images)]
-    yield (gallery, png(_trajectory_image(result.snapshots), "trajectory.png"), gif, [_archive(images, seed), gif],
-           _summary(m, result, chosen, eta, variance, seed))
+    yield (
+        gallery,
+        png(_trajectory_image(result.snapshots), "trajectory.png"),
+        gif,
+        [_archive(images, seed), gif],
+        _summary(m, result, chosen, eta, variance, seed),
+    )
 
 
 def randomize_seed():
@@ -159,7 +214,11 @@ def steps_visibility(choice):
     chosen = BY_LABEL.get(choice)
     if chosen is None:
         return gr.update(visible=False), gr.update(visible=False)
-    steps = gr.update(visible=True) if chosen.default_steps is None else gr.update(visible=True, value=chosen.default_steps)
+    steps = (
+        gr.update(visible=True)
+        if chosen.default_steps is None
+        else gr.update(visible=True, value=chosen.default_steps)
+    )
     return steps, gr.update(visible=chosen.uses_eta)
 
 
@@ -175,29 +234,68 @@ def build(ctx) -> None:
     with add(gr.Tab(t_("tab"), id="sample"), key="tab"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                model_in = add(gr.Dropdown(model_choices(), value=default_model(), allow_custom_value=True,
-                                           label=t_("model"), elem_id="model"), key="model")
+                model_in = add(
+                    gr.Dropdown(
+                        model_choices(),
+                        value=default_model(),
+                        allow_custom_value=True,
+                        label=t_("model"),
+                        elem_id="model",
+                    ),
+                    key="model",
+                )
                 sampler = add(gr.Radio(SAMPLER_CHOICES, value=SAMPLER_CHOICES[1], label=t_("sampler")), key="sampler")
                 steps = add(StrictSlider(1, T_MAX, value=DEFAULT_STEPS, step=1, label=t_("steps")), key="steps")
                 eta = add(StrictSlider(0, 1, value=0.0, step=0.05, label=t_("eta"), visible=False), key="eta")
-                variance = add(gr.Dropdown(VARIANCE_CHOICES, value="model default", label=t_("variance")), key="variance")
+                variance = add(
+                    gr.Dropdown(VARIANCE_CHOICES, value="model default", label=t_("variance")), key="variance"
+                )
                 batch = add(StrictSlider(1, MAX_BATCH, value=DEFAULT_BATCH, step=1, label=t_("batch")), key="batch")
                 with gr.Row():
-                    seed = add(StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1, scale=3), key="seed")
+                    seed = add(
+                        StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1, scale=3),
+                        key="seed",
+                    )
                     dice = gr.Button("🎲", scale=1, min_width=60)
                 go = add(gr.Button(t_("go"), variant="primary", elem_id="run-btn"), key="go", attr="value")
-                add(gr.Markdown(t_(note_key).format(**device_note_args())), key=note_key, attr="value", **device_note_args())
+                add(
+                    gr.Markdown(t_(note_key).format(**device_note_args())),
+                    key=note_key,
+                    attr="value",
+                    **device_note_args(),
+                )
             with gr.Column(scale=2):
-                gallery = add(gr.Gallery(label=t_("gallery"), columns=4, height=420, format="png", elem_id="gallery",
-                                         object_fit="contain"), key="gallery")
+                gallery = add(
+                    gr.Gallery(
+                        label=t_("gallery"),
+                        columns=4,
+                        height=420,
+                        format="png",
+                        elem_id="gallery",
+                        object_fit="contain",
+                    ),
+                    key="gallery",
+                )
                 info = gr.Markdown(elem_id="sample-info")
                 with gr.Row():
-                    trajectory = add(gr.Image(label=t_("trajectory"), format="png", interactive=False), key="trajectory")
+                    trajectory = add(
+                        gr.Image(label=t_("trajectory"), format="png", interactive=False), key="trajectory"
+                    )
                 with gr.Row():
-                    animation = add(gr.Image(label=t_("animation"), type="filepath", interactive=False, height=260), key="animation")
+                    animation = add(
+                        gr.Image(label=t_("animation"), type="filepath", interactive=False, height=260),
+                        key="animation",
+                    )
                     downloads = add(gr.File(label=t_("downloads"), file_count="multiple"), key="downloads")
         add(gr.Markdown(t_("sample"), latex_delimiters=LATEX), key="sample", attr="value")
     sampler.change(steps_visibility, sampler, [steps, eta], api_visibility="private")
     dice.click(randomize_seed, None, seed, api_visibility="private")
-    go.click(sample, [model_in, sampler, steps, eta, variance, batch, seed], [gallery, trajectory, animation, downloads, info],
-             api_name="sample", concurrency_limit=1, concurrency_id="sampler", time_limit=600)
+    go.click(
+        sample,
+        [model_in, sampler, steps, eta, variance, batch, seed],
+        [gallery, trajectory, animation, downloads, info],
+        api_name="sample",
+        concurrency_limit=1,
+        concurrency_id="sampler",
+        time_limit=600,
+    )

@@ -17,7 +17,10 @@ from ui.tabs.forward import SCHEDULE_CHOICES, T_slider_minimum, diffusion, sched
 
 TEXT = {
     "en": {
-        "tab": "Noise schedules", "chosen": "Schedules", "T": "T", "csv": "Data (CSV)",
+        "tab": "Noise schedules",
+        "chosen": "Schedules",
+        "T": "T",
+        "csv": "Data (CSV)",
         "variance_plot": "log₁₀ β̃_t (fixed_small) vs log₁₀ β_t (fixed_large)",
         "schedules": r"""### Noise schedules
 $\beta_t$ sets how fast information is destroyed. **linear** (Ho et al.): $\beta_t$ from $10^{-4}$ to $0.02$;
@@ -29,7 +32,10 @@ Ho et al.'s other choice $\sigma_t^2=\beta_t$); they differ only near $t=0$. The
 scale ($\log_{10}$): cosine's $\beta_t$ reaches its 0.999 cap at the end and would flatten the others.""",
     },
     "zh": {
-        "tab": "噪声调度", "chosen": "噪声调度", "T": "T", "csv": "数据（CSV）",
+        "tab": "噪声调度",
+        "chosen": "噪声调度",
+        "T": "T",
+        "csv": "数据（CSV）",
         "variance_plot": "log₁₀ β̃_t（fixed_small）与 log₁₀ β_t（fixed_large）",
         "schedules": r"""### 噪声调度
 $\beta_t$ 决定信息被破坏的速度。**linear**（Ho 等）：$\beta_t$ 从 $10^{-4}$ 线性增至 $0.02$；
@@ -63,11 +69,17 @@ def schedule_plots(selected, T):
     csv = out_path(f"ddpm-schedules-T{T}.csv")
     table.to_csv(csv, index=False, float_format="%.10g")
     plots = [table[["t", key, "schedule"]].rename(columns={key: "value"}) for key, _ in CURVES[:-1]]
-    variance = pd.concat([
-        table[["t", "log10_posterior_variance", "schedule"]].rename(columns={"log10_posterior_variance": "value"})
-        .assign(schedule=table["schedule"] + " β̃_t").dropna(),
-        table[["t", "log10_beta", "schedule"]].rename(columns={"log10_beta": "value"}).assign(schedule=table["schedule"] + " β_t"),
-    ])
+    variance = pd.concat(
+        [
+            table[["t", "log10_posterior_variance", "schedule"]]
+            .rename(columns={"log10_posterior_variance": "value"})
+            .assign(schedule=table["schedule"] + " β̃_t")
+            .dropna(),
+            table[["t", "log10_beta", "schedule"]]
+            .rename(columns={"log10_beta": "value"})
+            .assign(schedule=table["schedule"] + " β_t"),
+        ]
+    )
     return (*plots, variance, str(csv))
 
 
@@ -76,8 +88,12 @@ def build(ctx) -> None:
     add = functools.partial(ctx.i18n.add, text=TEXT)
     with add(gr.Tab(t_("tab"), id="schedules"), key="tab"):
         with gr.Row():
-            chosen = add(StrictCheckboxGroup(SCHEDULE_CHOICES, value=["linear", "squaredcos_cap_v2"], label=t_("chosen"),
-                                             scale=3), key="chosen")
+            chosen = add(
+                StrictCheckboxGroup(
+                    SCHEDULE_CHOICES, value=["linear", "squaredcos_cap_v2"], label=t_("chosen"), scale=3
+                ),
+                key="chosen",
+            )
             T_plot = add(StrictSlider(T_MIN, T_MAX, value=1000, step=1, label=t_("T"), scale=2), key="T")
             csv = add(gr.File(label=t_("csv"), scale=1), key="csv")
         plots = []
@@ -86,11 +102,27 @@ def build(ctx) -> None:
             with gr.Row():
                 for col in range(2):
                     k = 2 * row + col
-                    plots.append(gr.LinePlot(x="t", y="value", color="schedule", title=labels[k], height=260,
-                                             y_title=labels[k], x_title="t"))
+                    plots.append(
+                        gr.LinePlot(
+                            x="t",
+                            y="value",
+                            color="schedule",
+                            title=labels[k],
+                            height=260,
+                            y_title=labels[k],
+                            x_title="t",
+                        )
+                    )
         add(gr.Markdown(t_("schedules"), latex_delimiters=LATEX), key="schedules", attr="value")
-    sched_io = dict(fn=schedule_plots, inputs=[chosen, T_plot], outputs=[*plots, csv], concurrency_limit=4,
-                    concurrency_id="schedules")
+    sched_io = dict(
+        fn=schedule_plots,
+        inputs=[chosen, T_plot],
+        outputs=[*plots, csv],
+        concurrency_limit=4,
+        concurrency_id="schedules",
+    )
     T_plot.release(api_name="schedules", **sched_io)
-    chosen.change(T_slider_minimum, [chosen, T_plot], T_plot, api_visibility="private").then(api_visibility="private", **sched_io)
+    chosen.change(T_slider_minimum, [chosen, T_plot], T_plot, api_visibility="private").then(
+        api_visibility="private", **sched_io
+    )
     ctx.demo.load(api_visibility="private", **sched_io)
