@@ -9,12 +9,22 @@ import math
 
 import pytest
 import torch
+from test_core_vs_diffusers import (
+    SAFETY,
+    TINY,
+    U32,
+    U64,
+    UNIT_ROUNDOFF,
+    Bounded,
+    _ours_ddpm_coefs,
+    _rescale_first_order_bound,
+    assert_within,
+    ddpm_step_bound,
+    one_intra_op_thread,  # noqa: F401  (autouse: one intra-op thread)
+)
 
 from ddpm_core import GaussianDiffusion, NoiseSchedule, inference_timesteps
 from ddpm_core.schedule import QUANTITIES
-from test_core_vs_diffusers import one_intra_op_thread  # noqa: F401  (autouse: one intra-op thread)
-from test_core_vs_diffusers import (SAFETY, TINY, U32, U64, UNIT_ROUNDOFF, Bounded, _ours_ddpm_coefs, _rescale_first_order_bound,
-                                    assert_within, ddpm_step_bound)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +44,9 @@ def test_schedule_holds_every_quantity_in_float64():
     assert s.alphas_cumprod_prev[0] == 1 and s.alphas_cumprod_next[-1] == 0
     # both sides evaluate the formula once: twice its running error bound (1/a - 1 cancels near a = 1)
     A = Bounded(a, 0.0, U64)
-    assert_within(s.sqrt_recipm1_alphas_cumprod, torch.sqrt(1 / a - 1), 2 * (1.0 / A - 1.0).sqrt().E, "sqrt(1/abar - 1)")
+    assert_within(
+        s.sqrt_recipm1_alphas_cumprod, torch.sqrt(1 / a - 1), 2 * (1.0 / A - 1.0).sqrt().E, "sqrt(1/abar - 1)"
+    )
     assert_within(s.snr, a / (1 - a), 2 * (A / (1.0 - A)).E, "snr")
 
 
@@ -97,7 +109,11 @@ def test_q_posterior_matches_its_formula_in_float64(diffusion):
         mean = c1.v * x0 + c2.v * x_t
         m, v, logv = diffusion.q_posterior(x0, x_t, t)
         # coefficient errors, then two products and a sum in each evaluation
-        bound = (c1.E + c1_ours.E) * x0.abs() + (c2.E + c2_ours.E) * x_t.abs() + 4 * U64 * ((c1.v * x0).abs() + (c2.v * x_t).abs())
+        bound = (
+            (c1.E + c1_ours.E) * x0.abs()
+            + (c2.E + c2_ours.E) * x_t.abs()
+            + 4 * U64 * ((c1.v * x0).abs() + (c2.v * x_t).abs())
+        )
         assert_within(m, mean, bound, f"posterior mean at t={t}")
         assert abs(v.flatten()[0].item() - var.v.item()) <= SAFETY * (var.E + var_ours.E).item()
         # log: the variance's relative error plus one ulp of each log (ours in torch, here math.log)
@@ -144,17 +160,21 @@ def test_variance_choices(diffusion):
         # the step's std is exp(log(var) / 2): log off by 2u |log var| (one ulp), halved, exp 2u, so std is within
         # u |log var| + 2u relative; its square within twice that plus u
         rel_small = SAFETY * U64 * (2 * abs(math.log(s.posterior_variance[t].item())) + 5)
-        assert small_v.item() == pytest.approx(s.posterior_variance[t].item(), rel=rel_small)  # beta~_t: the *small* one
-        assert large_v.item() == pytest.approx(s.betas[t].item(), rel=SAFETY * 3 * U64)  # beta_t: the *large* one (sqrt, square)
+        # beta~_t is the *small* one; beta_t the *large* one (its std is sqrt(beta_t): sqrt, square, 3u)
+        assert small_v.item() == pytest.approx(s.posterior_variance[t].item(), rel=rel_small)
+        assert large_v.item() == pytest.approx(s.betas[t].item(), rel=SAFETY * 3 * U64)
         assert small_v < large_v
 
 
-@pytest.mark.parametrize("spacing,N,expected_head,expected_tail", [
-    ("leading", 10, [900, 800], [100, 0]),
-    ("trailing", 10, [999, 899], [199, 99]),
-    ("linspace", 10, [999, 888], [111, 0]),
-    ("leading", 7, [852, 710], [142, 0]),
-])
+@pytest.mark.parametrize(
+    "spacing,N,expected_head,expected_tail",
+    [
+        ("leading", 10, [900, 800], [100, 0]),
+        ("trailing", 10, [999, 899], [199, 99]),
+        ("linspace", 10, [999, 888], [111, 0]),
+        ("leading", 7, [852, 710], [142, 0]),
+    ],
+)
 def test_timestep_spacings(spacing, N, expected_head, expected_tail):
     ts = inference_timesteps(1000, N, spacing)
     assert len(ts) == N and list(ts[:2]) == expected_head and list(ts[-2:]) == expected_tail
@@ -171,8 +191,10 @@ def test_loops_run_in_the_sample_dtype(dtype, unet3):
         outputs.append(unet(x, t).sample)
         return outputs[-1]
 
-    steps = [(o.x_t, o.pred_original_sample, o.prev_sample, o.timestep)
-             for o in d.p_sample_loop_progressive(model, (1, 3, 8, 8), num_inference_steps=5, generator=g, dtype=dtype)]
+    steps = [
+        (o.x_t, o.pred_original_sample, o.prev_sample, o.timestep)
+        for o in d.p_sample_loop_progressive(model, (1, 3, 8, 8), num_inference_steps=5, generator=g, dtype=dtype)
+    ]
     y = d.ddim_sample_loop(unet, (1, 3, 8, 8), 5, generator=torch.Generator().manual_seed(0))
     x = steps[-1][2]
     assert x.dtype == dtype and y.dtype == dtype and torch.isfinite(x).all() and torch.isfinite(y).all()
@@ -184,17 +206,32 @@ def test_loops_run_in_the_sample_dtype(dtype, unet3):
     torch.randn((1, 3, 8, 8), generator=g, dtype=dtype)  # x_T
     for k, ((x_t, x0, prev, t), m) in enumerate(zip(steps, outputs)):
         z = torch.randn(x_t.shape, generator=g, dtype=dtype) if t > 0 else None
-        ref = spaced.p_sample(None, x_t.float(), len(ts) - 1 - k, model_output=m.float(), noise=None if z is None else z.float())
+        ref = spaced.p_sample(
+            None, x_t.float(), len(ts) - 1 - k, model_output=m.float(), noise=None if z is None else z.float()
+        )
         ap = abar[ts[k + 1]] if k + 1 < len(ts) else 1.0
-        Bx0, Bprev = ddpm_step_bound(d, _ours_ddpm_coefs(abar[t], ap, u), _ours_ddpm_coefs(abar[t], ap, U32), x_t.float(),
-                                     m.float(), None, None if z is None else z.float(), u, U32)
+        Bx0, Bprev = ddpm_step_bound(
+            d,
+            _ours_ddpm_coefs(abar[t], ap, u),
+            _ours_ddpm_coefs(abar[t], ap, U32),
+            x_t.float(),
+            m.float(),
+            None,
+            None if z is None else z.float(),
+            u,
+            U32,
+        )
         floor = 16 * TINY[dtype]  # results below the normal range round to the subnormal grid
         assert_within(x0, ref.pred_original_sample, Bx0 + floor, f"{dtype} pred x0 at t={t}")
         assert_within(prev, ref.prev_sample, Bprev + floor, f"{dtype} x_(t-1) at t={t}")
 
 
 def test_progressive_loop_exposes_t_x_t_and_pred_x0(diffusion, unet3):
-    steps = list(diffusion.p_sample_loop_progressive(unet3, (2, 3, 8, 8), num_inference_steps=5, generator=torch.Generator().manual_seed(0)))
+    steps = list(
+        diffusion.p_sample_loop_progressive(
+            unet3, (2, 3, 8, 8), num_inference_steps=5, generator=torch.Generator().manual_seed(0)
+        )
+    )
     assert [s.timestep for s in steps] == [800, 600, 400, 200, 0]
     for a, b in zip(steps, steps[1:]):
         assert torch.equal(a.prev_sample, b.x_t)
@@ -228,7 +265,9 @@ def test_bad_input_raises_value_errors(diffusion, unet3):
         with pytest.raises(ValueError, match="num_inference_steps"):
             diffusion.p_sample_loop(unet3, (1, 3, 8, 8), num_inference_steps=n)
     with pytest.raises(ValueError, match="learned_range"):
-        GaussianDiffusion(diffusion.schedule, variance_type="learned_range").p_sample(None, x, 5, model_output=torch.zeros(2, 3, 8, 8))
+        GaussianDiffusion(diffusion.schedule, variance_type="learned_range").p_sample(
+            None, x, 5, model_output=torch.zeros(2, 3, 8, 8)
+        )
     with pytest.raises(ValueError, match="learned-variance"):
         diffusion.p_sample(None, x, 5, model_output=torch.zeros(2, 6, 8, 8))
     with pytest.raises(ValueError, match="eta"):
@@ -252,14 +291,17 @@ def test_p_losses_targets_and_min_snr(pred):
 
     assert d.p_losses(perfect, x0, t, noise).item() == 0  # out - target is exactly 0
     zero = lambda x, ts: torch.zeros_like(x)  # noqa: E731
-    per = (target ** 2).flatten(1).mean(1)
+    per = (target**2).flatten(1).mean(1)
     # float32 means of n = 16 squares per sample, then of B = 4 samples, all terms >= 0: each evaluation is
     # within (n + B + 1) u relative (squares, sums, divisions); two evaluations
     n, B = x0[0].numel(), x0.shape[0]
     rel = SAFETY * 2 * (n + B + 1) * U32
     assert d.p_losses(zero, x0, t, noise).item() == pytest.approx(per.mean().item(), rel=rel)
     snr = d.schedule.snr[t].float()
-    w = torch.minimum(snr, torch.tensor(5.0)) / {"epsilon": snr, "sample": torch.ones_like(snr), "v_prediction": snr + 1}[pred]
+    w = (
+        torch.minimum(snr, torch.tensor(5.0))
+        / {"epsilon": snr, "sample": torch.ones_like(snr), "v_prediction": snr + 1}[pred]
+    )
     # the weights: min, + 1 and a division (3u), and one more product per sample
     rel = SAFETY * 2 * (n + B + 5) * U32
     assert d.p_losses(zero, x0, t, noise, snr_gamma=5).item() == pytest.approx((per * w).mean().item(), rel=rel)
@@ -276,7 +318,10 @@ def test_p_losses_trains_a_unet_a_little(unet3):
     unet = copy.deepcopy(unet3).train()
     d = GaussianDiffusion(NoiseSchedule.make("linear", 1000))
     x0 = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    t, noise = torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(1)), torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    t, noise = (
+        torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(1)),
+        torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(2)),
+    )
     opt = torch.optim.Adam(unet.parameters(), 1e-3)
     first = None
     for _ in range(15):

@@ -46,8 +46,12 @@ SCHEDULES = [
 SCHEDULE_IDS = ["linear", "scaled_linear", "cosine", "sigmoid", "linear_zero_snr", "trained"]
 PREDICTIONS = ["epsilon", "sample", "v_prediction"]
 VARIANCES = ["fixed_small", "fixed_large", "learned_range"]
-X0_MODES = [dict(clip_sample=False), dict(clip_sample=True), dict(clip_sample=True, clip_sample_range=0.7),
-            dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5)]
+X0_MODES = [
+    dict(clip_sample=False),
+    dict(clip_sample=True),
+    dict(clip_sample=True, clip_sample_range=0.7),
+    dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5),
+]
 SPACINGS = [("leading", 0), ("leading", 1), ("trailing", 0), ("linspace", 0)]
 STEPS = [1000, 50, 7, 333]
 
@@ -160,10 +164,14 @@ def _diffusers_ddpm_coefs(abar_t, abar_prev, u):
     current_beta_t = 1.0 - current_alpha_t
     variance = ((1.0 - ap) / (1.0 - at) * current_beta_t).clamp_min(1e-20)
     return {
-        "sa": at**0.5, "sb": beta_prod_t**0.5,
-        "c1": (ap**0.5 * current_beta_t) / beta_prod_t, "c2": current_alpha_t**0.5 * beta_prod_t_prev / beta_prod_t,
-        "std_small": variance**0.5, "std_large": current_beta_t**0.5,
-        "log_var": variance.log(), "log_beta": current_beta_t.log(),
+        "sa": at**0.5,
+        "sb": beta_prod_t**0.5,
+        "c1": (ap**0.5 * current_beta_t) / beta_prod_t,
+        "c2": current_alpha_t**0.5 * beta_prod_t_prev / beta_prod_t,
+        "std_small": variance**0.5,
+        "std_large": current_beta_t**0.5,
+        "log_var": variance.log(),
+        "log_beta": current_beta_t.log(),
     }
 
 
@@ -176,9 +184,14 @@ def _ours_ddpm_coefs(abar_t, abar_prev, u_cast):
     one_minus = 1.0 - at
     log_var = (beta * (1.0 - ap) / one_minus).clamp_min(1e-20).log()
     out = {
-        "sa": at.sqrt(), "sb": one_minus.sqrt(),
-        "c1": beta * ap.sqrt() / one_minus, "c2": (1.0 - ap) * alpha.sqrt() / one_minus,
-        "std_small": (0.5 * log_var).exp(), "std_large": beta.sqrt(), "log_var": log_var, "log_beta": beta.log(),
+        "sa": at.sqrt(),
+        "sb": one_minus.sqrt(),
+        "c1": beta * ap.sqrt() / one_minus,
+        "c2": (1.0 - ap) * alpha.sqrt() / one_minus,
+        "std_small": (0.5 * log_var).exp(),
+        "std_large": beta.sqrt(),
+        "log_var": log_var,
+        "log_beta": beta.log(),
     }
     return {k: v.cast(u_cast) for k, v in out.items()}
 
@@ -196,8 +209,13 @@ def _ours_ddim_coefs(abar_t, abar_prev, eta, u_cast):
     """GaussianDiffusion._ddim_tables and the schedule's sqrt tables, in float64, cast once."""
     at, ap = Bounded(abar_t, 0.0, U64), Bounded(abar_prev, 0.0, U64)
     sigma = eta * ((1.0 - ap) / (1.0 - at) * (1.0 - at / ap)).clamp_min(0.0).sqrt()
-    out = {"sa": at.sqrt(), "sb": (1.0 - at).sqrt(), "sap": ap.sqrt(), "dir": (1.0 - ap - sigma**2).clamp_min(0.0).sqrt(),
-           "sigma": sigma}
+    out = {
+        "sa": at.sqrt(),
+        "sb": (1.0 - at).sqrt(),
+        "sap": ap.sqrt(),
+        "dir": (1.0 - ap - sigma**2).clamp_min(0.0).sqrt(),
+        "sigma": sigma,
+    }
     return {k: v.cast(u_cast) for k, v in out.items()}
 
 
@@ -214,12 +232,19 @@ def coefficient_pair(kind, abar64, abar_ref, t, prev, dtype, final=(1.0, 1.0), e
     ap = torch.where(prev >= 0, abar64[prev.clamp(min=0)], float(final[0]))
     ap_r = torch.where(prev >= 0, abar_ref[prev.clamp(min=0)], float(final[1]))
     if kind == "ddpm":
-        ours, ref, exact, table = (_ours_ddpm_coefs(at, ap, 0.0 if dtype == torch.float64 else u), _diffusers_ddpm_coefs(at, ap, u),
-                                   _diffusers_ddpm_coefs(at, ap, 0.0), _diffusers_ddpm_coefs(at_r, ap_r, 0.0))
+        ours, ref, exact, table = (
+            _ours_ddpm_coefs(at, ap, 0.0 if dtype == torch.float64 else u),
+            _diffusers_ddpm_coefs(at, ap, u),
+            _diffusers_ddpm_coefs(at, ap, 0.0),
+            _diffusers_ddpm_coefs(at_r, ap_r, 0.0),
+        )
     else:
-        ours, ref, exact, table = (_ours_ddim_coefs(at, ap, eta, 0.0 if dtype == torch.float64 else u),
-                                   _diffusers_ddim_coefs(at, ap, eta, u), _diffusers_ddim_coefs(at, ap, eta, 0.0),
-                                   _diffusers_ddim_coefs(at_r, ap_r, eta, 0.0))
+        ours, ref, exact, table = (
+            _ours_ddim_coefs(at, ap, eta, 0.0 if dtype == torch.float64 else u),
+            _diffusers_ddim_coefs(at, ap, eta, u),
+            _diffusers_ddim_coefs(at, ap, eta, 0.0),
+            _diffusers_ddim_coefs(at_r, ap_r, eta, 0.0),
+        )
     ref = {k: Bounded(ref[k].v, ref[k].E + (table[k].v - exact[k].v).abs(), u) for k in ref}
     return ours, ref
 
@@ -286,11 +311,17 @@ def ddpm_step_bound(diffusion, co, cd, x, m, v, z, u_o, u_d, Bm=0.0, Bv=0.0):
     B = c1.abs() * By + y.abs() * E["c1"] + x.abs() * E["c2"] + ((c1 * y).abs() + (c2 * x).abs()) * r
     if z is not None:
         z = z.double()
-        if diffusion.variance_type == "learned_range":  # IDDPM eq. 15: sigma = exp((f log beta + (1 - f) log beta~) / 2)
+        if diffusion.variance_type == "learned_range":
+            # IDDPM eq. 15: sigma = exp((f log beta + (1 - f) log beta~) / 2)
             f = (v.double() + 1) / 2
             lb, lv = X["log_beta"], X["log_var"]
             sigma = ((f * lb + (1 - f) * lv) / 2).exp()
-            EL = f * E["log_beta"] + (1 - f) * E["log_var"] + 4 * (u_o + u_d) * (lb.abs() + lv.abs()) + (lb - lv).abs() / 2 * Bv
+            EL = (
+                f * E["log_beta"]
+                + (1 - f) * E["log_var"]
+                + 4 * (u_o + u_d) * (lb.abs() + lv.abs())
+                + (lb - lv).abs() / 2 * Bv
+            )
             Esigma = sigma * (EL / 2 + 3 * (u_o + u_d))  # 0.5 L and exp (2u)
         else:
             key = "std_small" if diffusion.variance_type == "fixed_small" else "std_large"
@@ -309,8 +340,13 @@ def ddim_step_bound(diffusion, co, cd, x, m, z, u_o, u_d, Bm=0.0):
     x0, Bx0, eps, Beps = _pred_x0_and_eps(diffusion.prediction_type, X, E, x, m, r, Bm)
     y, By = _clip_or_threshold(diffusion, x0, Bx0, u_o + u_d)
     sap, d = X["sap"], X["dir"]
-    B = (sap.abs() * By + y.abs() * E["sap"] + d.abs() * Beps + eps.abs() * E["dir"]
-         + ((sap * y).abs() + (d * eps).abs()) * r)
+    B = (
+        sap.abs() * By
+        + y.abs() * E["sap"]
+        + d.abs() * Beps
+        + eps.abs() * E["dir"]
+        + ((sap * y).abs() + (d * eps).abs()) * r
+    )
     if z is not None:
         z = z.double()
         B = B + z.abs() * E["sigma"] + (X["sigma"] * z).abs() * r
@@ -323,28 +359,38 @@ def assert_within(ours, ref, bound, what):
     bound = torch.as_tensor(bound, dtype=torch.float64).expand(ref.shape)
     fin = torch.isfinite(ref)
     assert torch.equal(fin, torch.isfinite(ours)), f"{what}: non-finite values differ"
-    assert torch.equal(torch.isnan(ours), torch.isnan(ref)) and torch.equal(ours[torch.isinf(ref)], ref[torch.isinf(ref)]), what
+    assert torch.equal(torch.isnan(ours), torch.isnan(ref)) and torch.equal(
+        ours[torch.isinf(ref)], ref[torch.isinf(ref)]
+    ), what
     assert torch.isfinite(bound[fin]).all(), f"{what}: the error bound is not finite"
     ratio = torch.where(fin, (ours - ref).abs() / (SAFETY * bound).clamp(min=1e-300), 0.0)
     ratio = torch.where(fin & ((ours - ref).abs() == 0), 0.0, ratio)
     if (ratio > 1).any():
         where = np.unravel_index(int(ratio.argmax()), ratio.shape)
-        raise AssertionError(f"{what}: |ours - ref| = {(ours - ref).abs()[where]:.3g} exceeds SAFETY x the derived bound "
-                             f"{bound[where]:.3g} at index {tuple(int(i) for i in where)} (ratio {ratio.max():.3g})")
+        raise AssertionError(
+            f"{what}: |ours - ref| = {(ours - ref).abs()[where]:.3g} exceeds SAFETY x the derived bound "
+            f"{bound[where]:.3g} at index {tuple(int(i) for i in where)} (ratio {ratio.max():.3g})"
+        )
 
 
 def _float64_reference(sched):
     """Give a diffusers scheduler float64 tables so that it computes the same maths as ours in float64."""
     ours = NoiseSchedule.make(
-        sched.config.beta_schedule, sched.config.num_train_timesteps, sched.config.beta_start, sched.config.beta_end,
-        trained_betas=sched.config.trained_betas, rescale_betas_zero_snr=sched.config.rescale_betas_zero_snr,
+        sched.config.beta_schedule,
+        sched.config.num_train_timesteps,
+        sched.config.beta_start,
+        sched.config.beta_end,
+        trained_betas=sched.config.trained_betas,
+        rescale_betas_zero_snr=sched.config.rescale_betas_zero_snr,
     )
     sched.betas = ours.betas.clone()
     sched.alphas = ours.alphas.clone()
     sched.alphas_cumprod = ours.alphas_cumprod.clone()
     sched.one = torch.tensor(1.0, dtype=torch.float64)
     if hasattr(sched, "final_alpha_cumprod"):
-        sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64) if sched.config.set_alpha_to_one else ours.alphas_cumprod[0]
+        sched.final_alpha_cumprod = (
+            torch.tensor(1.0, dtype=torch.float64) if sched.config.set_alpha_to_one else ours.alphas_cumprod[0]
+        )
     return sched
 
 
@@ -386,14 +432,23 @@ def test_schedule_matches_diffusers(cfg):
     ref = DDPMScheduler(**cfg)
     ours = GaussianDiffusion.from_config(cfg).schedule
     assert ours.betas.dtype == torch.float64
-    base = NoiseSchedule.make(cfg.get("beta_schedule", "linear"), 1000, cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02),
-                              trained_betas=cfg.get("trained_betas"))
+    base = NoiseSchedule.make(
+        cfg.get("beta_schedule", "linear"),
+        1000,
+        cfg.get("beta_start", 1e-4),
+        cfg.get("beta_end", 0.02),
+        trained_betas=cfg.get("trained_betas"),
+    )
     k_beta = BETA_ROUNDINGS[base.name]
     if cfg.get("rescale_betas_zero_snr"):
         # logic, in float64: diffusers' own rescaling of our float64 betas equals ours to its float64 rounding
         # (two implementations of the same operations: twice one's bound)
-        assert_within(ours.betas, diffusers_rescale(base.betas.clone()), 2 * _rescale_first_order_bound(base.betas, 0, U64),
-                      "float64 zero-SNR betas")
+        assert_within(
+            ours.betas,
+            diffusers_rescale(base.betas.clone()),
+            2 * _rescale_first_order_bound(base.betas, 0, U64),
+            "float64 zero-SNR betas",
+        )
         beta_bound = _rescale_first_order_bound(base.betas, k_beta, U32)
     else:
         beta_bound = k_beta * U32 * ours.betas.abs()
@@ -416,11 +471,15 @@ def test_q_sample_equals_add_noise(cfg):
     t = torch.tensor([0, 1, 250, 500, 998, 999])
     for dtype, sched in ((torch.float32, ref), (torch.float64, _float64_reference(DDPMScheduler(**cfg)))):
         u = UNIT_ROUNDOFF[dtype]
-        co, cd = coefficient_pair("ddpm", diffusion.schedule.alphas_cumprod, sched.alphas_cumprod.clone(), t, -torch.ones_like(t), dtype)
+        co, cd = coefficient_pair(
+            "ddpm", diffusion.schedule.alphas_cumprod, sched.alphas_cumprod.clone(), t, -torch.ones_like(t), dtype
+        )
         sa, sb = co["sa"].v.reshape(-1, 1, 1, 1), co["sb"].v.reshape(-1, 1, 1, 1)
         Esa, Esb = (co["sa"].E + cd["sa"].E).reshape(-1, 1, 1, 1), (co["sb"].E + cd["sb"].E).reshape(-1, 1, 1, 1)
         # eq. 4: sqrt(abar) x0 + sqrt(1 - abar) eps, two products and a sum in each implementation
-        bound = x0.double().abs() * Esa + noise.double().abs() * Esb + ((sa * x0).abs() + (sb * noise).abs()) * 2 * (u + u)
+        bound = (
+            x0.double().abs() * Esa + noise.double().abs() * Esb + ((sa * x0).abs() + (sb * noise).abs()) * 2 * (u + u)
+        )
         ours = diffusion.q_sample(x0.to(dtype), t, noise.to(dtype))
         assert_within(ours, sched.add_noise(x0.to(dtype), noise.to(dtype), t), bound, f"{dtype} add_noise")
 
@@ -436,8 +495,14 @@ def _step_case(ref, diffusion, N, dtype):
     C, u = 3, UNIT_ROUNDOFF[dtype]
     picks = sorted({0, 1, len(ts) // 2, len(ts) - 2, len(ts) - 1} & set(range(len(ts))))
     prevs = [int(ts[k + 1]) if k + 1 < len(ts) else -1 for k in picks]
-    coefs = coefficient_pair("ddpm", diffusion.schedule.alphas_cumprod, ref.alphas_cumprod, torch.as_tensor(ts[picks]),
-                             torch.tensor(prevs), dtype)
+    coefs = coefficient_pair(
+        "ddpm",
+        diffusion.schedule.alphas_cumprod,
+        ref.alphas_cumprod,
+        torch.as_tensor(ts[picks]),
+        torch.tensor(prevs),
+        dtype,
+    )
     for j, k in enumerate(picks):
         t = int(ts[k])
         g = torch.Generator().manual_seed(k)
@@ -446,7 +511,9 @@ def _step_case(ref, diffusion, N, dtype):
         if learned:
             out[:, C:] = torch.rand(2, C, 4, 4, generator=g, dtype=dtype) * 2 - 1
         ref_out = ref.step(out, t, x, generator=torch.Generator().manual_seed(100 + k))
-        ours = spaced.p_sample(None, x, len(ts) - 1 - k, generator=torch.Generator().manual_seed(100 + k), model_output=out)
+        ours = spaced.p_sample(
+            None, x, len(ts) - 1 - k, generator=torch.Generator().manual_seed(100 + k), model_output=out
+        )
         z = torch.randn(x.shape, generator=torch.Generator().manual_seed(100 + k), dtype=dtype) if t > 0 else None
         co, cd = (at_step(c, j) for c in coefs)
         Bx0, Bprev = ddpm_step_bound(diffusion, co, cd, x, out[:, :C], out[:, C:] if learned else None, z, u, u)
@@ -461,7 +528,9 @@ def test_step_grid_matches_ddpm_scheduler(cfg, pred, var):
     for (spacing, offset), x0_mode, N in itertools.product(SPACINGS, X0_MODES, STEPS):
         if spacing == "leading" and offset and N == 1000:
             continue  # leading + offset 1 with N = T asks for timestep T: diffusers fails on it, we raise ValueError
-        full = dict(cfg, prediction_type=pred, variance_type=var, timestep_spacing=spacing, steps_offset=offset, **x0_mode)
+        full = dict(
+            cfg, prediction_type=pred, variance_type=var, timestep_spacing=spacing, steps_offset=offset, **x0_mode
+        )
         diffusion = GaussianDiffusion.from_config(full)
         _step_case(DDPMScheduler(**full), diffusion, N, torch.float32)
         _step_case(_float64_reference(DDPMScheduler(**full)), diffusion, N, torch.float64)
@@ -507,23 +576,42 @@ def compare_ddpm_loop(diffusion, sched, steps, x_T, seed, dtype):
     if dtype == x_T.dtype:
         assert torch.equal(x_T_ref, x_T), "x_T differs from the reference's draw"
     rec = {key: [] for key in ("x", "x0", "prev", "x0_ref", "prev_ref", "z")}
-    for k, out in enumerate(diffusion.p_sample_loop_progressive(model, x_T.shape, timesteps=ts, generator=g_ours, dtype=dtype)):
+    for k, out in enumerate(
+        diffusion.p_sample_loop_progressive(model, x_T.shape, timesteps=ts, generator=g_ours, dtype=dtype)
+    ):
         t, m = steps[k]
         if k == 0:
             assert torch.equal(out.x_t, x_T_ref), "our x_T differs from the reference's draw"
-        z = torch.randn(x_T.shape, generator=_generator_at(g_ref.get_state()), dtype=dtype) if t > 0 else torch.zeros_like(out.x_t)
+        z = (
+            torch.randn(x_T.shape, generator=_generator_at(g_ref.get_state()), dtype=dtype)
+            if t > 0
+            else torch.zeros_like(out.x_t)
+        )
         ref = sched.step(m.to(dtype), t, out.x_t, generator=g_ref)
         assert torch.equal(g_ours.get_state(), g_ref.get_state()), f"random stream out of step after t={t}"
-        for key, value in zip(rec, (out.x_t, out.pred_original_sample, out.prev_sample, ref.pred_original_sample, ref.prev_sample, z)):
+        for key, value in zip(
+            rec, (out.x_t, out.pred_original_sample, out.prev_sample, ref.pred_original_sample, ref.prev_sample, z)
+        ):
             rec[key].append(value)
     assert model.seen == ts, "the model saw other timesteps"
     rec = {key: torch.stack(value) for key, value in rec.items()}
     m = torch.stack([m.to(dtype) for _, m in steps])
     C = x_T.shape[1]
-    co, cd = (stacked(c) for c in coefficient_pair("ddpm", diffusion.schedule.alphas_cumprod, sched.alphas_cumprod,
-                                                    torch.tensor(ts), torch.tensor(ts[1:] + [-1]), dtype))
+    co, cd = (
+        stacked(c)
+        for c in coefficient_pair(
+            "ddpm",
+            diffusion.schedule.alphas_cumprod,
+            sched.alphas_cumprod,
+            torch.tensor(ts),
+            torch.tensor(ts[1:] + [-1]),
+            dtype,
+        )
+    )
     learned = diffusion.variance_type == "learned_range"
-    Bx0, Bprev = ddpm_step_bound(diffusion, co, cd, rec["x"], m[:, :, :C], m[:, :, C:] if learned else None, rec["z"], u, u)
+    Bx0, Bprev = ddpm_step_bound(
+        diffusion, co, cd, rec["x"], m[:, :, :C], m[:, :, C:] if learned else None, rec["z"], u, u
+    )
     assert_within(rec["x0"], rec["x0_ref"], Bx0, f"{dtype} DDPM loop pred x0 (index 0 = loop step)")
     assert_within(rec["prev"], rec["prev_ref"], Bprev, f"{dtype} DDPM loop prev sample (index 0 = loop step)")
 
@@ -574,7 +662,9 @@ def test_p_sample_loop_reproduces_ddpm_pipeline(schedule, pred, var, x0_mode, sp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("schedule,var", [("linear", "fixed_large"), ("linear", "fixed_small"), ("sigmoid", "fixed_small")])
+@pytest.mark.parametrize(
+    "schedule,var", [("linear", "fixed_large"), ("linear", "fixed_small"), ("sigmoid", "fixed_small")]
+)
 def test_full_1000_step_loop_reproduces_ddpm_pipeline(schedule, var, unet3):
     """All T steps: diffusers' float32 cumprod drift is in its table error, step by step."""
     cfg = dict(beta_schedule=schedule, variance_type=var)
@@ -600,20 +690,43 @@ def compare_ddim_loop(diffusion, sched, model, x_T, N, eta, seed, dtype):
 
     g_ours, g_ref = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
     rec = {key: [] for key in ("x", "x0", "prev", "x0_ref", "prev_ref", "z")}
-    outs = diffusion.ddim_sample_loop_progressive(recording, noise=x_T.clone(), num_inference_steps=N, eta=eta, generator=g_ours)
+    outs = diffusion.ddim_sample_loop_progressive(
+        recording, noise=x_T.clone(), num_inference_steps=N, eta=eta, generator=g_ours
+    )
     for k, out in enumerate(outs):
         t = ts[k]
         assert out.timestep == t
-        z = torch.randn(x_T.shape, generator=_generator_at(g_ref.get_state()), dtype=dtype) if eta > 0 else torch.zeros_like(x_T)
+        z = (
+            torch.randn(x_T.shape, generator=_generator_at(g_ref.get_state()), dtype=dtype)
+            if eta > 0
+            else torch.zeros_like(x_T)
+        )
         ref = sched.step(seen[k], t, out.x_t, eta=eta, generator=g_ref)
         assert torch.equal(g_ours.get_state(), g_ref.get_state()), f"random stream out of step after t={t}"
-        for key, value in zip(rec, (out.x_t, out.pred_original_sample, out.prev_sample, ref.pred_original_sample, ref.prev_sample, z)):
+        for key, value in zip(
+            rec, (out.x_t, out.pred_original_sample, out.prev_sample, ref.pred_original_sample, ref.prev_sample, z)
+        ):
             rec[key].append(value)
     assert len(rec["x"]) == len(ts)
     rec = {key: torch.stack(value) for key, value in rec.items()}
-    final = (1.0, 1.0) if sched.config.set_alpha_to_one else (diffusion.schedule.alphas_cumprod[0], sched.alphas_cumprod[0])
-    co, cd = (stacked(c) for c in coefficient_pair("ddim", diffusion.schedule.alphas_cumprod, sched.alphas_cumprod,
-                                                    torch.tensor(ts), torch.tensor(prevs), dtype, final=final, eta=eta))
+    final = (
+        (1.0, 1.0)
+        if sched.config.set_alpha_to_one
+        else (diffusion.schedule.alphas_cumprod[0], sched.alphas_cumprod[0])
+    )
+    co, cd = (
+        stacked(c)
+        for c in coefficient_pair(
+            "ddim",
+            diffusion.schedule.alphas_cumprod,
+            sched.alphas_cumprod,
+            torch.tensor(ts),
+            torch.tensor(prevs),
+            dtype,
+            final=final,
+            eta=eta,
+        )
+    )
     Bx0, Bprev = ddim_step_bound(diffusion, co, cd, rec["x"], torch.stack(seen), rec["z"], u, u)
     assert_within(rec["x0"], rec["x0_ref"], Bx0, f"{dtype} DDIM N={N} pred x0 (index 0 = loop step)")
     assert_within(rec["prev"], rec["prev_ref"], Bprev, f"{dtype} DDIM N={N} prev sample (index 0 = loop step)")
@@ -625,20 +738,36 @@ def compare_ddim_loop(diffusion, sched, model, x_T, N, eta, seed, dtype):
 def test_ddim_steps_match_ddim_scheduler(cfg, pred, eta):
     """DDIM steps in float64 (diffusers given our tables): its previous step t - T//N equals ours for leading
     spacing and N | T."""
-    for (spacing, N), x0_mode, one in itertools.product([("leading", 50), ("leading", 7), ("trailing", 50), ("linspace", 1000)],
-                                                        X0_MODES[:2] + X0_MODES[3:], [True, False]):
+    for (spacing, N), x0_mode, one in itertools.product(
+        [("leading", 50), ("leading", 7), ("trailing", 50), ("linspace", 1000)],
+        X0_MODES[:2] + X0_MODES[3:],
+        [True, False],
+    ):
         full = dict(cfg, prediction_type=pred, timestep_spacing=spacing, set_alpha_to_one=one, **x0_mode)
         if full.get("beta_schedule") == "sigmoid":  # DDIMScheduler has no sigmoid schedule: pass its betas
             full = dict(full, trained_betas=NoiseSchedule.make("sigmoid", 1000).betas.tolist())
         noise0 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        outs = [torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(10 + k), dtype=torch.float64) for k in range(N)]
+        outs = [
+            torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(10 + k), dtype=torch.float64)
+            for k in range(N)
+        ]
         calls = iter(outs)
-        compare_ddim_loop(GaussianDiffusion.from_config(full), _float64_reference(DDIMScheduler(**full)),
-                          lambda x, t: next(calls), noise0, N, eta, 7, torch.float64)
+        compare_ddim_loop(
+            GaussianDiffusion.from_config(full),
+            _float64_reference(DDIMScheduler(**full)),
+            lambda x, t: next(calls),
+            noise0,
+            N,
+            eta,
+            7,
+            torch.float64,
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("eta,spacing,N", [(0.0, "leading", 50), (1.0, "leading", 50), (0.0, "trailing", 20), (1.0, "leading", 7)])
+@pytest.mark.parametrize(
+    "eta,spacing,N", [(0.0, "leading", 50), (1.0, "leading", 50), (0.0, "trailing", 20), (1.0, "leading", 7)]
+)
 def test_ddim_loop_reproduces_ddim_scheduler_on_unet(eta, spacing, N, dtype, unet3):
     """Whole DDIM loops on a real UNet, teacher-forced, as users run them (float32) and in float64."""
     unet = copy.deepcopy(unet3).to(dtype)
@@ -656,7 +785,13 @@ def test_ddim_loop_reproduces_ddim_scheduler_on_unet(eta, spacing, N, dtype, une
 # ---------------------------------------------------------------- config round trips
 @pytest.mark.parametrize("cfg", SCHEDULES[:5], ids=SCHEDULE_IDS[:5])
 def test_from_config_round_trips_a_saved_scheduler_config(cfg, tmp_path):
-    full = dict(cfg, variance_type="fixed_large", prediction_type="v_prediction", clip_sample=False, timestep_spacing="trailing")
+    full = dict(
+        cfg,
+        variance_type="fixed_large",
+        prediction_type="v_prediction",
+        clip_sample=False,
+        timestep_spacing="trailing",
+    )
     DDPMScheduler(**full).save_config(tmp_path)
     diffusion = GaussianDiffusion.from_config(tmp_path / "scheduler_config.json")
     again = DDPMScheduler.from_config(diffusion.to_config())

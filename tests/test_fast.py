@@ -17,15 +17,22 @@ import threading
 import numpy as np
 import pytest
 import torch
+from test_core_vs_diffusers import (
+    U32,
+    Bounded,
+    _ours_ddim_coefs,
+    _ours_ddpm_coefs,
+    assert_within,
+    ddim_step_bound,
+    ddpm_step_bound,
+    one_intra_op_thread,  # noqa: F401  (autouse: one intra-op thread)
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import tiny_unet
 from ddpm_core.diffusion import GaussianDiffusion, StepOutput, call_model
 from ddpm_core.fast import FastLoop, fast_loop, frozen_unet
 from ddpm_core.samplers import get_sampler
-from test_core_vs_diffusers import one_intra_op_thread  # noqa: F401  (autouse: one intra-op thread)
-from test_core_vs_diffusers import (U32, Bounded, _ours_ddim_coefs, _ours_ddpm_coefs, assert_within, ddim_step_bound,
-                                    ddpm_step_bound)
 
 CUDA = torch.cuda.is_available()
 
@@ -66,20 +73,35 @@ def compare_with_plain_steps(diffusion, steps, ref_model, sampler="ddpm", eta=0.
         if k not in picks:
             continue
         B, C = x.shape[:2]
-        m, scale = model_rounding_scale(ref_model, ref64, x, torch.full((B,), s.timestep, dtype=torch.long, device=x.device))
+        m, scale = model_rounding_scale(
+            ref_model, ref64, x, torch.full((B,), s.timestep, dtype=torch.long, device=x.device)
+        )
         Bm = 2 * scale  # |m_fast - m_plain| <= two rounding errors of the same network
         pos = torch.full((1,), k, dtype=torch.long, device=x.device)
         if sampler == "ddpm":
             prev, x0 = sampler_.step(plan, pos, m, x, z, {})
             co = _same_tables(_ours_ddpm_coefs(abar[ts[k]], abar[ts[k + 1]] if k + 1 < n else 1.0, U32))
             learned = diffusion.variance_type == "learned_range"
-            Bx0, Bprev = ddpm_step_bound(diffusion, co, co, x.cpu(), m[:, :C].cpu(), m[:, C:].cpu() if learned else None,
-                                         None if z is None else z.cpu(), U32, U32, Bm=Bm.cpu(), Bv=Bm.cpu())
+            Bx0, Bprev = ddpm_step_bound(
+                diffusion,
+                co,
+                co,
+                x.cpu(),
+                m[:, :C].cpu(),
+                m[:, C:].cpu() if learned else None,
+                None if z is None else z.cpu(),
+                U32,
+                U32,
+                Bm=Bm.cpu(),
+                Bv=Bm.cpu(),
+            )
         else:
             final = 1.0 if diffusion.set_alpha_to_one else abar[0]
             prev, x0 = sampler_.step(plan, pos, m, x, z, {})
             co = _same_tables(_ours_ddim_coefs(abar[ts[k]], abar[ts[k + 1]] if k + 1 < n else final, eta, U32))
-            Bx0, Bprev = ddim_step_bound(diffusion, co, co, x.cpu(), m.cpu(), None if z is None else z.cpu(), U32, U32, Bm=Bm.cpu())
+            Bx0, Bprev = ddim_step_bound(
+                diffusion, co, co, x.cpu(), m.cpu(), None if z is None else z.cpu(), U32, U32, Bm=Bm.cpu()
+            )
         assert_within(s.pred_original_sample.cpu(), x0.cpu(), Bx0, f"pred x0 at step {k} (t={s.timestep})")
         assert_within(s.prev_sample.cpu(), prev.cpu(), Bprev, f"x_(t-1) at step {k} (t={s.timestep})")
 
@@ -90,8 +112,15 @@ def record(outputs):
     steps, last = [], None
     for o in outputs:
         if isinstance(o, StepOutput):
-            steps.append(StepOutput(o.prev_sample.clone().contiguous(), o.pred_original_sample.clone().contiguous(), o.index,
-                                    o.timestep, o.x_t.clone().contiguous()))
+            steps.append(
+                StepOutput(
+                    o.prev_sample.clone().contiguous(),
+                    o.pred_original_sample.clone().contiguous(),
+                    o.index,
+                    o.timestep,
+                    o.x_t.clone().contiguous(),
+                )
+            )
         else:
             last = o
     return steps, last
@@ -106,8 +135,14 @@ def _fast(loop, x_T, seed, device="cpu"):
 
 CASES = [
     ({"beta_schedule": "linear"}, "ddpm", 0.0, 20),
-    pytest.param({"beta_schedule": "linear", "variance_type": "fixed_large", "clip_sample": False}, "ddpm", 0.0, None,
-                 marks=pytest.mark.slow),  # all 1000 steps, three runs
+    # all 1000 steps, three runs
+    pytest.param(
+        {"beta_schedule": "linear", "variance_type": "fixed_large", "clip_sample": False},
+        "ddpm",
+        0.0,
+        None,
+        marks=pytest.mark.slow,
+    ),
     ({"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction", "thresholding": True}, "ddpm", 0.0, 25),
     ({"beta_schedule": "scaled_linear", "prediction_type": "sample"}, "ddim", 0.0, 10),
     ({"beta_schedule": "linear"}, "ddim", 0.7, 15),
@@ -136,8 +171,17 @@ class _HostSyncs(TorchDispatchMode):
     """Records the operators that make a CUDA stream wait for the host (a scalar read, data-dependent shapes):
     inside a CUDA graph capture each one is an error, so the whole step must call none."""
 
-    SYNCING = {"item", "_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive", "equal",
-               "is_nonzero"}
+    SYNCING = {
+        "item",
+        "_local_scalar_dense",
+        "nonzero",
+        "masked_select",
+        "unique",
+        "_unique2",
+        "unique_consecutive",
+        "equal",
+        "is_nonzero",
+    }
 
     def __init__(self):
         super().__init__()
@@ -151,18 +195,33 @@ class _HostSyncs(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("cfg,sampler,eta,out_channels", [
-    ({"beta_schedule": "linear"}, "ddpm", 0.0, 3),
-    ({"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction", "thresholding": True}, "ddpm", 0.0, 3),
-    ({"beta_schedule": "linear", "variance_type": "learned_range"}, "ddpm", 0.0, 6),
-    ({"beta_schedule": "scaled_linear", "prediction_type": "sample"}, "ddim", 0.5, 3),
-])
+@pytest.mark.parametrize(
+    "cfg,sampler,eta,out_channels",
+    [
+        ({"beta_schedule": "linear"}, "ddpm", 0.0, 3),
+        (
+            {"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction", "thresholding": True},
+            "ddpm",
+            0.0,
+            3,
+        ),
+        ({"beta_schedule": "linear", "variance_type": "learned_range"}, "ddpm", 0.0, 6),
+        ({"beta_schedule": "scaled_linear", "prediction_type": "sample"}, "ddim", 0.5, 3),
+    ],
+)
 def test_the_whole_step_never_waits_on_the_host(cfg, sampler, eta, out_channels):
     """What a CUDA graph capture requires, checked on the CPU at the dispatcher: the step (diffusers' UNet included)
     reads no tensor value on the host. The detector itself is checked on a .item()."""
     diffusion = GaussianDiffusion.from_config(cfg)
-    loop = FastLoop(diffusion, tiny_unet(out_channels, seed=1), (2, 3, 8, 8), diffusion.inference_timesteps(10), sampler,
-                    eta, mode="eager")
+    loop = FastLoop(
+        diffusion,
+        tiny_unet(out_channels, seed=1),
+        (2, 3, 8, 8),
+        diffusion.inference_timesteps(10),
+        sampler,
+        eta,
+        mode="eager",
+    )
     loop._body()  # first call fills the schedule's device-table cache (done by the warm-up before a capture)
     loop.k.zero_()
     with torch.inference_mode(), _HostSyncs() as syncs:
@@ -180,7 +239,9 @@ def test_learned_variance_and_other_batch_sizes():
     ts = diffusion.inference_timesteps(12)
     for batch in (1, 5):  # the frozen trace was made at batch 2: other batches must use symbolic sizes
         x_T = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(batch))
-        steps, _ = record(FastLoop(diffusion, unet, x_T.shape, ts, "ddpm", mode="frozen").run(x_T, torch.Generator().manual_seed(3)))
+        steps, _ = record(
+            FastLoop(diffusion, unet, x_T.shape, ts, "ddpm", mode="frozen").run(x_T, torch.Generator().manual_seed(3))
+        )
         assert steps[-1].prev_sample.shape == x_T.shape
         compare_with_plain_steps(diffusion, steps, ref, "ddpm", 0.0, torch.Generator().manual_seed(3))
 
@@ -206,13 +267,25 @@ def test_fallbacks_say_what_runs_and_still_match():
     loop = FastLoop(diffusion, model, x_T.shape, ts, mode="frozen")
     assert loop.path == "eager (TorchScript trace failed: TypeError)"
     ref = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
-    compare_with_plain_steps(diffusion, record(loop.run(x_T, torch.Generator().manual_seed(1)))[0], ref, "ddpm", 0.0,
-                             torch.Generator().manual_seed(1))
+    compare_with_plain_steps(
+        diffusion,
+        record(loop.run(x_T, torch.Generator().manual_seed(1)))[0],
+        ref,
+        "ddpm",
+        0.0,
+        torch.Generator().manual_seed(1),
+    )
     if not CUDA:  # a CUDA graph asked for on the CPU runs the same step eagerly
         graph_loop = FastLoop(diffusion, tiny_unet(3), x_T.shape, ts, mode="graph")
         assert graph_loop.graph is None and "not a CUDA device" in graph_loop.path
-        compare_with_plain_steps(diffusion, record(graph_loop.run(x_T, torch.Generator().manual_seed(1)))[0], tiny_unet(3), "ddpm",
-                                 0.0, torch.Generator().manual_seed(1))
+        compare_with_plain_steps(
+            diffusion,
+            record(graph_loop.run(x_T, torch.Generator().manual_seed(1)))[0],
+            tiny_unet(3),
+            "ddpm",
+            0.0,
+            torch.Generator().manual_seed(1),
+        )
     with pytest.raises(ValueError, match="does not match"):
         next(loop.run(torch.zeros(3, 3, 8, 8)))
     with pytest.raises(ValueError, match="unknown fast mode"):
@@ -234,7 +307,8 @@ def test_cache_reuses_loops_and_concurrent_runs_do_not_share_buffers():
     a.release()
     assert fast_loop(unet, diffusion, (2, 3, 8, 8), ts) is a
     a.release()
-    assert fast_loop(unet, GaussianDiffusion.from_config({"beta_schedule": "linear"}), (2, 3, 8, 8), ts) is a  # same config
+    same_config = GaussianDiffusion.from_config({"beta_schedule": "linear"})
+    assert fast_loop(unet, same_config, (2, 3, 8, 8), ts) is a
     other = fast_loop(unet, diffusion, (3, 3, 8, 8), ts)
     assert other is not a
     other.release()
@@ -305,8 +379,14 @@ def test_compiled_fast_loop_equals_the_plain_loop():
     x_T = torch.randn(2, 3, 8, 8)
     loop = FastLoop(diffusion, tiny_unet(3), x_T.shape, ts, mode="compile")
     assert loop.path == "torch.compile"
-    compare_with_plain_steps(diffusion, record(loop.run(x_T, torch.Generator().manual_seed(4)))[0], tiny_unet(3), "ddpm", 0.0,
-                             torch.Generator().manual_seed(4))
+    compare_with_plain_steps(
+        diffusion,
+        record(loop.run(x_T, torch.Generator().manual_seed(4)))[0],
+        tiny_unet(3),
+        "ddpm",
+        0.0,
+        torch.Generator().manual_seed(4),
+    )
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -329,14 +409,14 @@ def test_cuda_graph_loop_equals_the_plain_loop(mode, sampler, eta):
 def test_generate_on_a_non_square_model_uses_the_fast_path():
     """diffusers allows sample_size = (H, W): the fast path traces and samples it, equal to the plain loop."""
     from ddpm_core.checkpoints import LoadedModel
-    from ddpm_core.sampling import generate
-
-    from ddpm_core.sampling import generate_steps
+    from ddpm_core.sampling import generate, generate_steps
 
     cfg = {"beta_schedule": "linear"}
     model = LoadedModel("wide", tiny_unet(3, sample_size=(8, 16)), GaussianDiffusion.from_config(cfg), "test", cfg)
     assert model.sample_shape == (3, 8, 16)
-    steps, fast = record(generate_steps(model, batch_size=2, seed=3, num_inference_steps=10, n_snapshots=2, n_frames=2))
+    steps, fast = record(
+        generate_steps(model, batch_size=2, seed=3, num_inference_steps=10, n_snapshots=2, n_frames=2)
+    )
     assert fast.path == "frozen TorchScript" and fast.samples.shape == (2, 3, 8, 16)
     assert fast.snapshots[0][1].shape == (2, 3, 8, 16)
     g = torch.Generator().manual_seed(3)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_core_vs_diffusers import one_intra_op_thread  # noqa: F401  (autouse: one intra-op thread)
+from test_fast import compare_with_plain_steps, record
 
 import ddpm_core.checkpoints as ck
 from conftest import tiny_unet
@@ -13,8 +15,6 @@ from ddpm_core.checkpoints import LoadedModel
 from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.sampling import SamplingCancelled, generate, generate_steps
 from helpers import save_pipeline_folder
-from test_core_vs_diffusers import one_intra_op_thread  # noqa: F401  (autouse: one intra-op thread)
-from test_fast import compare_with_plain_steps, record
 
 
 def _model(out_channels=3, variance="fixed_small"):
@@ -39,10 +39,13 @@ def test_fast_path_equals_the_plain_loop(sampler, steps):
     step within the step's rounding bound (teacher-forced), the whole run draws the same random numbers."""
     fast = _teacher_forced(_model(), tiny_unet(3), sampler, num_inference_steps=steps, fast=True)
     assert fast.path == "frozen TorchScript"
-    if steps is not None:  # the plain loop (fast=False) through the same check: its steps are the reference step itself
+    if steps is not None:
+        # the plain loop (fast=False) through the same check: its steps are the reference step itself
         plain = _teacher_forced(_model(), tiny_unet(3), sampler, num_inference_steps=steps, fast=False)
         assert plain.path == "plain loop" and plain.samples.shape == fast.samples.shape
-    assert not torch.equal(fast.samples, generate(_model(), batch_size=3, seed=6, sampler=sampler, num_inference_steps=steps).samples)
+    assert not torch.equal(
+        fast.samples, generate(_model(), batch_size=3, seed=6, sampler=sampler, num_inference_steps=steps).samples
+    )
 
 
 def test_learned_variance_and_snapshots():
