@@ -68,10 +68,11 @@ SAFETY = 4.0  # the one margin applied to every first-order bound below
 def one_intra_op_thread():
     """One intra-op thread for these tests' small tensors (4x4 to 8x8 images): on this two-core test machine the
     thread pool's hand-offs cost more than the work (a tiny UNet call: ~15 ms on one thread, 0.2-0.7 s on two).
-    Numerically irrelevant: both sides of every comparison run under the same setting."""
+    Numerically irrelevant: both sides of every comparison run under the same setting. Yields the suite's thread
+    count, for a test that must run at it."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    yield n
     torch.set_num_threads(n)
 
 

@@ -372,8 +372,11 @@ def test_frozen_unet_is_cached_per_model_and_thread_safe():
 
 
 @pytest.mark.slow
-def test_compiled_fast_loop_equals_the_plain_loop():
+def test_compiled_fast_loop_equals_the_plain_loop(request):
     """torch.compile (inductor) of the UNet inside the fast loop: equal to float32 rounding."""
+    # at the suite's thread count: with one intra-op thread under ATEN_CPU_CAPABILITY=avx2, inductor's CPU code for
+    # this UNet returns NaN (torch 2.13), which is not what this test is about
+    torch.set_num_threads(request.getfixturevalue("one_intra_op_thread"))
     diffusion = GaussianDiffusion.from_config({"beta_schedule": "linear"})
     ts = diffusion.inference_timesteps(8)
     x_T = torch.randn(2, 3, 8, 8)
