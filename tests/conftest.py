@@ -37,6 +37,18 @@ def tiny_unet(out_channels: int = 3, sample_size: int = 8, seed: int = 0, in_cha
     ).eval()
 
 
+@pytest.fixture
+def one_intra_op_thread():
+    """One intra-op thread for the numerical tests' small tensors (4x4 to 8x8 images): on a two-core machine the
+    thread pool's hand-offs cost more than the work (a tiny UNet call: ~15 ms on one thread, 0.2-0.7 s on two).
+    Numerically irrelevant: both sides of every comparison run under the same setting. Yields the suite's thread
+    count, for a test that must run at it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield n
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def unet3():
     return tiny_unet(3)

@@ -1,13 +1,20 @@
-"""Test helpers: checkpoint folders of every layout, and a pre-filled huggingface_hub cache."""
+"""Test helpers: checkpoint folders of every layout, a pre-filled huggingface_hub cache, a host-sync detector, and
+running a test in a process of its own."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+from torch.utils._python_dispatch import TorchDispatchMode
 
-DATA = Path(__file__).resolve().parent / "data"  # public UNet configs of real Hub checkpoints
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"  # public UNet configs of real Hub checkpoints
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -115,3 +122,66 @@ def upload_corpus(folder: Path) -> dict[str, tuple[Path, bool]]:
         (folder / name).write_bytes(data)
         files[name] = (folder / name, False)
     return files
+
+
+class HostSyncs(TorchDispatchMode):
+    """Records the operators that make a CUDA stream wait for the host (a scalar read, data-dependent shapes):
+    inside a CUDA graph capture each one is an error, so the whole step must call none."""
+
+    SYNCING = {
+        "item",
+        "_local_scalar_dense",
+        "nonzero",
+        "masked_select",
+        "unique",
+        "_unique2",
+        "unique_consecutive",
+        "equal",
+        "is_nonzero",
+    }
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        bool_index = name == "index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
+        if name in self.SYNCING or bool_index:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+OWN_PROCESS = "DDPM_TEST_OWN_PROCESS"  # set to a test's node id in the process that runs it alone
+
+
+def run_in_own_process(request, timeout: float = 850) -> bool:
+    """Run the calling test again, alone, in a fresh Python process, and assert that it passed there.
+
+    Returns True inside that process (the caller then does the work) and False in the suite's process (the caller
+    returns). For torch.compile: inductor's generated C++ kernels, the OpenMP threads they start and its caches
+    would otherwise stay in the suite's process for every later test, and a fault in generated code would end the
+    whole run without naming the test. The child gets an empty inductor cache of its own.
+    """
+    nodeid = request.node.nodeid
+    if os.environ.get(OWN_PROCESS) == nodeid:
+        return True
+    with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
+        env = dict(os.environ, **{OWN_PROCESS: nodeid, "TORCHINDUCTOR_CACHE_DIR": cache})
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, f"{nodeid} in its own process:\n" + crash_report(
+        proc.stdout + proc.stderr
+    )
+    return False
+
+
+def crash_report(log: str, limit: int = 6000) -> str:
+    """The part of a test log that says what went wrong: a fatal error's header and first frames (the test's own
+    code, which the dump of every thread and the list of extension modules would push out of a log's tail),
+    else the tail."""
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Fatal Python error"):
+            return "\n".join(lines[i : i + 40])[:limit]
+    return log[-limit:]

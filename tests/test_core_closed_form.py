@@ -1,7 +1,7 @@
 """Closed-form properties of the core, bad input, dtypes and the training loss.
 
 Tolerances are first-order rounding error bounds (k u kappa, u = 2^-53 in float64, 2^-24 in float32, counted per
-operation, or carried through a formula by test_core_vs_diffusers' running error analysis), times the same
+operation, or carried through a formula by error_analysis' running error analysis), times the same
 SAFETY = 4; Monte Carlo checks use 5 standard errors.
 """
 
@@ -9,22 +9,23 @@ import math
 
 import pytest
 import torch
-from test_core_vs_diffusers import (
+from error_analysis import (
     SAFETY,
     TINY,
     U32,
     U64,
     UNIT_ROUNDOFF,
     Bounded,
-    _ours_ddpm_coefs,
-    _rescale_first_order_bound,
     assert_within,
     ddpm_step_bound,
-    one_intra_op_thread,  # noqa: F401  (autouse: one intra-op thread)
+    ours_ddpm_coefs,
+    rescale_first_order_bound,
 )
 
 from ddpm_core import GaussianDiffusion, NoiseSchedule, inference_timesteps
 from ddpm_core.schedule import QUANTITIES
+
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_zero_terminal_snr():
     # the rescaling keeps abar_0: off by its float64 rounding (first-order bound of beta_0 = 1 - abar_0), and the
     # two schedules' 1 - beta_0 roundings
     plain = NoiseSchedule.make("linear", 1000)
-    bound = _rescale_first_order_bound(plain.betas, 0, U64)[0] + 2 * U64
+    bound = rescale_first_order_bound(plain.betas, 0, U64)[0] + 2 * U64
     assert abs(s.alphas_cumprod[0] - plain.alphas_cumprod[0]) <= SAFETY * bound
 
 
@@ -212,8 +213,8 @@ def test_loops_run_in_the_sample_dtype(dtype, unet3):
         ap = abar[ts[k + 1]] if k + 1 < len(ts) else 1.0
         Bx0, Bprev = ddpm_step_bound(
             d,
-            _ours_ddpm_coefs(abar[t], ap, u),
-            _ours_ddpm_coefs(abar[t], ap, U32),
+            ours_ddpm_coefs(abar[t], ap, u),
+            ours_ddpm_coefs(abar[t], ap, U32),
             x_t.float(),
             m.float(),
             None,

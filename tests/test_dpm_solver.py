@@ -39,6 +39,7 @@ from conftest import tiny_unet
 from ddpm_core.diffusion import GaussianDiffusion, StepOutput, call_model
 from ddpm_core.fast import FastLoop
 from ddpm_core.samplers import DPMSolverPP2M, get_sampler, sample_loop_progressive
+from helpers import HostSyncs
 
 U32, U64 = 2.0**-24, 2.0**-53
 SAFETY = 4.0  # the one margin applied to every first-order bound below
@@ -662,10 +663,7 @@ def test_cuda_graph_loop_equals_the_plain_step(mode):
 )
 def test_the_whole_step_never_waits_on_the_host(cfg):
     """What a CUDA graph capture requires, checked on the CPU at the dispatcher: the fast loop's whole step
-    (diffusers' UNet, the data prediction, the 2M update, the in-place history) reads no tensor value on the host.
-    The detector is test_fast's (imported here, inside the test, so that nothing else depends on that module)."""
-    from test_fast import _HostSyncs
-
+    (diffusers' UNet, the data prediction, the 2M update, the in-place history) reads no tensor value on the host."""
     diffusion = GaussianDiffusion.from_config(cfg)
     loop = FastLoop(
         diffusion, tiny_unet(3, seed=1), (2, 3, 8, 8), diffusion.inference_timesteps(10), "dpmsolver++", mode="eager"
@@ -673,10 +671,10 @@ def test_the_whole_step_never_waits_on_the_host(cfg):
     loop._body()  # the first call fills the schedule's device-table cache (the warm-up before a capture does so)
     loop.k.zero_()
     for _ in range(2):  # k = 0 (first order) and k = 1 (second order, the history read): one code path, other tables
-        with torch.inference_mode(), _HostSyncs() as syncs:
+        with torch.inference_mode(), HostSyncs() as syncs:
             loop._body()
         assert syncs.seen == []
-    with torch.inference_mode(), _HostSyncs() as check:
+    with torch.inference_mode(), HostSyncs() as check:
         loop.k.item()
     assert check.seen == ["aten.item.default"]
 

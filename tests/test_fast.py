@@ -2,128 +2,24 @@
 
 On the CPU the frozen / eager / compiled UNets are compared with the plain reference step drawing from the same
 generator; on CUDA (where a GPU is present) the CUDA-graph loop too. The comparison is teacher-forced
-(:func:`compare_with_plain_steps`): at a few steps of the fast run, the plain step runs from the fast run's x_t.
-The fast path changes only the UNet's summation order (channels_last, oneDNN, a trace, inductor, TF32 on a GPU),
-so the model outputs may differ by two float32 rounding errors of the network; that rounding error is computed at
-test time as the plain UNet's difference from its float64 copy at that x_t (like diffusers' table error in
-test_core_vs_diffusers) and carried through the step with the step's own first-order bound. A free-running
-comparison of whole loops would measure the UNet's sensitivity to its input instead (a random UNet's vector
-field is expanding), which no rounding bound covers.
+(teacher_forcing's :func:`compare_with_plain_steps`): at a few steps of the fast run, the plain step runs from
+the fast run's x_t, within the float32 rounding of the network carried through the step's first-order bound.
 """
 
 import copy
 import threading
 
-import numpy as np
 import pytest
 import torch
-from test_core_vs_diffusers import (
-    U32,
-    Bounded,
-    _ours_ddim_coefs,
-    _ours_ddpm_coefs,
-    assert_within,
-    ddim_step_bound,
-    ddpm_step_bound,
-    one_intra_op_thread,  # noqa: F401  (autouse: one intra-op thread)
-)
-from torch.utils._python_dispatch import TorchDispatchMode
+from teacher_forcing import compare_with_plain_steps, record
 
 from conftest import tiny_unet
-from ddpm_core.diffusion import GaussianDiffusion, StepOutput, call_model
+from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.fast import FastLoop, fast_loop, frozen_unet
-from ddpm_core.samplers import get_sampler
+from helpers import HostSyncs, run_in_own_process
 
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 CUDA = torch.cuda.is_available()
-
-
-def _same_tables(coefs):
-    """Both sides read the same float32 tables: their rounding is common to both and cancels; keep the values."""
-    return {k: Bounded(b.v, 0.0, b.u) for k, b in coefs.items()}
-
-
-def model_rounding_scale(model, model64, x, t):
-    """Per sample, max |model(x) - model64(x)|: the float32 rounding error of this network at x, computed at test
-    time against its float64 copy. A reordering of the network's sums is a rounding error of the same kind."""
-    with torch.inference_mode():
-        m, m64 = call_model(model, x, t), call_model(model64, x.double(), t)
-    return m, (m.double() - m64).abs().flatten(1).amax(1).reshape(-1, 1, 1, 1)
-
-
-def compare_with_plain_steps(diffusion, steps, ref_model, sampler="ddpm", eta=0.0, generator=None, n_compared=6):
-    """Teacher-forced check of a recorded run against the plain float32 step.
-
-    ``steps``: copies of a run's :class:`StepOutput` (x_t, pred x0, x_{t-1}, timestep); ``generator``: seeded as the
-    run's, positioned after x_T. Every step's noise is drawn from it in the run's order (DDPM: t > 0; DDIM: eta > 0);
-    at ``n_compared`` steps spread over the run, the plain step (``ref_model`` on the same x_t, eq. 15 + 7 or DDIM
-    eq. 12) must agree with the recorded one within SAFETY x the first-order bound of the step, given model outputs
-    that differ by up to two float32 rounding errors of the network (:func:`model_rounding_scale`).
-    """
-    ts = [s.timestep for s in steps]
-    n = len(ts)
-    sampler_ = get_sampler(sampler)
-    plan = sampler_.plan(diffusion, ts, steps[0].x_t.device, steps[0].x_t.dtype, eta)
-    abar = diffusion.schedule.alphas_cumprod
-    ref64 = copy.deepcopy(ref_model).double()
-    picks = {int(k) for k in np.round(np.linspace(0, n - 1, min(n, n_compared)))}
-    for k, s in enumerate(steps):
-        x = s.x_t
-        noisy = s.timestep > 0 if sampler == "ddpm" else eta > 0
-        z = torch.randn(x.shape, generator=generator, device=x.device) if noisy else None
-        if k not in picks:
-            continue
-        B, C = x.shape[:2]
-        m, scale = model_rounding_scale(
-            ref_model, ref64, x, torch.full((B,), s.timestep, dtype=torch.long, device=x.device)
-        )
-        Bm = 2 * scale  # |m_fast - m_plain| <= two rounding errors of the same network
-        pos = torch.full((1,), k, dtype=torch.long, device=x.device)
-        if sampler == "ddpm":
-            prev, x0 = sampler_.step(plan, pos, m, x, z, {})
-            co = _same_tables(_ours_ddpm_coefs(abar[ts[k]], abar[ts[k + 1]] if k + 1 < n else 1.0, U32))
-            learned = diffusion.variance_type == "learned_range"
-            Bx0, Bprev = ddpm_step_bound(
-                diffusion,
-                co,
-                co,
-                x.cpu(),
-                m[:, :C].cpu(),
-                m[:, C:].cpu() if learned else None,
-                None if z is None else z.cpu(),
-                U32,
-                U32,
-                Bm=Bm.cpu(),
-                Bv=Bm.cpu(),
-            )
-        else:
-            final = 1.0 if diffusion.set_alpha_to_one else abar[0]
-            prev, x0 = sampler_.step(plan, pos, m, x, z, {})
-            co = _same_tables(_ours_ddim_coefs(abar[ts[k]], abar[ts[k + 1]] if k + 1 < n else final, eta, U32))
-            Bx0, Bprev = ddim_step_bound(
-                diffusion, co, co, x.cpu(), m.cpu(), None if z is None else z.cpu(), U32, U32, Bm=Bm.cpu()
-            )
-        assert_within(s.pred_original_sample.cpu(), x0.cpu(), Bx0, f"pred x0 at step {k} (t={s.timestep})")
-        assert_within(s.prev_sample.cpu(), prev.cpu(), Bprev, f"x_(t-1) at step {k} (t={s.timestep})")
-
-
-def record(outputs):
-    """Copies of a run's StepOutputs, taken as they come (the fast loop's are views of its static buffers), and
-    whatever else the run yields last (generate_steps' SampleResult) or None."""
-    steps, last = [], None
-    for o in outputs:
-        if isinstance(o, StepOutput):
-            steps.append(
-                StepOutput(
-                    o.prev_sample.clone().contiguous(),
-                    o.pred_original_sample.clone().contiguous(),
-                    o.index,
-                    o.timestep,
-                    o.x_t.clone().contiguous(),
-                )
-            )
-        else:
-            last = o
-    return steps, last
 
 
 def _fast(loop, x_T, seed, device="cpu"):
@@ -167,34 +63,6 @@ def test_fast_loop_equals_the_plain_loop(cfg, sampler, eta, steps, mode):
     assert not torch.equal(_fast(loop, x_T, seed=12), got) or (sampler == "ddim" and eta == 0)
 
 
-class _HostSyncs(TorchDispatchMode):
-    """Records the operators that make a CUDA stream wait for the host (a scalar read, data-dependent shapes):
-    inside a CUDA graph capture each one is an error, so the whole step must call none."""
-
-    SYNCING = {
-        "item",
-        "_local_scalar_dense",
-        "nonzero",
-        "masked_select",
-        "unique",
-        "_unique2",
-        "unique_consecutive",
-        "equal",
-        "is_nonzero",
-    }
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.__name__.split(".")[0]
-        bool_index = name == "index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
-        if name in self.SYNCING or bool_index:
-            self.seen.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize(
     "cfg,sampler,eta,out_channels",
     [
@@ -224,10 +92,10 @@ def test_the_whole_step_never_waits_on_the_host(cfg, sampler, eta, out_channels)
     )
     loop._body()  # first call fills the schedule's device-table cache (done by the warm-up before a capture)
     loop.k.zero_()
-    with torch.inference_mode(), _HostSyncs() as syncs:
+    with torch.inference_mode(), HostSyncs() as syncs:
         loop._body()
     assert syncs.seen == []
-    with torch.inference_mode(), _HostSyncs() as check:
+    with torch.inference_mode(), HostSyncs() as check:
         loop.k.item()
         loop.x[loop.x > 0]
     assert check.seen == ["aten.item.default", "aten.index.Tensor"]  # item() is not decomposed in inference mode
@@ -374,8 +242,9 @@ def test_frozen_unet_is_cached_per_model_and_thread_safe():
 @pytest.mark.slow
 def test_compiled_fast_loop_equals_the_plain_loop(request):
     """torch.compile (inductor) of the UNet inside the fast loop: equal to float32 rounding."""
-    # at the suite's thread count: with one intra-op thread under ATEN_CPU_CAPABILITY=avx2, inductor's CPU code for
-    # this UNet returns NaN (torch 2.13), which is not what this test is about
+    if not run_in_own_process(request):
+        return
+    # inductor specialises its kernels to the intra-op thread count: compile at the count the product runs at
     torch.set_num_threads(request.getfixturevalue("one_intra_op_thread"))
     diffusion = GaussianDiffusion.from_config({"beta_schedule": "linear"})
     ts = diffusion.inference_timesteps(8)
