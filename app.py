@@ -18,9 +18,8 @@ import threading
 import gradio as gr
 
 from ddpm_core.checkpoints import BUNDLED_DEFAULT
-from ddpm_core.fast import on_zero_gpu
 from ddpm_core.sampling import warm_up
-from ui.common import DEFAULT_BATCH, DEFAULT_STEPS, GUARD, LATEX, STATS, model  # noqa: F401 - STATS: read by tests
+from ui.common import DEFAULT_BATCH, DEFAULT_STEPS, GUARD, LATEX, STATS, model, on_zero_gpu  # noqa: F401 - STATS: read by tests
 from ui.components import clear_request_errors
 from ui.i18n import LANGS
 from ui.tabs import Context, tabs

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import warnings
@@ -118,19 +117,10 @@ def compiled(unet: torch.nn.Module) -> Callable:
 
 
 def default_mode(device: torch.device) -> str:
-    """``graph`` on CUDA (one CUDA graph per step, eager UNet inside), ``frozen`` on the CPU, ``eager`` on ZeroGPU.
+    """``graph`` on CUDA (one CUDA graph per step, eager UNet inside), ``frozen`` (TorchScript) on the CPU.
 
-    ZeroGPU attaches a GPU for the length of one request only; a graph captured in one request would be replayed
-    in another, on memory that may have moved, so there the step runs eagerly (channels_last, half precision).
-    """
-    if torch.device(device).type != "cuda":
-        return "frozen"
-    return "eager" if on_zero_gpu() else "graph"
-
-
-def on_zero_gpu() -> bool:
-    """True on a ZeroGPU Space (``SPACES_ZERO_GPU``, read as the ``spaces`` package reads it)."""
-    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+    A deployment where a graph cannot outlive a request (ZeroGPU attaches a GPU per request) passes ``eager``."""
+    return "graph" if torch.device(device).type == "cuda" else "frozen"
 
 
 MODES = ("eager", "frozen", "compile", "graph", "compile+graph")

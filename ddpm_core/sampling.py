@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .checkpoints import LoadedModel
-from .diffusion import GaussianDiffusion, StepOutput
+from .diffusion import GaussianDiffusion
 from .fast import fast_loop
 from .samplers import get_sampler, sample_loop_progressive
 
@@ -101,8 +101,9 @@ def generate_steps(
     should_stop: Callable[[], bool] | None = None,
     fast: bool = True,
     compile: bool = False,
+    mode: str | None = None,
 ):
-    """Sample ``batch_size`` images from ``model`` with our DDPM or DDIM loop, as a generator.
+    """Sample ``batch_size`` images from ``model`` with any registered sampler, as a generator.
 
     Yields a :class:`ddpm_core.StepOutput` after every reverse step, then the :class:`SampleResult`. A consumer
     that stops iterating (a cancelled web request) stops the loop there.
@@ -112,30 +113,28 @@ def generate_steps(
     The random stream is a ``torch.Generator`` seeded with ``seed``, on the model's device for the fast path (a
     CUDA graph cannot wait on host-drawn noise) and on the CPU for ``fast=False``: the same seed gives the same
     images on the same kind of device, and fast and plain loops agree on the CPU. ``fast=True`` runs
-    :mod:`ddpm_core.fast` (``compile=True`` adds torch.compile). ``progress(step, total)`` is called after each
-    step; ``should_stop()`` returning True raises :class:`SamplingCancelled`.
+    :mod:`ddpm_core.fast` in ``mode`` (one of its ``MODES``; None: its default for the device; ``compile=True``:
+    the torch.compile mode). ``progress(step, total)`` is called after each step; ``should_stop()`` returning
+    True raises :class:`SamplingCancelled`.
     """
     sampler_ = get_sampler(sampler)
     diffusion = diffusion_for(model, variance_type)
     device, dtype = model.device, model.dtype
-    fast = fast or compile
+    fast = fast or compile or mode is not None
     # the fast path draws its noise where it runs (a CPU generator cannot feed a CUDA graph without a sync)
     generator = torch.Generator(device if fast else "cpu").manual_seed(int(seed))
-    C, H, W = model.sample_shape
-    noise = None  # x_T: given, drawn here for the fast loop, or drawn by the plain loop itself
     timesteps = reverse_timesteps(diffusion, num_inference_steps, None if start is None else start[1])
+    shape = (batch_size, *model.sample_shape) if start is None else tuple(start[0].shape)
+    noise = None  # x_T: given, drawn here for the fast loop, or drawn by the plain loop itself
     if start is not None:
         noise = start[0].to(device=device, dtype=torch.float32 if fast else dtype)
-        batch_size = noise.shape[0]
     elif fast:
-        noise = torch.randn((batch_size, C, H, W), generator=generator, device=device)
+        noise = torch.randn(shape, generator=generator, device=device)
     loop = None
     if fast:
-        mode = ("compile+graph" if device.type == "cuda" else "compile") if compile else None
-        loop = fast_loop(model.unet, diffusion, (batch_size, C, H, W), timesteps, sampler, eta, mode)
-    n_steps = len(timesteps)
-    snaps = snapshot_steps(n_steps, n_snapshots)
-    frame_steps = snapshot_steps(n_steps, n_frames)
+        if compile and mode is None:
+            mode = "compile+graph" if device.type == "cuda" else "compile"
+        loop = fast_loop(model.unet, diffusion, shape, timesteps, sampler, eta, mode)
     result = SampleResult(
         samples=torch.empty(0),
         timesteps=[int(t) for t in timesteps],
@@ -146,8 +145,22 @@ def generate_steps(
     )
     if noise is not None:
         result.frames.append(_copy(noise))
+    if loop is not None:
+        steps = loop.run(noise, generator)
+    else:
+        args = (None if noise is not None else shape, timesteps, generator, noise, device, dtype, eta)
+        steps = sample_loop_progressive(diffusion, sampler_, model.unet, *args)
+    yield from _recorded(steps, result, n_snapshots, n_frames, progress, should_stop)
 
-    def on_step(out: StepOutput) -> None:
+
+def _recorded(steps, result: SampleResult, n_snapshots: int, n_frames: int, progress, should_stop):
+    """Pass the loop's steps on, keeping the snapshots and frames ``result`` shows, reporting progress and
+    honouring cancellation; then fill in the samples and the time taken and yield ``result``."""
+    n_steps = len(result.timesteps)
+    snaps, frame_steps = snapshot_steps(n_steps, n_snapshots), snapshot_steps(n_steps, n_frames)
+    t0 = time.perf_counter()
+    x = None
+    for out in steps:
         if should_stop is not None and should_stop():
             raise SamplingCancelled("sampling was cancelled")
         if out.index in snaps:
@@ -156,27 +169,6 @@ def generate_steps(
             result.frames.append(_copy(out.prev_sample))
         if progress is not None:
             progress(out.index + 1, n_steps)
-
-    shape = (batch_size, C, H, W)
-    t0 = time.perf_counter()
-    if loop is not None:
-        steps = loop.run(noise, generator)
-    else:
-        steps = sample_loop_progressive(
-            diffusion,
-            sampler_,
-            model.unet,
-            None if noise is not None else shape,
-            timesteps,
-            generator,
-            noise,
-            device,
-            dtype,
-            eta,
-        )
-    x = None
-    for out in steps:
-        on_step(out)
         x = out.prev_sample
         yield out
     result.samples = _copy(x)

@@ -264,3 +264,11 @@ def test_warm_up_prepares_the_default_request_and_skips_zero_gpu(monkeypatch):
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     app.warm_up_default()
     assert app.WARM["status"].startswith("skipped")
+    # a GPU attached per request: the tabs ask the fast path for the eager step, no graph kept across requests
+    from ui.common import fast_mode
+
+    assert fast_mode() == "eager"
+    zero = generate(app.model(app.BUNDLED_DEFAULT), batch_size=2, num_inference_steps=3, mode=fast_mode())
+    assert zero.path == "eager channels_last"
+    monkeypatch.delenv("SPACES_ZERO_GPU")
+    assert fast_mode() is None

@@ -48,6 +48,18 @@ GUARD = QueueGuard(
 )
 
 
+def on_zero_gpu() -> bool:
+    """True on a ZeroGPU Space (``SPACES_ZERO_GPU``, read as the ``spaces`` package reads it)."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
+def fast_mode() -> str | None:
+    """The fast path's mode for this deployment: ``eager`` on ZeroGPU, which attaches a GPU for the length of one
+    request only (a CUDA graph captured in one request would be replayed in another, on memory that may have
+    moved); elsewhere None, the fast path's own default for the device (ddpm_core.fast.default_mode)."""
+    return "eager" if on_zero_gpu() else None
+
+
 def gpu(duration: int):
     """``spaces.GPU`` on ZeroGPU (a no-op elsewhere); identity when spaces is unavailable."""
     return spaces.GPU(duration=duration) if spaces is not None else (lambda fn: fn)

@@ -18,6 +18,7 @@ from ui.common import (
     default_model,
     display,
     drive,
+    fast_mode,
     gpu,
     image_tensor,
     int_arg,
@@ -89,7 +90,7 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, progress=gr.Progr
         (png(display(noisy), f"x_t-t{t}.png"), f"x_t, t={t}"),
     ]
     total = len(reverse_timesteps(m.diffusion, n_steps, start_t=t))
-    steps = generate_steps(m, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2)
+    steps = generate_steps(m, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2, mode=fast_mode())
     for kind, item in drive(steps, total, progress, "Denoising"):
         if kind == "done":
             result = item

@@ -26,6 +26,7 @@ from ui.common import (
     default_model,
     display,
     drive,
+    fast_mode,
     gpu,
     int_arg,
     model,
@@ -179,6 +180,7 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
         num_inference_steps=n_steps,
         eta=eta,
         variance_type=None if variance == "model default" else variance,
+        mode=fast_mode(),
     )
     for kind, item in drive(steps, total, progress, "Sampling"):
         if kind == "done":
