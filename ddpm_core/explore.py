@@ -12,14 +12,15 @@ import torch.nn.functional as F
 from .diffusion import GaussianDiffusion, randn
 from .schedule import NoiseSchedule
 
-#: Curves of the schedules tab: (key, label). log-SNR = log(abar / (1 - abar)).
+#: The keys of :func:`curves`' per-timestep schedule curves (besides ``t``, ``beta``, ``posterior_variance``).
+#: log-SNR = log(abar / (1 - abar)).
 CURVES = (
-    ("log10_beta", "log₁₀ β_t"),
-    ("alpha_bar", "ᾱ_t"),
-    ("sqrt_alpha_bar", "√ᾱ_t"),
-    ("sqrt_one_minus_alpha_bar", "√(1−ᾱ_t)"),
-    ("log_snr", "log SNR"),
-    ("log10_posterior_variance", "log₁₀ β̃_t (fixed_small)"),
+    "log10_beta",
+    "alpha_bar",
+    "sqrt_alpha_bar",
+    "sqrt_one_minus_alpha_bar",
+    "log_snr",
+    "log10_posterior_variance",
 )
 
 

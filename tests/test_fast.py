@@ -224,7 +224,9 @@ def test_default_modes(monkeypatch):
 
     assert default_mode(torch.device("cpu")) == "frozen"
     assert default_mode(torch.device("cuda")) == "graph"
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")  # deployment policy is the app's (ui.common.fast_mode), not the core's
+    monkeypatch.setenv(
+        "SPACES_ZERO_GPU", "true"
+    )  # deployment policy is the app's (ui.common.fast_mode), not the core's
     assert default_mode(torch.device("cuda")) == "graph"
 
 

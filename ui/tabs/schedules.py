@@ -8,7 +8,7 @@ import functools
 import gradio as gr
 import pandas as pd
 
-from ddpm_core.explore import CURVES, curves
+from ddpm_core.explore import curves
 from ui.common import LATEX, T_MAX, T_MIN, int_arg, user_errors
 from ui.components import StrictCheckboxGroup, StrictSlider, short_repr
 from ui.files import out_path
@@ -48,6 +48,17 @@ $\beta_t$ 决定信息被破坏的速度。**linear**（Ho 等）：$\beta_t$ �
 }
 
 
+#: The five curves plotted one per panel (ddpm_core.explore.curves' keys) and their titles; the sixth panel plots
+#: log10 of beta_t and of the posterior variance together.
+PLOTTED = {
+    "log10_beta": "log₁₀ β_t",
+    "alpha_bar": "ᾱ_t",
+    "sqrt_alpha_bar": "√ᾱ_t",
+    "sqrt_one_minus_alpha_bar": "√(1−ᾱ_t)",
+    "log_snr": "log SNR",
+}
+
+
 @user_errors
 def schedule_plots(selected, T):
     """One long DataFrame per curve (t, value, schedule) for the LinePlots, and the whole table as CSV."""
@@ -68,7 +79,7 @@ def schedule_plots(selected, T):
     table = pd.concat(frames, ignore_index=True)
     csv = out_path(f"ddpm-schedules-T{T}.csv")
     table.to_csv(csv, index=False, float_format="%.10g")
-    plots = [table[["t", key, "schedule"]].rename(columns={key: "value"}) for key, _ in CURVES[:-1]]
+    plots = [table[["t", key, "schedule"]].rename(columns={key: "value"}) for key in PLOTTED]
     variance = pd.concat(
         [
             table[["t", "log10_posterior_variance", "schedule"]]
@@ -97,7 +108,7 @@ def build(ctx) -> None:
             T_plot = add(StrictSlider(T_MIN, T_MAX, value=1000, step=1, label=t_("T"), scale=2), key="T")
             csv = add(gr.File(label=t_("csv"), scale=1), key="csv")
         plots = []
-        labels = [label for _, label in CURVES[:-1]] + [t_("variance_plot")]
+        labels = [*PLOTTED.values(), t_("variance_plot")]
         for row in range(3):
             with gr.Row():
                 for col in range(2):
