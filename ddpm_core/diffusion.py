@@ -606,19 +606,15 @@ class GaussianDiffusion:
         """
         if x_start.ndim < 2:
             raise ValueError(f"x_start must be [B x C x ...], got shape {tuple(x_start.shape)}")
+        if snr_gamma is not None and not 0 < snr_gamma < float("inf"):
+            raise ValueError(f"snr_gamma must be a finite number > 0 (5.0 in Hang et al. 2023), got {snr_gamma}")
         if self.variance_type == "learned_range":
             raise ValueError(
                 "p_losses trains fixed-variance models; learned_range needs IDDPM's L_vlb term, not implemented here"
             )
-        B = x_start.shape[0]
         if t is None:
-            t = torch.randint(
-                0,
-                self.num_timesteps,
-                (B,),
-                generator=generator,
-                device=generator.device if generator else x_start.device,
-            ).to(x_start.device)
+            device = generator.device if generator else x_start.device
+            t = torch.randint(0, self.num_timesteps, x_start.shape[:1], generator=generator, device=device)
         t = self._timesteps(t, x_start)
         if noise is None:
             noise = randn(x_start.shape, generator, x_start.device, x_start.dtype)
@@ -634,19 +630,20 @@ class GaussianDiffusion:
             target = self._v(x_start, noise, t)
         per_sample = F.mse_loss(out.float(), target.float(), reduction="none").flatten(1).mean(1)
         if snr_gamma is not None:
-            if not 0 < snr_gamma < float("inf"):
-                raise ValueError(f"snr_gamma must be a finite number > 0 (5.0 in Hang et al. 2023), got {snr_gamma}")
-            snr = self._coef("snr", x_start.device, torch.float32)[t]
-            gamma = torch.full_like(snr, float(snr_gamma))
-            if self.prediction_type == "epsilon":
-                # min(SNR, g) / SNR = g / max(SNR, g): the same value for SNR > 0, and the limit 1 at SNR = 0.
-                weight = gamma / torch.maximum(snr, gamma)
-            elif self.prediction_type == "v_prediction":
-                weight = torch.minimum(snr, gamma) / (snr + 1)
-            else:
-                weight = torch.minimum(snr, gamma)
-            per_sample = per_sample * weight
+            per_sample = per_sample * self.min_snr_weight(t, snr_gamma)
         return per_sample.mean()
+
+    def min_snr_weight(self, t: Tensor, snr_gamma: float) -> Tensor:
+        """Min-SNR-gamma loss weights ``[B]`` (float32) at timesteps ``t`` ``[B]`` for this prediction type (see
+        :meth:`p_losses`): min(SNR, gamma) for x_0, min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma) / SNR for eps."""
+        snr = self._coef("snr", t.device, torch.float32)[t]
+        gamma = torch.full_like(snr, float(snr_gamma))
+        if self.prediction_type == "epsilon":
+            # min(SNR, g) / SNR = g / max(SNR, g): the same value for SNR > 0, and the limit 1 at SNR = 0.
+            return gamma / torch.maximum(snr, gamma)
+        if self.prediction_type == "v_prediction":
+            return torch.minimum(snr, gamma) / (snr + 1)
+        return torch.minimum(snr, gamma)
 
     def __repr__(self) -> str:
         return (

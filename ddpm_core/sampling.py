@@ -124,17 +124,10 @@ def generate_steps(
     # the fast path draws its noise where it runs (a CPU generator cannot feed a CUDA graph without a sync)
     generator = torch.Generator(device if fast else "cpu").manual_seed(int(seed))
     timesteps = reverse_timesteps(diffusion, num_inference_steps, None if start is None else start[1])
-    shape = (batch_size, *model.sample_shape) if start is None else tuple(start[0].shape)
-    noise = None  # x_T: given, drawn here for the fast loop, or drawn by the plain loop itself
-    if start is not None:
-        noise = start[0].to(device=device, dtype=torch.float32 if fast else dtype)
-    elif fast:
-        noise = torch.randn(shape, generator=generator, device=device)
-    loop = None
-    if fast:
-        if compile and mode is None:
-            mode = "compile+graph" if device.type == "cuda" else "compile"
-        loop = fast_loop(model.unet, diffusion, shape, timesteps, sampler, eta, mode)
+    shape, noise = _first_sample(model, batch_size, start, generator, fast)
+    if compile and mode is None:
+        mode = "compile+graph" if device.type == "cuda" else "compile"
+    loop = fast_loop(model.unet, diffusion, shape, timesteps, sampler, eta, mode) if fast else None
     result = SampleResult(
         samples=torch.empty(0),
         timesteps=[int(t) for t in timesteps],
@@ -151,6 +144,15 @@ def generate_steps(
         args = (None if noise is not None else shape, timesteps, generator, noise, device, dtype, eta)
         steps = sample_loop_progressive(diffusion, sampler_, model.unet, *args)
     yield from _recorded(steps, result, n_snapshots, n_frames, progress, should_stop)
+
+
+def _first_sample(model: LoadedModel, batch_size: int, start, generator: torch.Generator, fast: bool):
+    """The batch shape ``(B, C, H, W)`` and where the reverse process starts: the given x_t, x_T drawn here for
+    the fast loop (float32, on the model's device), or None when the plain loop draws x_T itself."""
+    if start is not None:
+        return tuple(start[0].shape), start[0].to(device=model.device, dtype=torch.float32 if fast else model.dtype)
+    shape = (batch_size, *model.sample_shape)
+    return shape, torch.randn(shape, generator=generator, device=model.device) if fast else None
 
 
 def _recorded(steps, result: SampleResult, n_snapshots: int, n_frames: int, progress, should_stop):

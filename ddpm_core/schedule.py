@@ -187,32 +187,8 @@ class NoiseSchedule:
             betas = torch.as_tensor(trained_betas, dtype=torch.float64)
             name = "trained_betas"
         else:
-            key = _ALIASES.get(name, name)
-            if key not in SCHEDULES:
-                raise ValueError(f"unknown beta_schedule {name!r}; choose one of {SCHEDULES + tuple(_ALIASES)}")
-            if key != "squaredcos_cap_v2" and not (0 < beta_start <= beta_end < 1):
-                raise ValueError(
-                    f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
-                )
-            if key == "linear":
-                betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
-            elif key == "linear_improved":
-                scale = 1000.0 / num_timesteps
-                if not beta_end * scale < 1:
-                    raise ValueError(
-                        f"linear_improved with T={num_timesteps} scales beta_end to {beta_end * scale:.3g} >= 1"
-                    )
-                betas = torch.linspace(beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64)
-            elif key == "scaled_linear":
-                betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
-            elif key == "squaredcos_cap_v2":
-                betas = _cosine_betas(num_timesteps)
-            else:  # sigmoid
-                betas = (
-                    torch.sigmoid(torch.linspace(-6, 6, num_timesteps, dtype=torch.float64)) * (beta_end - beta_start)
-                    + beta_start
-                )
-            name = key
+            name = _ALIASES.get(name, name)
+            betas = _named_betas(name, num_timesteps, beta_start, beta_end)
         if rescale_betas_zero_snr:
             if betas.numel() < 2:
                 raise ValueError("rescale_betas_zero_snr needs at least 2 timesteps")
@@ -246,3 +222,24 @@ class NoiseSchedule:
 
     def __repr__(self) -> str:
         return f"NoiseSchedule({self.name!r}, T={self.num_timesteps})"
+
+
+def _named_betas(key: str, T: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """``[T]`` float64 betas of the schedule ``key`` (see :meth:`NoiseSchedule.make`)."""
+    if key not in SCHEDULES:
+        raise ValueError(f"unknown beta_schedule {key!r}; choose one of {SCHEDULES + tuple(_ALIASES)}")
+    if key != "squaredcos_cap_v2" and not (0 < beta_start <= beta_end < 1):
+        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}")
+    if key == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    if key == "linear_improved":
+        scale = 1000.0 / T
+        if not beta_end * scale < 1:
+            raise ValueError(f"linear_improved with T={T} scales beta_end to {beta_end * scale:.3g} >= 1")
+        return torch.linspace(beta_start * scale, beta_end * scale, T, dtype=torch.float64)
+    if key == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+    if key == "squaredcos_cap_v2":
+        return _cosine_betas(T)
+    # sigmoid
+    return torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float64)) * (beta_end - beta_start) + beta_start
