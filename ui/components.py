@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from pathlib import Path
 
 import gradio as gr
 import gradio.component_meta as _component_meta
@@ -135,3 +136,24 @@ def clear_request_errors(demo: gr.Blocks) -> gr.Blocks:
 
     demo.validate_inputs, demo.preprocess_data = validate_inputs, preprocess_data
     return demo
+
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"  # images this repo made itself
+EXAMPLES = sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
+DEFAULT_IMAGE = str(EXAMPLES_DIR / "sunset.png") if (EXAMPLES_DIR / "sunset.png").is_file() else None
+UploadImage.allowed_folders = (str(EXAMPLES_DIR),)
+
+
+def image_with_examples(label: str, height: int, elem_id: str, examples_label: str | None = None) -> UploadImage:
+    """An image upload or paste, preset to the bundled sunset, with the example images below it (under
+    ``examples_label``, gradio's "Examples" when None)."""
+    image = UploadImage(
+        value=DEFAULT_IMAGE,
+        label=label,
+        type="filepath",
+        sources=["upload", "clipboard"],
+        height=height,
+        elem_id=elem_id,
+    )
+    gr.Examples(EXAMPLES, inputs=image, **({"label": examples_label} if examples_label else {}))
+    return image

@@ -28,10 +28,9 @@ from ui.common import (
     seed_arg,
     user_errors,
 )
-from ui.components import StrictNumber, StrictSlider, UploadImage
+from ui.components import StrictNumber, StrictSlider, image_with_examples
 from ui.files import png
 from ui.i18n import tr
-from ui.tabs.forward import DEFAULT_IMAGE, EXAMPLES
 
 TEXT = {
     "en": {
@@ -115,18 +114,7 @@ def build(ctx) -> None:
     with add(gr.Tab(t_("tab"), id="denoise"), key="tab"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                image = add(
-                    UploadImage(
-                        value=DEFAULT_IMAGE,
-                        label=t_("image"),
-                        type="filepath",
-                        sources=["upload", "clipboard"],
-                        height=240,
-                        elem_id="denoise-image",
-                    ),
-                    key="image",
-                )
-                gr.Examples(EXAMPLES, inputs=image)
+                image = add(image_with_examples(t_("image"), 240, "denoise-image"), key="image")
                 model_in = add(
                     gr.Dropdown(model_choices(), value=default_model(), allow_custom_value=True, label=t_("model")),
                     key="model",

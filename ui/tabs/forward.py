@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 
 import gradio as gr
 
@@ -13,14 +12,9 @@ from ddpm_core import SCHEDULES, GaussianDiffusion, NoiseSchedule
 from ddpm_core.explore import forward_views
 from ddpm_core.imaging import make_grid, noise_to_pil, tensor_to_pil
 from ui.common import LATEX, T_MAX, T_MIN, image_tensor, int_arg, seed_arg, user_errors
-from ui.components import StrictNumber, StrictSlider, UploadImage, short_repr
+from ui.components import StrictNumber, StrictSlider, image_with_examples, short_repr
 from ui.files import pngs
 from ui.i18n import tr
-
-HERE = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*.png"))
-DEFAULT_IMAGE = str(HERE / "examples" / "sunset.png") if (HERE / "examples" / "sunset.png").is_file() else None
-UploadImage.allowed_folders = (str(HERE / "examples"),)
 
 SCHEDULE_CHOICES = list(SCHEDULES)
 LINEAR_IMPROVED_T_MIN = 21
@@ -160,18 +154,7 @@ def build(ctx) -> None:
     with add(gr.Tab(t_("tab"), id="forward"), key="tab"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                image = add(
-                    UploadImage(
-                        value=DEFAULT_IMAGE,
-                        label=t_("image"),
-                        type="filepath",
-                        sources=["upload", "clipboard"],
-                        height=280,
-                        elem_id="input-image",
-                    ),
-                    key="image",
-                )
-                gr.Examples(EXAMPLES, inputs=image, label=t_("examples"))
+                image = add(image_with_examples(t_("image"), 280, "input-image", t_("examples")), key="image")
                 t = add(StrictSlider(0, T_MAX - 1, value=250, step=1, label=t_("t"), elem_id="t-slider"), key="t")
                 with gr.Row():
                     schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")

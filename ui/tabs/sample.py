@@ -229,66 +229,56 @@ def device_note_args() -> dict:
 
 
 # ---------------------------------------------------------------- layout
+def _controls(t_, add) -> tuple:
+    """The left column: model, sampler, steps, eta, variance, batch, seed (with its dice) and the button."""
+    model_in = add(
+        gr.Dropdown(
+            model_choices(), value=default_model(), allow_custom_value=True, label=t_("model"), elem_id="model"
+        ),
+        key="model",
+    )
+    sampler = add(gr.Radio(SAMPLER_CHOICES, value=SAMPLER_CHOICES[1], label=t_("sampler")), key="sampler")
+    steps = add(StrictSlider(1, T_MAX, value=DEFAULT_STEPS, step=1, label=t_("steps")), key="steps")
+    eta = add(StrictSlider(0, 1, value=0.0, step=0.05, label=t_("eta"), visible=False), key="eta")
+    variance = add(gr.Dropdown(VARIANCE_CHOICES, value="model default", label=t_("variance")), key="variance")
+    batch = add(StrictSlider(1, MAX_BATCH, value=DEFAULT_BATCH, step=1, label=t_("batch")), key="batch")
+    with gr.Row():
+        seed = add(
+            StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1, scale=3), key="seed"
+        )
+        dice = gr.Button("🎲", scale=1, min_width=60)
+    go = add(gr.Button(t_("go"), variant="primary", elem_id="run-btn"), key="go", attr="value")
+    note_key = "cpu_note" if ON_CPU else "gpu_note"
+    add(gr.Markdown(t_(note_key).format(**device_note_args())), key=note_key, attr="value", **device_note_args())
+    return model_in, sampler, steps, eta, variance, batch, seed, dice, go
+
+
+def _outputs(t_, add) -> tuple:
+    """The right column: the gallery, the run's summary, the trajectory, the animation and the downloads."""
+    gallery = add(
+        gr.Gallery(label=t_("gallery"), columns=4, height=420, format="png", elem_id="gallery", object_fit="contain"),
+        key="gallery",
+    )
+    info = gr.Markdown(elem_id="sample-info")
+    with gr.Row():
+        trajectory = add(gr.Image(label=t_("trajectory"), format="png", interactive=False), key="trajectory")
+    with gr.Row():
+        animation = add(
+            gr.Image(label=t_("animation"), type="filepath", interactive=False, height=260), key="animation"
+        )
+        downloads = add(gr.File(label=t_("downloads"), file_count="multiple"), key="downloads")
+    return gallery, trajectory, animation, downloads, info
+
+
 def build(ctx) -> None:
     t_ = functools.partial(tr, TEXT)
     add = functools.partial(ctx.i18n.add, text=TEXT)
-    note_key = "cpu_note" if ON_CPU else "gpu_note"
     with add(gr.Tab(t_("tab"), id="sample"), key="tab"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                model_in = add(
-                    gr.Dropdown(
-                        model_choices(),
-                        value=default_model(),
-                        allow_custom_value=True,
-                        label=t_("model"),
-                        elem_id="model",
-                    ),
-                    key="model",
-                )
-                sampler = add(gr.Radio(SAMPLER_CHOICES, value=SAMPLER_CHOICES[1], label=t_("sampler")), key="sampler")
-                steps = add(StrictSlider(1, T_MAX, value=DEFAULT_STEPS, step=1, label=t_("steps")), key="steps")
-                eta = add(StrictSlider(0, 1, value=0.0, step=0.05, label=t_("eta"), visible=False), key="eta")
-                variance = add(
-                    gr.Dropdown(VARIANCE_CHOICES, value="model default", label=t_("variance")), key="variance"
-                )
-                batch = add(StrictSlider(1, MAX_BATCH, value=DEFAULT_BATCH, step=1, label=t_("batch")), key="batch")
-                with gr.Row():
-                    seed = add(
-                        StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1, scale=3),
-                        key="seed",
-                    )
-                    dice = gr.Button("🎲", scale=1, min_width=60)
-                go = add(gr.Button(t_("go"), variant="primary", elem_id="run-btn"), key="go", attr="value")
-                add(
-                    gr.Markdown(t_(note_key).format(**device_note_args())),
-                    key=note_key,
-                    attr="value",
-                    **device_note_args(),
-                )
+                model_in, sampler, steps, eta, variance, batch, seed, dice, go = _controls(t_, add)
             with gr.Column(scale=2):
-                gallery = add(
-                    gr.Gallery(
-                        label=t_("gallery"),
-                        columns=4,
-                        height=420,
-                        format="png",
-                        elem_id="gallery",
-                        object_fit="contain",
-                    ),
-                    key="gallery",
-                )
-                info = gr.Markdown(elem_id="sample-info")
-                with gr.Row():
-                    trajectory = add(
-                        gr.Image(label=t_("trajectory"), format="png", interactive=False), key="trajectory"
-                    )
-                with gr.Row():
-                    animation = add(
-                        gr.Image(label=t_("animation"), type="filepath", interactive=False, height=260),
-                        key="animation",
-                    )
-                    downloads = add(gr.File(label=t_("downloads"), file_count="multiple"), key="downloads")
+                gallery, trajectory, animation, downloads, info = _outputs(t_, add)
         add(gr.Markdown(t_("sample"), latex_delimiters=LATEX), key="sample", attr="value")
     sampler.change(steps_visibility, sampler, [steps, eta], api_visibility="private")
     dice.click(randomize_seed, None, seed, api_visibility="private")
