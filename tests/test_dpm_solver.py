@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
+from teacher_forcing import model_rounding_scale
 from torch.overrides import TorchFunctionMode
 
 from conftest import tiny_unet
@@ -457,22 +458,14 @@ LOOP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("schedule,pred,spacing,N", LOOP_CASES)
-def test_float32_loop_equals_diffusers_loop(schedule, pred, spacing, N, unet3):
-    """Our loop and diffusers' scheduler loop in float32 on a tiny real UNet2DModel, x_T from the same generator
-    (4 x 4 samples keep the network's Jacobians, 48 columns a sample, cheap).
-
-    Free-running: |x_0 ours - x_0 diffusers| <= SAFETY sum_k (G_x delta_x + G_p delta_p)_k, the model outputs
-    differing by up to twice the network's float32 rounding rho_k = max |unet(x_k) - unet64(x_k)| from step 1 on
-    (the same x_T at step 0): u = 2^-24 times N steps times the growth factor G times the margin, in one line.
-    Teacher-forced (diffusers steps from our x_t with our model output, keeping its own history): each step within
-    SAFETY (delta_x + |C| delta_p of the step before), the same outputs (no rho), no growth."""
+def _float32_run(schedule, pred, spacing, N, unet3):
+    """Our loop in float32 on ``unet3`` (2 samples of 3 x 4 x 4, x_T from seed 5), recorded: (cfg, diffusion, ts,
+    steps, the model outputs it got, rho_k = the network's float32 rounding max |unet(x_k) - unet64(x_k)| [B])."""
     cfg = dict(
         SCHEDULES[SCHEDULE_IDS.index(schedule)], prediction_type=pred, timestep_spacing=spacing, clip_sample=False
     )
     diffusion = GaussianDiffusion.from_config(cfg)
     ts = diffusion.inference_timesteps(N).tolist()
-    shape, B = (2, 3, 4, 4), 2
     outputs = []
 
     def model(x, t):
@@ -480,32 +473,34 @@ def test_float32_loop_equals_diffusers_loop(schedule, pred, spacing, N, unet3):
             outputs.append(unet3(x, t).sample)
         return outputs[-1]
 
+    run = sample_loop_progressive(
+        diffusion, SAMPLER, model, (2, 3, 4, 4), ts, torch.Generator().manual_seed(5), dtype=torch.float32
+    )
     steps = [
         StepOutput(o.prev_sample.clone(), o.pred_original_sample.clone(), o.index, o.timestep, o.x_t.clone())
-        for o in sample_loop_progressive(
-            diffusion, SAMPLER, model, shape, ts, torch.Generator().manual_seed(5), dtype=torch.float32
-        )
+        for o in run
     ]
     assert [s.timestep for s in steps] == ts and steps[-1].prev_sample.dtype == torch.float32
-    # free-running
+    unet64 = copy.deepcopy(unet3).double()
+    rho = [model_rounding_scale(unet3, unet64, s.x_t, torch.full((2,), s.timestep))[1].flatten() for s in steps]
+    return cfg, diffusion, ts, steps, outputs, rho
+
+
+@pytest.mark.parametrize("schedule,pred,spacing,N", LOOP_CASES)
+def test_float32_loop_equals_diffusers_loop(schedule, pred, spacing, N, unet3):
+    """Our loop and diffusers' scheduler loop in float32 on a tiny real UNet2DModel, free-running from the same x_T
+    (4 x 4 samples keep the network's Jacobians, 48 columns a sample, cheap).
+
+    |x_0 ours - x_0 diffusers| <= SAFETY sum_k (G_x delta_x + G_p delta_p)_k, the model outputs differing by up
+    to twice the network's float32 rounding rho_k from step 1 on (the same x_T at step 0): u = 2^-24 times N steps
+    times the growth factor G times the margin, in one line."""
+    cfg, diffusion, ts, steps, outputs, rho = _float32_run(schedule, pred, spacing, N, unet3)
     ref = reference(cfg, diffusion, ts, torch.float32)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(5))  # diffusers' randn_tensor draw of x_T
+    x = torch.randn(steps[0].x_t.shape, generator=torch.Generator().manual_seed(5))  # diffusers' randn_tensor x_T
     assert torch.equal(x, steps[0].x_t)
     for t in ref.timesteps:
         with torch.no_grad():
-            x = ref.step(unet3(x, t.expand(B)).sample, t, x).prev_sample
-    unet64 = copy.deepcopy(unet3).double()
-    with torch.no_grad():
-        rho = [
-            (
-                call_model(unet3, s.x_t, torch.full((B,), s.timestep)).double()
-                - call_model(unet64, s.x_t.double(), torch.full((B,), s.timestep))
-            )
-            .abs()
-            .flatten(1)
-            .amax(1)
-            for s in steps
-        ]
+            x = ref.step(unet3(x, t.expand(x.shape[0])).sample, t, x).prev_sample
     dx, dp = step_differences(diffusion, ts, steps, outputs, [2 * r if k else 0 * r for k, r in enumerate(rho)])
     G = growth_factors(diffusion, ts, steps, unet3)
     bound = SAFETY * sum(G[k][0] * dx[k] + G[k][1] * dp[k] for k in range(N))
@@ -515,7 +510,13 @@ def test_float32_loop_equals_diffusers_loop(schedule, pred, spacing, N, unet3):
         f"{cfg} N={N}: |ours - diffusers| = {err.tolist()} exceeds SAFETY x the derived bound "
         f"{bound.tolist()} (growth factor {growth:.3g})"
     )
-    # teacher-forced
+
+
+@pytest.mark.parametrize("schedule,pred,spacing,N", LOOP_CASES)
+def test_float32_loop_teacher_forced_by_diffusers(schedule, pred, spacing, N, unet3):
+    """diffusers steps from our x_t with our model output, keeping its own history: each step within
+    SAFETY (delta_x + |C| delta_p of the step before), the same model outputs (no rho), no growth."""
+    cfg, diffusion, ts, steps, outputs, rho = _float32_run(schedule, pred, spacing, N, unet3)
     ref = reference(cfg, diffusion, ts, torch.float32)
     dx, dp = step_differences(diffusion, ts, steps, outputs, [0 * r for r in rho])
     C = SAMPLER.tables(diffusion, np.asarray(ts), 0.0)["prev_x0_coef"].abs().tolist()
