@@ -296,30 +296,10 @@ def _gamma(n: int, lam: float = 8.0) -> float:
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_with_twice_the_batch(runs):
-    """2 x B and 1 x 2B compute the same global-batch gradient, up to float32 rounding in a different order; the
-    tolerance is derived (not measured):
-
-    * Gradient. Each gradient element of the tiny UNet at 28x28 is a float32 sum of at most N = 2B * 28 * 28 terms
-      (a conv weight gradient sums over samples and positions; DDP's average adds the two half-batch sums). Summed in
-      any order, a run's error is <= gamma_N * sum|terms| (Higham & Mary's probabilistic bound, lam = 8, about
-      8 sqrt(N) u = 634 u); sum|terms| is taken as S = sum_i |g_i| over the 2B per-sample gradients (float64),
-      normwise: |g_run - g_exact| <= gamma_N |S| and |g_2proc - g_1proc| <= 2 gamma_N |S|. Weights that differ by
-      a few ulps (later steps) act as one more rounding per product: inside the same bound.
-    * Weights. AdamW (no weight decay) moves weight j by lr * m/(sqrt(v) + eps). With each gradient element off by at
-      most e (the normwise bound, used elementwise), the bias-corrected moments are weighted means, so m and sqrt(v)
-      move by at most e_max (the largest e so far) and the update by at most e_max (1 + |m|/(sqrt(v)+eps)) /
-      (max(sqrt(v) - e_max, 0) + eps), and never by more than 2c (|m| <= c sqrt(v) by Cauchy-Schwarz over the
-      moment weights); plus one float32 rounding of the stored weight per step and run (k ulps after k steps).
-    """
-    two, one = runs.two, runs.one
-    # the same initial weights; both ranks hold the same averaged gradient at every step; the same LR schedule
-    assert all(torch.equal(a, b) for a, b in zip(two.steps[0]["params"], one.steps[0]["params"]))
-    for k in range(STEPS):
-        r1 = torch.load(two.probe / f"step{k}-rank1.pt")
-        assert all(torch.equal(a, b) for a, b in zip(two.steps[k]["grads"], r1["grads"]))
-        assert two.steps[k]["lr"] == one.steps[k]["lr"] == pytest.approx(5e-4 * (k + 1) / 200, rel=1e-12)
-
+def _gradients_and_weights_agree(two, one) -> list:
+    """Step by step: both runs' gradients within the summation bound of the exact global-batch gradient, the
+    weights within the AdamW propagation of that bound (the derivation is the test's docstring). Returns the
+    weight tolerance after each step."""
     gamma = _gamma(2 * B * 28 * 28)
     b1, b2, eps = 0.9, 0.999, 1e-8  # AdamW's defaults, as train.py uses them
     m = v = 0.0
@@ -350,6 +330,34 @@ def test_two_processes_train_like_one_with_twice_the_batch(runs):
             # not vacuous: for a good share of the weights the tolerance is below half of their own movement
             assert (T < (wb - W0).abs() / 2).float().mean() > 0.1
         weight_tols.append(tol.clone())
+    return weight_tols
+
+
+def test_two_processes_train_like_one_with_twice_the_batch(runs):
+    """2 x B and 1 x 2B compute the same global-batch gradient, up to float32 rounding in a different order; the
+    tolerance is derived (not measured):
+
+    * Gradient. Each gradient element of the tiny UNet at 28x28 is a float32 sum of at most N = 2B * 28 * 28 terms
+      (a conv weight gradient sums over samples and positions; DDP's average adds the two half-batch sums). Summed in
+      any order, a run's error is <= gamma_N * sum|terms| (Higham & Mary's probabilistic bound, lam = 8, about
+      8 sqrt(N) u = 634 u); sum|terms| is taken as S = sum_i |g_i| over the 2B per-sample gradients (float64),
+      normwise: |g_run - g_exact| <= gamma_N |S| and |g_2proc - g_1proc| <= 2 gamma_N |S|. Weights that differ by
+      a few ulps (later steps) act as one more rounding per product: inside the same bound.
+    * Weights. AdamW (no weight decay) moves weight j by lr * m/(sqrt(v) + eps). With each gradient element off by at
+      most e (the normwise bound, used elementwise), the bias-corrected moments are weighted means, so m and sqrt(v)
+      move by at most e_max (the largest e so far) and the update by at most e_max (1 + |m|/(sqrt(v)+eps)) /
+      (max(sqrt(v) - e_max, 0) + eps), and never by more than 2c (|m| <= c sqrt(v) by Cauchy-Schwarz over the
+      moment weights); plus one float32 rounding of the stored weight per step and run (k ulps after k steps).
+    """
+    two, one = runs.two, runs.one
+    # the same initial weights; both ranks hold the same averaged gradient at every step; the same LR schedule
+    assert all(torch.equal(a, b) for a, b in zip(two.steps[0]["params"], one.steps[0]["params"]))
+    for k in range(STEPS):
+        r1 = torch.load(two.probe / f"step{k}-rank1.pt")
+        assert all(torch.equal(a, b) for a, b in zip(two.steps[k]["grads"], r1["grads"]))
+        assert two.steps[k]["lr"] == one.steps[k]["lr"] == pytest.approx(5e-4 * (k + 1) / 200, rel=1e-12)
+
+    weight_tols = _gradients_and_weights_agree(two, one)
 
     # the saved checkpoint holds the weights after 2 steps, the saved pipeline the EMA after 3 (a convex combination
     # of the weights after steps 1..3: within the largest of their tolerances, plus the EMA's own roundings)
