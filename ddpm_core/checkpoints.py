@@ -254,6 +254,7 @@ def _check_config(config_path: Path, name: str) -> dict:
 
 def _load_unet(folder: Path, subfolder: str | None, name: str):
     from diffusers import UNet2DModel
+    from diffusers.utils import is_accelerate_available
 
     base = folder / subfolder if subfolder else folder
     config = _check_config(base / "config.json", name)
@@ -265,7 +266,12 @@ def _load_unet(folder: Path, subfolder: str | None, name: str):
         raise ValueError(f"{name}: weights of {weights.stat().st_size / 1e9:.1f} GB are too large for a DDPM UNet")
     try:
         if weights == st:
-            unet = UNet2DModel.from_pretrained(str(folder), subfolder=subfolder, use_safetensors=True)
+            # accelerate (training only) speeds up loading big models; without it, ask for the plain load outright
+            # instead of having diffusers warn at every start of the Space
+            low_mem = is_accelerate_available()
+            unet = UNet2DModel.from_pretrained(
+                str(folder), subfolder=subfolder, use_safetensors=True, low_cpu_mem_usage=low_mem
+            )
         else:
             # .bin is a pickle: only tensors may come out of it (weights_only), never code.
             unet = UNet2DModel.from_config(config)

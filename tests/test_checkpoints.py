@@ -158,3 +158,28 @@ def test_a_cache_takes_its_root_folder_per_instance(tmp_path):
         ck.ModelCache().get("elsewhere")
     with pytest.raises(ValueError, match="not allowed"):
         ck.ModelCache(root=tmp_path).get("../checkpoints/ddpm-mnist-28")
+
+
+def test_loading_where_accelerate_is_absent_does_not_warn(ckdir, monkeypatch):
+    """The Space installs requirements.txt, which leaves accelerate out (training needs it, loading does not):
+    diffusers would warn on every start that it cannot load with low memory usage. Simulated here by diffusers'
+    own availability check saying no; the warnings are read at diffusers' library logger."""
+    import logging.handlers
+
+    import diffusers.models.modeling_utils as modeling_utils
+    import diffusers.utils
+    from diffusers.utils import logging as diffusers_logging
+
+    monkeypatch.setattr(modeling_utils, "is_accelerate_available", lambda: False)
+    monkeypatch.setattr(diffusers.utils, "is_accelerate_available", lambda: False)
+    save_pipeline_folder(tiny_unet(3), ckdir / "pipe")
+    logger, level = logging.getLogger("diffusers"), diffusers_logging.get_verbosity()
+    seen = logging.handlers.BufferingHandler(100)
+    logger.addHandler(seen)
+    diffusers_logging.set_verbosity_warning()
+    try:
+        assert ck.ModelCache().get("pipe").sample_shape == (3, 8, 8)
+    finally:
+        diffusers_logging.set_verbosity(level)
+        logger.removeHandler(seen)
+    assert not [r.getMessage() for r in seen.buffer if "accelerate" in r.getMessage()]
