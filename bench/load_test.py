@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common import ROOT  # offline environment, the repo on the import path
@@ -35,6 +36,161 @@ from common import ROOT  # offline environment, the repo on the import path
 
 def user_address(k: int) -> str:
     return f"203.0.113.{k % 250 + 1}"
+
+
+def client_for(url: str, folder: str, address: str):
+    """A gradio client downloading into ``/tmp/ddpm-load-dl/<folder>``, seen by the app as coming from ``address``."""
+    from gradio_client import Client
+
+    return Client(
+        url,
+        verbose=False,
+        analytics_enabled=False,
+        download_files=f"/tmp/ddpm-load-dl/{folder}",
+        headers={"X-Forwarded-For": address},
+    )
+
+
+def noise_png(path: str, seed: int, shape: tuple[int, int, int]) -> str:
+    """A seeded uniform-noise RGB image saved at ``path``; returns the path."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)).save(path)
+    return path
+
+
+def pct(v: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(v, q)) if v else float("nan")
+
+
+def latency_summary(lat: dict[str, list[float]], percentiles: tuple[int, ...]) -> dict:
+    """Per endpoint: the number of calls, the given percentiles ("p50", ...) and the maximum, in seconds."""
+    return {k: {"n": len(v), **{f"p{q}": pct(v, q) for q in percentiles}, "max": max(v)} for k, v in lat.items()}
+
+
+def run_all(threads: list[threading.Thread]) -> None:
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+
+
+class PeakWatch:
+    """The peaks of a process's RSS and, given ``disk_bytes``, of what it returns (a folder's size), sampled every
+    ``period`` s between ``start()`` and ``stop()``; the RSS is first read when this is made."""
+
+    def __init__(self, pid: int | None, period: float, disk_bytes: Callable[[], int] | None = None):
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.rss, self.disk = self.proc.memory_info().rss, 0
+        self.period, self.disk_bytes = period, disk_bytes
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.rss = max(self.rss, self.proc.memory_info().rss)
+            if self.disk_bytes is not None:
+                self.disk = max(self.disk, self.disk_bytes())
+            time.sleep(self.period)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Tally:
+    """What the client threads report, under one lock: latencies per endpoint, refusals, and the distinct results
+    of identical requests."""
+
+    def __init__(self):
+        self.lat: dict[str, list[float]] = {}
+        self.errors: list[str] = []
+        self.digests: dict[str, set] = {"forward-identical": set(), "sample-identical": set()}
+        self.lock = threading.Lock()
+
+    def latency(self, kind: str, seconds: float) -> None:
+        with self.lock:
+            self.lat.setdefault(kind, []).append(seconds)
+
+    def refused(self, kind: str, err: Exception) -> None:
+        with self.lock:
+            self.errors.append(f"{kind}: {err}")
+
+    def result(self, key: str, digest) -> None:
+        with self.lock:
+            self.digests[key].add(digest)
+
+
+def forward_call(client, image: str, k: int, c: int, identical: bool, tally: Tally) -> None:
+    """User ``k``'s call ``c`` to /forward; the noised image must arrive whole."""
+    from gradio_client import handle_file
+    from PIL import Image
+
+    out = client.predict(
+        handle_file(image),
+        0 if identical else (k * 37 + c * 101) % 1000,
+        "linear",
+        1000,
+        0 if identical else k,
+        api_name="/forward",
+    )
+    data = Path(out[0]).read_bytes()
+    Image.open(io.BytesIO(data)).load()  # arrives whole: decodes completely
+    if identical:
+        tally.result("forward-identical", hashlib.sha256(data).hexdigest())
+
+
+def sample_call(client, k: int, identical: bool, tally: Tally) -> None:
+    """User ``k``'s call to /sample (10 steps, batch 2); every image must arrive whole."""
+    from PIL import Image
+
+    out = client.predict(
+        "ddpm-mnist-28",
+        "DDPM (fewer steps)",
+        10,
+        0.0,
+        "model default",
+        2,
+        0 if identical else k,
+        api_name="/sample",
+    )
+    paths = [g["image"] for g in out[0]]
+    for p in paths:
+        Image.open(p).load()
+    if identical:
+        tally.result("sample-identical", tuple(hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths))
+
+
+def load_user(url: str, k: int, calls: int, image: str, t_end: float, tally: Tally) -> None:
+    """User ``k``: ``calls`` calls cycling forward / schedules / sample / forward, until ``t_end``; every fourth user
+    sends identical requests (same image, same seed)."""
+    from gradio_client.exceptions import AppError
+
+    client = client_for(url, str(k), user_address(k))
+    identical = k % 4 == 0
+    for c in range(calls):
+        if time.monotonic() > t_end:
+            return
+        kind = ("forward", "schedules", "sample", "forward")[c % 4]
+        t0 = time.perf_counter()
+        try:
+            if kind == "forward":
+                forward_call(client, image, k, c, identical, tally)
+            elif kind == "schedules":
+                client.predict(["linear", "sigmoid"], 1000, api_name="/schedules")
+            else:
+                sample_call(client, k, identical, tally)
+            tally.latency(kind, time.perf_counter() - t0)
+        except AppError as err:  # a clean refusal (e.g. queue full) is allowed; anything else is not
+            tally.refused(kind, err)
 
 
 def run_load(
@@ -45,114 +201,29 @@ def run_load(
     deadline_s: float = 600,
     pid: int | None = None,
 ) -> dict:
-    import numpy as np
-    import psutil
-    from gradio_client import Client, handle_file
-    from gradio_client.exceptions import AppError
-    from PIL import Image
-
-    proc = psutil.Process(pid)  # the server (this process when it serves in-process)
-    peak = {"rss": proc.memory_info().rss}
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak["rss"] = max(peak["rss"], proc.memory_info().rss)
-            time.sleep(0.05)
-
+    """``users`` concurrent users of ``calls`` calls each, stopping at ``deadline_s``: completed and refused calls,
+    latencies per endpoint, the server's peak RSS and how many distinct results identical requests got."""
+    peaks = PeakWatch(pid, period=0.05)  # the server (this process when it serves in-process)
     if image is None:
-        image = "/tmp/ddpm-load.png"
-        Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 320, 3), dtype=np.uint8)).save(image)
-    lat: dict[str, list[float]] = {}
-    errors: list[str] = []
-    digests: dict[str, set] = {"forward-identical": set(), "sample-identical": set()}
-    lock = threading.Lock()
+        image = noise_png("/tmp/ddpm-load.png", 0, (256, 320, 3))
+    tally = Tally()
     t_end = time.monotonic() + deadline_s
-
-    def user(k: int):
-        client = Client(
-            url,
-            verbose=False,
-            analytics_enabled=False,
-            download_files=f"/tmp/ddpm-load-dl/{k}",
-            headers={"X-Forwarded-For": user_address(k)},
-        )
-        identical = k % 4 == 0
-        for c in range(calls):
-            if time.monotonic() > t_end:
-                return
-            kind = ("forward", "schedules", "sample", "forward")[c % 4]
-            t0 = time.perf_counter()
-            try:
-                if kind == "forward":
-                    out = client.predict(
-                        handle_file(image),
-                        0 if identical else (k * 37 + c * 101) % 1000,
-                        "linear",
-                        1000,
-                        0 if identical else k,
-                        api_name="/forward",
-                    )
-                    data = Path(out[0]).read_bytes()
-                    Image.open(io.BytesIO(data)).load()  # arrives whole: decodes completely
-                    if identical:
-                        with lock:
-                            digests["forward-identical"].add(hashlib.sha256(data).hexdigest())
-                elif kind == "schedules":
-                    client.predict(["linear", "sigmoid"], 1000, api_name="/schedules")
-                else:
-                    out = client.predict(
-                        "ddpm-mnist-28",
-                        "DDPM (fewer steps)",
-                        10,
-                        0.0,
-                        "model default",
-                        2,
-                        0 if identical else k,
-                        api_name="/sample",
-                    )
-                    paths = [g["image"] for g in out[0]]
-                    for p in paths:
-                        Image.open(p).load()
-                    if identical:
-                        with lock:
-                            digests["sample-identical"].add(
-                                tuple(hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths)
-                            )
-                with lock:
-                    lat.setdefault(kind, []).append(time.perf_counter() - t0)
-            except AppError as err:  # a clean refusal (e.g. queue full) is allowed; anything else is not
-                with lock:
-                    errors.append(f"{kind}: {err}")
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    threads = [threading.Thread(target=user, args=(k,)) for k in range(users)]
+    threads = [threading.Thread(target=load_user, args=(url, k, calls, image, t_end, tally)) for k in range(users)]
+    peaks.start()
     t0 = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    stop.set()
-    watcher.join()
-
-    def pct(v, q):
-        return float(np.percentile(v, q)) if v else float("nan")
-
+    run_all(threads)
+    peaks.stop()
     return {
         "users": users,
         "calls_per_user": calls,
         "wall_s": time.perf_counter() - t0,
-        "completed": sum(len(v) for v in lat.values()),
-        "refused": len(errors),
-        "errors": errors[:5],
-        "latency_s": {
-            k: {"n": len(v), "p50": pct(v, 50), "p90": pct(v, 90), "p99": pct(v, 99), "max": max(v)}
-            for k, v in lat.items()
-        },
-        "peak_rss_mb": peak["rss"] / 2**20,
-        "identical_forward_variants": len(digests["forward-identical"]),
-        "identical_sample_variants": len(digests["sample-identical"]),
+        "completed": sum(len(v) for v in tally.lat.values()),
+        "refused": len(tally.errors),
+        "errors": tally.errors[:5],
+        "latency_s": latency_summary(tally.lat, (50, 90, 99)),
+        "peak_rss_mb": peaks.rss / 2**20,
+        "identical_forward_variants": len(tally.digests["forward-identical"]),
+        "identical_sample_variants": len(tally.digests["sample-identical"]),
     }
 
 
@@ -173,139 +244,119 @@ def huge_tiff(k: int) -> str:
     return path
 
 
+def flood_joins(url: str, ids: dict, t_end: float, flood: dict) -> None:
+    """Until ``t_end``, joins the queue from HOSTILE without ever listening, alternating 1000-step sampling at batch
+    16 and forward; counts the accepted and refused joins in ``flood``."""
+    import uuid
+
+    import httpx
+
+    heavy = ["ddpm-mnist-28", "DDPM (all T steps)", 1000, 0.0, "model default", 16, 0]
+    with httpx.Client(headers={"X-Forwarded-For": HOSTILE}, timeout=10) as http:
+        k = 0
+        while time.monotonic() < t_end:
+            fn, data = (ids["sample"], heavy) if k % 2 == 0 else (ids["forward"], [None, 5, "linear", 1000, 0])
+            body = {
+                "data": data,
+                "fn_index": fn,
+                "session_hash": uuid.uuid4().hex[:10],
+                "event_data": None,
+                "trigger_id": None,
+            }
+            ok = http.post(url + "gradio_api/queue/join", json=body).status_code == 200
+            flood["accepted" if ok else "refused"] += 1
+            k += 1
+            time.sleep(0.005)
+
+
+def polite_user(url: str, t_end: float, tally: Tally) -> None:
+    """Until ``t_end``, one well-behaved client cycling /forward (three in five calls), /schedules and /sample."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    image = noise_png("/tmp/ddpm-hostile.png", 1, (384, 512, 3))
+    client = client_for(url, "polite", "192.0.2.10")
+    c = 0
+    while time.monotonic() < t_end:
+        kind = ("forward", "forward", "schedules", "forward", "sample")[c % 5]
+        t0 = time.perf_counter()
+        try:
+            if kind == "forward":
+                client.predict(handle_file(image), (c * 97) % 1000, "linear", 1000, c, api_name="/forward")
+            elif kind == "schedules":
+                client.predict(["linear", "cosine"], 1000, api_name="/schedules")
+            else:
+                client.predict(
+                    "ddpm-mnist-28", "DDPM (fewer steps)", 10, 0.0, "model default", 2, c, api_name="/sample"
+                )
+            tally.latency(kind, time.perf_counter() - t0)
+        except AppError as err:
+            tally.refused(kind, err)
+        c += 1
+
+
+def huge_upload(url: str, k: int, path: str, lat: list[float], tally: Tally) -> None:
+    """Upload ``k``: the TIFF at ``path`` to /forward; its latency goes to ``lat``, a refusal to ``tally``."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    client = client_for(url, f"huge{k}", f"192.0.2.{100 + k}")
+    t0 = time.perf_counter()
+    try:
+        client.predict(handle_file(path), 100, "linear", 1000, 0, api_name="/forward")
+        lat.append(time.perf_counter() - t0)
+    except AppError as err:
+        tally.refused("huge upload", err)
+
+
 def run_hostile(
     url: str, seconds: float = 60, users: int = 0, huge: int = 0, cache: Path | None = None, pid: int | None = None
 ) -> dict:
     """The flood of unlistened joins, a polite client, and optionally ``users`` ordinary users and ``huge``
     40-megapixel uploads, all at once for ``seconds``."""
-    import uuid
-
     import httpx
-    import numpy as np
-    import psutil
-    from gradio_client import Client, handle_file
-    from gradio_client.exceptions import AppError
-    from PIL import Image
 
     from ui.files import cache_root, folder_bytes
 
     cache = cache or cache_root()
     deps = httpx.get(url + "config", timeout=10).json()["dependencies"]
     ids = {d.get("api_name"): d["id"] for d in deps}
-    proc = psutil.Process(pid)  # the server
-    peak = {"rss": proc.memory_info().rss, "disk": 0}
+    peaks = PeakWatch(pid, period=0.1, disk_bytes=lambda: folder_bytes(cache))  # the server and its cache
     huge_paths = [huge_tiff(k) for k in range(huge)]  # made before the clock starts
-    stop = threading.Event()
     t_end = time.monotonic() + seconds
     flood = {"accepted": 0, "refused": 0}
-    polite_lat: dict[str, list[float]] = {}
-    polite_errors: list[str] = []
+    polite = Tally()  # the huge uploads' refusals count with the polite client's
     huge_lat: list[float] = []
-
-    def watch():
-        while not stop.is_set():
-            peak["rss"] = max(peak["rss"], proc.memory_info().rss)
-            peak["disk"] = max(peak["disk"], folder_bytes(cache))
-            time.sleep(0.1)
-
-    def attacker():
-        heavy = ["ddpm-mnist-28", "DDPM (all T steps)", 1000, 0.0, "model default", 16, 0]
-        with httpx.Client(headers={"X-Forwarded-For": HOSTILE}, timeout=10) as http:
-            k = 0
-            while time.monotonic() < t_end:
-                fn, data = (ids["sample"], heavy) if k % 2 == 0 else (ids["forward"], [None, 5, "linear", 1000, 0])
-                body = {
-                    "data": data,
-                    "fn_index": fn,
-                    "session_hash": uuid.uuid4().hex[:10],
-                    "event_data": None,
-                    "trigger_id": None,
-                }
-                ok = http.post(url + "gradio_api/queue/join", json=body).status_code == 200
-                flood["accepted" if ok else "refused"] += 1
-                k += 1
-                time.sleep(0.005)
-
-    def polite():
-        image = "/tmp/ddpm-hostile.png"
-        Image.fromarray(np.random.default_rng(1).integers(0, 256, (384, 512, 3), dtype=np.uint8)).save(image)
-        client = Client(
-            url,
-            verbose=False,
-            analytics_enabled=False,
-            download_files="/tmp/ddpm-load-dl/polite",
-            headers={"X-Forwarded-For": "192.0.2.10"},
-        )
-        c = 0
-        while time.monotonic() < t_end:
-            kind = ("forward", "forward", "schedules", "forward", "sample")[c % 5]
-            t0 = time.perf_counter()
-            try:
-                if kind == "forward":
-                    client.predict(handle_file(image), (c * 97) % 1000, "linear", 1000, c, api_name="/forward")
-                elif kind == "schedules":
-                    client.predict(["linear", "squaredcos_cap_v2"], 1000, api_name="/schedules")
-                else:
-                    client.predict(
-                        "ddpm-mnist-28", "DDPM (fewer steps)", 10, 0.0, "model default", 2, c, api_name="/sample"
-                    )
-                polite_lat.setdefault(kind, []).append(time.perf_counter() - t0)
-            except AppError as err:
-                polite_errors.append(f"{kind}: {err}")
-            c += 1
-
-    def huge_upload(k: int):
-        path = huge_paths[k]
-        client = Client(
-            url,
-            verbose=False,
-            analytics_enabled=False,
-            download_files=f"/tmp/ddpm-load-dl/huge{k}",
-            headers={"X-Forwarded-For": f"192.0.2.{100 + k}"},
-        )
-        t0 = time.perf_counter()
-        try:
-            client.predict(handle_file(path), 100, "linear", 1000, 0, api_name="/forward")
-            huge_lat.append(time.perf_counter() - t0)
-        except AppError as err:
-            polite_errors.append(f"huge upload: {err}")
-
     background = {}
     threads = [
-        threading.Thread(target=watch, daemon=True),
-        threading.Thread(target=attacker),
-        threading.Thread(target=polite),
+        threading.Thread(target=flood_joins, args=(url, ids, t_end, flood)),
+        threading.Thread(target=polite_user, args=(url, t_end, polite)),
     ]
-    threads += [threading.Thread(target=huge_upload, args=(k,)) for k in range(huge)]
+    threads += [
+        threading.Thread(target=huge_upload, args=(url, k, path, huge_lat, polite))
+        for k, path in enumerate(huge_paths)
+    ]
     if users:
         threads.append(
             threading.Thread(
                 target=lambda: background.update(run_load(url, users, calls=10**6, deadline_s=seconds, pid=pid))
             )
         )
-    for th in threads:
-        th.start()
-    for th in threads[1:]:
-        th.join()
-    stop.set()
-
-    def pct(v, q):
-        return float(np.percentile(v, q)) if v else float("nan")
-
+    peaks.start()
+    run_all(threads)
+    peaks.stop()
     return {
         "seconds": seconds,
         "flood": flood,
-        "polite_errors": polite_errors[:5],
-        "polite_refused": len(polite_errors),
-        "polite_latency_s": {
-            k: {"n": len(v), "p50": pct(v, 50), "p95": pct(v, 95), "max": max(v)} for k, v in polite_lat.items()
-        },
+        "polite_errors": polite.errors[:5],
+        "polite_refused": len(polite.errors),
+        "polite_latency_s": latency_summary(polite.lat, (50, 95)),
         "huge_uploads": {"n": huge, "completed": len(huge_lat), "max_s": max(huge_lat) if huge_lat else None},
         "background_users": {k: background.get(k) for k in ("users", "completed", "refused", "errors")}
         if users
         else None,
-        "peak_rss_mb": peak["rss"] / 2**20,
-        "peak_cache_mb": peak["disk"] / 2**20,
+        "peak_rss_mb": peaks.rss / 2**20,
+        "peak_cache_mb": peaks.disk / 2**20,
     }
 
 

@@ -87,7 +87,7 @@ def run(processes: int, threads: int, args, out: Path, port: int) -> dict:
     }
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="ddpm-mnist-28")
     p.add_argument("--num", type=int, default=64)
@@ -98,14 +98,22 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--port", type=int, default=29571)
     p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
-    configs = [(1, args.threads), (args.processes, max(1, args.threads // args.processes))]
+    return p.parse_args(argv)
+
+
+def alternating_runs(configs: list[tuple[int, int]], args) -> list[dict]:
+    """``args.repeats`` rounds of every (processes, threads) configuration in turn, each printed as it ends."""
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             for n, t in configs:
                 runs.append(run(n, t, args, Path(tmp) / f"{n}x{t}-{i}", args.port + i))
                 print(json.dumps(runs[-1]), flush=True)
+    return runs
+
+
+def summarize(configs: list[tuple[int, int]], runs: list[dict]) -> list[dict]:
+    """Per configuration: the median throughputs, and their ratios to the first (single-process) configuration."""
     summary = []
     for n, t in configs:
         mine = [r for r in runs if r["processes"] == n]
@@ -120,6 +128,33 @@ def main(argv=None):
     for s in summary:
         s["end_to_end_vs_1_process"] = round(s["images_per_s_end_to_end"] / base["images_per_s_end_to_end"], 3)
         s["sampling_vs_1_process"] = round(s["images_per_s_sampling"] / base["images_per_s_sampling"], 3)
+    return summary
+
+
+def print_summary(summary: list[dict], load_range: list[float]) -> None:
+    print("\n| config | images/s end to end | images/s sampling |\n|---|---|---|")
+    for s in summary:
+        print(
+            f"| {s['config']} | {s['images_per_s_end_to_end']:.2f} ({s['end_to_end_vs_1_process']:.2f}x) | "
+            f"{s['images_per_s_sampling']:.2f} ({s['sampling_vs_1_process']:.2f}x) |"
+        )
+    print(f"load average (1 min) before the runs: {load_range}")
+
+
+def append_session(path: Path, result: dict) -> None:
+    """Adds ``result``, stamped with the time it finished, to the list of sessions in the JSON file at ``path``."""
+    # appended, not replaced: runs on a loaded and on a quiet machine side by side
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sessions = json.loads(path.read_text())["sessions"] if path.exists() else []
+    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    path.write_text(json.dumps({"sessions": sessions + [result]}, indent=2) + "\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    configs = [(1, args.threads), (args.processes, max(1, args.threads // args.processes))]
+    runs = alternating_runs(configs, args)
+    summary = summarize(configs, runs)
     import torch
 
     result = {
@@ -135,18 +170,9 @@ def main(argv=None):
             "load_1min_range": [min(r["load_1min_before"] for r in runs), max(r["load_1min_before"] for r in runs)],
         },
     }
-    print("\n| config | images/s end to end | images/s sampling |\n|---|---|---|")
-    for s in summary:
-        print(
-            f"| {s['config']} | {s['images_per_s_end_to_end']:.2f} ({s['end_to_end_vs_1_process']:.2f}x) | "
-            f"{s['images_per_s_sampling']:.2f} ({s['sampling_vs_1_process']:.2f}x) |"
-        )
-    print(f"load average (1 min) before the runs: {result['machine']['load_1min_range']}")
-    if args.json:  # each session is appended: runs on a loaded and on a quiet machine side by side
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        sessions = json.loads(args.json.read_text())["sessions"] if args.json.exists() else []
-        result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        args.json.write_text(json.dumps({"sessions": sessions + [result]}, indent=2) + "\n")
+    print_summary(summary, result["machine"]["load_1min_range"])
+    if args.json:
+        append_session(args.json, result)
     return result
 
 

@@ -114,7 +114,8 @@ def loop_alone_runner(model: LoadedModel, shape, steps: int, device, dtype):
     return run
 
 
-def main():
+def parse_args() -> argparse.Namespace:
+    """The command line; ``--all-baselines`` left unset becomes on for the CPU, off on a GPU."""
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="ddpm-mnist-28")
     p.add_argument("--batch", type=int, default=16)
@@ -132,48 +133,61 @@ def main():
         "default: on for the CPU, off on a GPU where each costs a 1000-step eager run",
     )
     args = p.parse_args()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    cuda = device.type == "cuda"
     if args.all_baselines is None:
-        args.all_baselines = not cuda
+        args.all_baselines = torch.device(args.device).type != "cuda"
+    return args
 
-    model = load_model(args.model, device, dtype)
-    C, H, W = model.sample_shape
+
+def diffusers_pipelines(model: LoadedModel, dtypes) -> dict:
+    """A DDPMPipeline on a plain copy of the model's weights for each of ``dtypes``, keyed by the dtype's name."""
     pipes = {}
-    for pdtype in dict.fromkeys([torch.float32, dtype] if args.all_baselines else [torch.float32]):
+    for pdtype in dtypes:
         pipe = DDPMPipeline(
             unet=twin(model.unet, pdtype), scheduler=DDPMScheduler.from_config(model.diffusion.to_config())
         )
         pipe.set_progress_bar_config(disable=True)
         pipes[str(pdtype).replace("torch.", "")] = pipe
-    plain_unet = twin(model.unet, dtype)
+    return pipes
+
+
+def pipeline_runner(pipe: DDPMPipeline, batch: int, steps: int):
+    """One seeded end-to-end call of diffusers' pipeline, images out as numpy."""
+
+    def run():
+        return pipe(
+            batch_size=batch,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        )
+
+    return run
+
+
+def ours_runner(model: LoadedModel, batch: int, steps: int, info: dict, **kw):
+    """One seeded call of ``generate`` with ``kw``; the path it took is kept in ``info`` ("path" or "path_compiled")."""
+
+    def run():
+        res = generate(model, batch_size=batch, seed=0, num_inference_steps=steps, n_snapshots=0, n_frames=0, **kw)
+        info.setdefault("path" + ("_compiled" if kw else ""), res.path)
+
+    return run
+
+
+def build_runs(model: LoadedModel, args, device, dtype, info: dict) -> tuple[dict, dict]:
+    """The runs, name -> callable, in the order they alternate: those ready to time (diffusers, ours) and those
+    built at their first call (UNet only, loop alone), name -> maker of the callable."""
+    C, H, W = model.sample_shape
+    pipes = diffusers_pipelines(
+        model, dict.fromkeys([torch.float32, dtype] if args.all_baselines else [torch.float32])
+    )
+    plain_unet = twin(model.unet, dtype)  # before x_fixed: twin's initialisation draws from the global generator
     x_fixed = torch.randn(args.batch, C, H, W, device=device, dtype=dtype)
     t_fixed = torch.full((1,), 500, device=device).expand(args.batch)  # the form the fast loop passes (no recompile)
     x_cl = x_fixed.contiguous(memory_format=torch.channels_last)
-    info = {}
-
-    def ours(**kw):
-        def run():
-            res = generate(
-                model, batch_size=args.batch, seed=0, num_inference_steps=args.steps, n_snapshots=0, n_frames=0, **kw
-            )
-            info.setdefault("path" + ("_compiled" if kw else ""), res.path)
-
-        return run
-
-    runs = {
-        f"diffusers DDPMPipeline {k}": (
-            lambda pipe=pipe: pipe(
-                batch_size=args.batch,
-                num_inference_steps=args.steps,
-                generator=torch.Generator().manual_seed(0),
-                output_type="np",
-            )
-        )
-        for k, pipe in pipes.items()
-    }
-    runs["ours (fast path)"] = ours()
-    same = frozen_unet(model.unet, (C, H, W)) if not cuda else channels_last(model.unet)
+    runs = {f"diffusers DDPMPipeline {k}": pipeline_runner(pipe, args.batch, args.steps) for k, pipe in pipes.items()}
+    runs["ours (fast path)"] = ours_runner(model, args.batch, args.steps, info)
+    same = frozen_unet(model.unet, (C, H, W)) if device.type != "cuda" else channels_last(model.unet)
     lazy = {
         "UNet only, same settings": lambda: unet_only_runner(same, x_cl, t_fixed, args.steps, device, graph=True),
         "loop alone (a model that costs nothing)": lambda: loop_alone_runner(
@@ -185,37 +199,52 @@ def main():
             plain_unet, x_fixed, t_fixed, args.steps, device, graph=False
         )
     if args.compile:
-        runs["ours + torch.compile"] = ours(compile=True)
+        runs["ours + torch.compile"] = ours_runner(model, args.batch, args.steps, info, compile=True)
         lazy["UNet only, torch.compile"] = lambda: unet_only_runner(
             compiled(model.unet), x_cl, t_fixed, args.steps, device, graph=True
         )
-    first = {}
-    for name, fn in runs.items():  # first calls: tracing, compilation, CUDA graph capture
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        first[name] = time.perf_counter() - t0
+    return runs, lazy
+
+
+def timed(fn, device) -> float:
+    """Seconds for one call of ``fn``, the device synchronized before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def first_calls(runs: dict, lazy: dict, device) -> dict:
+    """Seconds of each run's first call (tracing, compilation, CUDA graph capture); the lazy runs are built, timed
+    with their building, and added to ``runs``."""
+    first = {name: timed(fn, device) for name, fn in runs.items()}
     for name, make in lazy.items():
         t0 = time.perf_counter()
         runs[name] = make()
         runs[name]()
         sync(device)
         first[name] = time.perf_counter() - t0
+    return first
+
+
+def alternating_rounds(runs: dict, repeats: int, device) -> dict:
+    """``repeats`` rounds of every run in turn: name -> its seconds, one per round."""
     times = {k: [] for k in runs}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for name, fn in runs.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    dev = (
-        torch.cuda.get_device_name()
-        if cuda
-        else f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-    )
+            times[name].append(timed(fn, device))
+    return times
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def print_timings(model: LoadedModel, args, dev: str, info: dict, med: dict, first: dict) -> None:
+    """The heading and the markdown table of medians, per-step times and first calls."""
     print(f"#### {model.name}: batch {args.batch}, {args.steps} steps, UNet in {args.dtype}, {dev}")
     print(
         f"torch {torch.__version__}, diffusers {diffusers.__version__}; median of {args.repeats} alternating runs; "
@@ -224,13 +253,15 @@ def main():
     print("| run | median s | per step ms | first call s |\n|---|---|---|---|")
     for k, v in med.items():
         print(f"| {k} | {v:.3f} | {1e3 * v / args.steps:.2f} | {first[k]:.1f} |")
-    # ratios are taken within each round (runs seconds apart) and their median reported: the machine's speed drifts
-    # between rounds by more than the few percent that ours/UNet-only measures
+
+
+def ratio_pairs(with_compile: bool) -> dict:
+    """Ratio label -> (numerator run, denominator run)."""
     pairs = {
         "ours / diffusers fp32": ("ours (fast path)", "diffusers DDPMPipeline float32"),
         "ours / UNet-only (same settings)": ("ours (fast path)", "UNet only, same settings"),
     }
-    if args.compile:
+    if with_compile:
         pairs.update(
             {
                 "compiled / diffusers fp32": ("ours + torch.compile", "diffusers DDPMPipeline float32"),
@@ -241,6 +272,13 @@ def main():
         "loop alone (a model that costs nothing)",
         "UNet only, same settings",
     )
+    return pairs
+
+
+def report_ratios(times: dict, pairs: dict) -> dict:
+    """Prints the markdown table of ratios and returns label -> the median of its per-round ratios."""
+    # ratios are taken within each round (runs seconds apart) and their median reported: the machine's speed drifts
+    # between rounds by more than the few percent that ours/UNet-only measures
     ratios = {}
     print("\n| ratio (median of per-round ratios) | value | range over rounds |\n|---|---|---|")
     for label, (a, b) in pairs.items():
@@ -249,6 +287,21 @@ def main():
         speed = f" ({1 / ratios[label]:.1f}x)" if "diffusers" in label else ""
         nd = 4 if ratios[label] < 0.1 else 3  # the loop-alone share is small: keep its digits
         print(f"| {label} | **{ratios[label]:.{nd}f}**{speed} | {min(per_round):.{nd}f} - {max(per_round):.{nd}f} |")
+    return ratios
+
+
+def main():
+    args = parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    model = load_model(args.model, device, dtype)
+    info = {}
+    runs, lazy = build_runs(model, args, device, dtype, info)
+    first = first_calls(runs, lazy, device)
+    times = alternating_rounds(runs, args.repeats, device)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    dev = device_name(device)
+    print_timings(model, args, dev, info, med, first)
+    ratios = report_ratios(times, ratio_pairs(args.compile))
     result = {
         "model": model.name,
         "batch": args.batch,
