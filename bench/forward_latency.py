@@ -30,7 +30,7 @@ def main():
     Image.fromarray(rng.integers(0, 256, (384, 512, 3), dtype=np.uint8)).save(img)
     app.forward(str(img), 10, "linear", 1000, 0)  # warm: decode cache, schedule cache
     rows = []
-    for schedule in ("linear", "squaredcos_cap_v2"):
+    for schedule in ("linear", "cosine"):
         times = []
         for k in range(args.repeats):
             t = (k * 97) % 1000

@@ -77,9 +77,9 @@ def test_forward_same_seed_same_bytes(client, corpus):
     from gradio_client import handle_file
 
     src = handle_file(str(corpus["photo.jpg"][0]))
-    a = client.predict(src, 300, "squaredcos_cap_v2", 500, 7, api_name="/forward")
-    b = client.predict(src, 300, "squaredcos_cap_v2", 500, 7, api_name="/forward")
-    c = client.predict(src, 300, "squaredcos_cap_v2", 500, 8, api_name="/forward")
+    a = client.predict(src, 300, "cosine", 500, 7, api_name="/forward")
+    b = client.predict(src, 300, "cosine", 500, 7, api_name="/forward")
+    c = client.predict(src, 300, "cosine", 500, 8, api_name="/forward")
     assert _digest(a[0]) == _digest(b[0]) and _digest(a[1]) == _digest(b[1])
     assert _digest(a[0]) != _digest(c[0])
 

@@ -16,7 +16,8 @@ from ui.components import StrictNumber, StrictSlider, image_with_examples, short
 from ui.files import pngs
 from ui.i18n import tr
 
-SCHEDULE_CHOICES = list(SCHEDULES)
+# the name readers know; diffusers' squaredcos_cap_v2 is the same schedule (the explanations say so)
+SCHEDULE_CHOICES = ["cosine" if name == "squaredcos_cap_v2" else name for name in SCHEDULES]
 LINEAR_IMPROVED_T_MIN = 21
 
 TEXT = {

@@ -25,7 +25,7 @@ TEXT = {
         "schedules": r"""### Noise schedules
 $\beta_t$ sets how fast information is destroyed. **linear** (Ho et al.): $\beta_t$ from $10^{-4}$ to $0.02$;
 **linear_improved** (the teaching notes / improved-diffusion): the same, with both ends scaled by $1000/T$ so any $T$
-destroys as much; **scaled_linear**: $\sqrt{\beta}$ linear; **cosine** (Nichol & Dhariwal): $\bar\alpha_t$ follows
+destroys as much; **scaled_linear**: $\sqrt{\beta}$ linear; **cosine** (Nichol & Dhariwal; diffusers calls it `squaredcos_cap_v2`): $\bar\alpha_t$ follows
 $\cos^2$, gentler at both ends; **sigmoid**: $\beta$ along a sigmoid. The last plot is the variance choice of the
 reverse step: $\tilde\beta_t$ (**fixed_small**, the true posterior's variance) against $\beta_t$ (**fixed_large**,
 Ho et al.'s other choice $\sigma_t^2=\beta_t$); they differ only near $t=0$. The first and last plots use a log
@@ -40,7 +40,7 @@ scale ($\log_{10}$): cosine's $\beta_t$ reaches its 0.999 cap at the end and wou
         "schedules": r"""### 噪声调度
 $\beta_t$ 决定信息被破坏的速度。**linear**（Ho 等）：$\beta_t$ 从 $10^{-4}$ 线性增至 $0.02$；
 **linear_improved**（教学笔记 / improved-diffusion）：两端再乘以 $1000/T$，任意 $T$ 下总噪声量相同；
-**scaled_linear**：$\sqrt{\beta}$ 线性；**cosine**（Nichol & Dhariwal）：$\bar\alpha_t$ 按 $\cos^2$ 变化，两端更平缓；
+**scaled_linear**：$\sqrt{\beta}$ 线性；**cosine**（Nichol & Dhariwal；diffusers 中名为 `squaredcos_cap_v2`）：$\bar\alpha_t$ 按 $\cos^2$ 变化，两端更平缓；
 **sigmoid**：$\beta$ 沿 sigmoid 曲线。最后一张图是逆向一步的方差选择：$\tilde\beta_t$（**fixed_small**，真实后验的方差）
 与 $\beta_t$（**fixed_large**，Ho 等的另一选择 $\sigma_t^2=\beta_t$），二者只在 $t$ 接近 0 时不同。第一张和最后一张图使用对数坐标
 （$\log_{10}$）：cosine 调度的 $\beta_t$ 在末尾达到 0.999 的上限，否则会把其他曲线压平。""",
@@ -101,7 +101,7 @@ def build(ctx) -> None:
         with gr.Row():
             chosen = add(
                 StrictCheckboxGroup(
-                    SCHEDULE_CHOICES, value=["linear", "squaredcos_cap_v2"], label=t_("chosen"), scale=3
+                    SCHEDULE_CHOICES, value=["linear", "cosine"], label=t_("chosen"), scale=3
                 ),
                 key="chosen",
             )
