@@ -100,9 +100,7 @@ def build(ctx) -> None:
     with add(gr.Tab(t_("tab"), id="schedules"), key="tab"):
         with gr.Row():
             chosen = add(
-                StrictCheckboxGroup(
-                    SCHEDULE_CHOICES, value=["linear", "cosine"], label=t_("chosen"), scale=3
-                ),
+                StrictCheckboxGroup(SCHEDULE_CHOICES, value=["linear", "cosine"], label=t_("chosen"), scale=3),
                 key="chosen",
             )
             T_plot = add(StrictSlider(T_MIN, T_MAX, value=1000, step=1, label=t_("T"), scale=2), key="T")
