@@ -248,6 +248,168 @@ def _mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def _r4(v) -> float:
+    return round(float(v), 4)
+
+
+def _r3(v) -> float:
+    return round(float(v), 3)
+
+
+def _check_sizes(num: int, seeds: int, batch: int) -> None:
+    """Refuse sizes that give no spread, or batch indices past the ``1000 * s + b`` generator-seed scheme."""
+    if num < 2 or seeds < 1 or batch < 1:
+        raise ValueError(f"need --num >= 2, --seeds >= 1 and --batch >= 1, got {num}, {seeds}, {batch}")
+    if (num + batch - 1) // batch > 1000:
+        raise ValueError("at most 1000 batches per seed (batch b of seed s uses generator seed 1000 s + b)")
+
+
+def _draw_runs(
+    model, seed_list: list[int], num: int, batch: int, sampler: str, steps: int | None
+) -> list[torch.Tensor]:
+    """``num`` samples ``[num x C x H x W]`` in [-1, 1] per seed of ``seed_list``; batch b of seed s is drawn with
+    generator seed ``1000 * s + b``."""
+    from .sampling import generate
+
+    runs = []
+    for s in seed_list:
+        chunks = [
+            generate(
+                model,
+                batch_size=min(batch, num - k),
+                seed=1000 * s + k // batch,
+                sampler=sampler,
+                num_inference_steps=steps,
+                n_snapshots=1,
+                n_frames=1,
+            ).samples
+            for k in range(0, num, batch)
+        ]
+        runs.append(torch.cat(chunks).clamp(-1, 1))
+    return runs
+
+
+def _classifier_entries(acc: float, cls_info: dict, classifier: Path | None) -> dict:
+    """``eval.json``'s entries on the ruler: its held-out accuracy, file and hash."""
+    return {
+        "classifier_heldout_accuracy": _r4(acc),
+        "classifier_file": (_CLASSIFIER_IN_REPO if classifier is None else str(classifier)),
+        "classifier_sha256": cls_info["sha256"],
+    }
+
+
+def _sampling_entries(model, num: int, seed_list: list[int], sampler: str, steps: int | None) -> dict:
+    """``eval.json``'s entries on how the samples were drawn."""
+    d = model.diffusion
+    return {
+        "num_samples": int(num),
+        "num_seeds": len(seed_list),
+        "sampling_seeds": seed_list,
+        "sampler": f"{sampler.upper()} ({d.variance_type}), {steps or d.num_timesteps} steps "
+        f"({d.timestep_spacing} spacing), seeds {seed_list[0]}..{seed_list[-1]} x {num} samples "
+        f"(batch b of seed s: generator seed 1000 s + b)",
+    }
+
+
+def _classification_entries(net: DigitNet, runs: list[torch.Tensor], real: torch.Tensor) -> tuple[dict, np.ndarray]:
+    """The confident fraction and the class shares of each run of samples ``[N x 1 x 28 x 28]``, beside the
+    confident fraction of the real digits ``real`` ``[M x 1 x 28 x 28]``; also the unrounded mean class shares
+    ``[10]``, which the targets are checked on."""
+    conf_runs, hist_runs = [], []
+    for samples in runs:
+        conf, pred = _probs(net, samples).max(1)
+        conf_runs.append(float((conf >= 0.9).float().mean()))
+        hist_runs.append(np.bincount(pred.numpy(), minlength=10) / len(pred))
+    real_conf = _probs(net, real).max(1).values
+    conf_mean, conf_std = _mean_std(conf_runs)
+    hist = np.mean(hist_runs, 0)
+    hist_std = np.std(hist_runs, 0, ddof=1) if len(hist_runs) > 1 else np.zeros(10)
+    entries = {
+        "confident_fraction_0.9": _r4(conf_mean),
+        "confident_fraction_0.9_std": _r4(conf_std),
+        "confident_fraction_0.9_per_seed": [_r4(v) for v in conf_runs],
+        "confident_fraction_0.9_real_heldout": _r4((real_conf >= 0.9).float().mean()),
+        "class_histogram": [_r4(h) for h in hist],
+        "class_histogram_std": [_r4(h) for h in hist_std],
+        "class_histogram_per_seed": [[_r4(h) for h in run] for run in hist_runs],
+    }
+    return entries, hist
+
+
+def _fd_spread(name: str, values: list[float]) -> dict:
+    """FD ``values`` as ``name`` (their mean), ``name_std`` and ``name_runs``."""
+    mean, std = _mean_std(values)
+    return {name: _r3(mean), f"{name}_std": _r3(std), f"{name}_runs": [_r3(v) for v in values]}
+
+
+def _fd_entries(
+    net: DigitNet,
+    runs: list[torch.Tensor],
+    seed_list: list[int],
+    real: torch.Tensor,
+    Xd: np.ndarray,
+    m: int,
+    seed: int,
+) -> dict:
+    """FDs of sets of ``m`` feature vectors against the first ``m`` real held-out digits ``real``
+    ``[M x 1 x 28 x 28]``: the sample runs' sets, disjoint sets of the diffusion split ``Xd`` ``[K x 28 x 28]``
+    (uint8, shuffled with ``seed``) and one N(0, I) noise set per sampling seed."""
+    from .data import to_model_range
+
+    f_real = _features(net, real)[:m]
+    perm = np.random.default_rng(seed).permutation(len(Xd))
+    fd_real = [
+        frechet_distance(_features(net, to_model_range(Xd[perm[k * m : (k + 1) * m]])), f_real)
+        for k in range(min(REAL_SETS, len(Xd) // m))
+    ]
+    fd_runs, fd_noise = [], []
+    for s, samples in zip(seed_list, runs):
+        f_s = _features(net, samples)
+        fd_runs += [frechet_distance(f_s[k : k + m], f_real) for k in range(0, len(f_s) - m + 1, m)]
+        noise = torch.randn(m, 1, 28, 28, generator=torch.Generator().manual_seed(s)).clamp(-1, 1)
+        fd_noise.append(frechet_distance(_features(net, noise), f_real))
+    return {
+        "fd_set_size": int(m),
+        **_fd_spread("fd_samples_vs_heldout", fd_runs),
+        **_fd_spread("fd_real_vs_heldout", fd_real),
+        **_fd_spread("fd_noise_vs_heldout", fd_noise),
+    }
+
+
+def _memorisation_entry(runs: list[torch.Tensor], Xh: np.ndarray, Xd: np.ndarray) -> dict:
+    """Pixel distances from the samples (runs ``[N x 1 x 28 x 28]`` in [-1, 1]) and from the held-out digits ``Xh``
+    ``[M x 28 x 28]`` (uint8) to their nearest digits of the diffusion split ``Xd`` ``[K x 28 x 28]`` (uint8)."""
+    train01 = Xd.astype(np.float64) / 255.0
+    nn_runs = [nearest_distances((samples.numpy()[:, 0].astype(np.float64) + 1) / 2, train01)[0] for samples in runs]
+    nn_real = nearest_distances(Xh.astype(np.float64) / 255.0, train01)[0]
+    q_real = np.quantile(nn_real, [0.01, 0.05, 0.5])
+    nn_all = np.concatenate(nn_runs)
+    near_runs = [float((d < q_real[0]).mean()) for d in nn_runs]
+    near, near_std = _mean_std(near_runs)
+    return {
+        "metric": "L2 between 28x28 images, pixels in [0, 1], to the nearest of the diffusion split's digits",
+        "num_training_digits": int(len(Xd)),
+        "quantiles": [0.01, 0.05, 0.5],
+        "samples": [_r4(v) for v in np.quantile(nn_all, [0.01, 0.05, 0.5])],
+        "samples_min": _r4(nn_all.min()),
+        "real_heldout": [_r4(v) for v in q_real],
+        "real_heldout_min": _r4(nn_real.min()),
+        "share_samples_below_heldout_q01": _r4(near),
+        "share_samples_below_heldout_q01_std": _r4(near_std),
+        "share_samples_below_heldout_q01_per_seed": [_r4(v) for v in near_runs],
+    }
+
+
+def _targets_met(result: dict, hist: np.ndarray) -> bool:
+    """The model card's targets, on the rounded figures of ``result`` and the unrounded class shares ``hist`` [10]."""
+    return bool(
+        result["confident_fraction_0.9"] >= 0.85
+        and min(hist) >= 0.04
+        and max(hist) <= 0.20
+        and result["fd_samples_vs_heldout"] < 0.25 * result["fd_noise_vs_heldout"]
+    )
+
+
 def evaluate(
     folder: Path,
     num: int = 500,
@@ -265,12 +427,8 @@ def evaluate(
     from .checkpoints import ModelCache
     from .data import to_model_range
     from .imaging import make_grid, tensor_to_pil
-    from .sampling import generate
 
-    if num < 2 or seeds < 1 or batch < 1:
-        raise ValueError(f"need --num >= 2, --seeds >= 1 and --batch >= 1, got {num}, {seeds}, {batch}")
-    if (num + batch - 1) // batch > 1000:
-        raise ValueError("at most 1000 batches per seed (batch b of seed s uses generator seed 1000 s + b)")
+    _check_sizes(num, seeds, batch)
     folder = Path(folder).resolve()
     t0 = time.time()
     net, cls_info = load_classifier(classifier, sha256=None if classifier is not None else CLASSIFIER_SHA256)
@@ -279,109 +437,25 @@ def evaluate(
     model = ModelCache(size=1, root=folder.parent).get(folder.name)  # the same safe loader the Space uses
     seed_list = list(range(seed, seed + seeds))
     t0 = time.time()
-    runs = []
-    for s in seed_list:
-        chunks = [
-            generate(
-                model,
-                batch_size=min(batch, num - k),
-                seed=1000 * s + k // batch,
-                sampler=sampler,
-                num_inference_steps=steps,
-                n_snapshots=1,
-                n_frames=1,
-            ).samples
-            for k in range(0, num, batch)
-        ]
-        runs.append(torch.cat(chunks).clamp(-1, 1))
+    runs = _draw_runs(model, seed_list, num, batch, sampler, steps)
     t_sample = time.time() - t0
 
     Xh, _ = _split("heldout")
     Xd, _ = _split("diffusion")
     real = to_model_range(Xh)
     m = min(FD_SET, len(real), num)  # every FD compares m vs m vectors, so that their small-sample bias is shared
-    f_real = _features(net, real)[:m]
-    real_conf = _probs(net, real).max(1).values
-    perm = np.random.default_rng(seed).permutation(len(Xd))
-    n_real_sets = min(REAL_SETS, len(Xd) // m)
-    fd_real = [
-        frechet_distance(_features(net, to_model_range(Xd[perm[k * m : (k + 1) * m]])), f_real)
-        for k in range(n_real_sets)
-    ]
-    conf_runs, hist_runs, fd_runs, fd_noise, nn_runs = [], [], [], [], []
-    train01 = Xd.astype(np.float64) / 255.0
-    for s, samples in zip(seed_list, runs):
-        conf, pred = _probs(net, samples).max(1)
-        conf_runs.append(float((conf >= 0.9).float().mean()))
-        hist_runs.append(np.bincount(pred.numpy(), minlength=10) / len(pred))
-        f_s = _features(net, samples)
-        fd_runs += [frechet_distance(f_s[k : k + m], f_real) for k in range(0, len(f_s) - m + 1, m)]
-        noise = torch.randn(m, 1, 28, 28, generator=torch.Generator().manual_seed(s)).clamp(-1, 1)
-        fd_noise.append(frechet_distance(_features(net, noise), f_real))
-        nn_runs.append(nearest_distances((samples.numpy()[:, 0].astype(np.float64) + 1) / 2, train01)[0])
-    nn_real = nearest_distances(Xh.astype(np.float64) / 255.0, train01)[0]
-    q_real = np.quantile(nn_real, [0.01, 0.05, 0.5])
-    nn_all = np.concatenate(nn_runs)
-    near_runs = [float((d < q_real[0]).mean()) for d in nn_runs]
-
-    conf_mean, conf_std = _mean_std(conf_runs)
-    hist = np.mean(hist_runs, 0)
-    hist_std = np.std(hist_runs, 0, ddof=1) if len(hist_runs) > 1 else np.zeros(10)
-    fd_s, fd_s_std = _mean_std(fd_runs)
-    fd_r, fd_r_std = _mean_std(fd_real)
-    fd_n, fd_n_std = _mean_std(fd_noise)
-    near, near_std = _mean_std(near_runs)
-    r4 = lambda v: round(float(v), 4)  # noqa: E731
-    r3 = lambda v: round(float(v), 3)  # noqa: E731
+    classified, hist = _classification_entries(net, runs, real)
     result = {
-        "classifier_heldout_accuracy": r4(acc),
-        "classifier_file": (_CLASSIFIER_IN_REPO if classifier is None else str(classifier)),
-        "classifier_sha256": cls_info["sha256"],
-        "num_samples": int(num),
-        "num_seeds": len(seed_list),
-        "sampling_seeds": seed_list,
-        "sampler": f"{sampler.upper()} ({model.diffusion.variance_type}), {steps or model.diffusion.num_timesteps} steps "
-        f"({model.diffusion.timestep_spacing} spacing), seeds {seed_list[0]}..{seed_list[-1]} x {num} samples "
-        f"(batch b of seed s: generator seed 1000 s + b)",
-        "confident_fraction_0.9": r4(conf_mean),
-        "confident_fraction_0.9_std": r4(conf_std),
-        "confident_fraction_0.9_per_seed": [r4(v) for v in conf_runs],
-        "confident_fraction_0.9_real_heldout": r4((real_conf >= 0.9).float().mean()),
-        "class_histogram": [r4(h) for h in hist],
-        "class_histogram_std": [r4(h) for h in hist_std],
-        "class_histogram_per_seed": [[r4(h) for h in run] for run in hist_runs],
-        "fd_set_size": int(m),
-        "fd_samples_vs_heldout": r3(fd_s),
-        "fd_samples_vs_heldout_std": r3(fd_s_std),
-        "fd_samples_vs_heldout_runs": [r3(v) for v in fd_runs],
-        "fd_real_vs_heldout": r3(fd_r),
-        "fd_real_vs_heldout_std": r3(fd_r_std),
-        "fd_real_vs_heldout_runs": [r3(v) for v in fd_real],
-        "fd_noise_vs_heldout": r3(fd_n),
-        "fd_noise_vs_heldout_std": r3(fd_n_std),
-        "fd_noise_vs_heldout_runs": [r3(v) for v in fd_noise],
-        "nearest_training_digit": {
-            "metric": "L2 between 28x28 images, pixels in [0, 1], to the nearest of the diffusion split's digits",
-            "num_training_digits": int(len(Xd)),
-            "quantiles": [0.01, 0.05, 0.5],
-            "samples": [r4(v) for v in np.quantile(nn_all, [0.01, 0.05, 0.5])],
-            "samples_min": r4(nn_all.min()),
-            "real_heldout": [r4(v) for v in q_real],
-            "real_heldout_min": r4(nn_real.min()),
-            "share_samples_below_heldout_q01": r4(near),
-            "share_samples_below_heldout_q01_std": r4(near_std),
-            "share_samples_below_heldout_q01_per_seed": [r4(v) for v in near_runs],
-        },
+        **_classifier_entries(acc, cls_info, classifier),
+        **_sampling_entries(model, num, seed_list, sampler, steps),
+        **classified,
+        **_fd_entries(net, runs, seed_list, real, Xd, m, seed),
+        "nearest_training_digit": _memorisation_entry(runs, Xh, Xd),
         "seconds_classifier": round(t_cls, 1),
         "seconds_sampling": round(t_sample, 1),
         "device": str(model.device),
     }
-    result["targets_met"] = bool(
-        result["confident_fraction_0.9"] >= 0.85
-        and min(hist) >= 0.04
-        and max(hist) <= 0.20
-        and result["fd_samples_vs_heldout"] < 0.25 * result["fd_noise_vs_heldout"]
-    )
+    result["targets_met"] = _targets_met(result, hist)
     (folder / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     make_grid(tensor_to_pil(runs[0][:64]), ncols=16, scale=2).save(folder / "samples.png")
     _update_card(folder, result, num, steps, sampler, len(seed_list), seed, classifier)

@@ -112,6 +112,59 @@ def batch_files(out: Path, b: int, batch: int, num: int) -> list[Path]:
     return [out / f"{i:06d}.png" for i in range(b * batch, min(num, (b + 1) * batch))]
 
 
+def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The ``--dtype`` to sample in; ``auto`` is float16 on a GPU and float32 elsewhere."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def _remove_stale_tmp(out: Path, batch: int, world: int, rank: int) -> None:
+    """Delete the temporary PNGs a killed run left in ``out`` for the batches this rank owns."""
+    # only the owner of their batch may remove them: another rank may be writing its own right now
+    for tmp in out.glob(".[0-9]*.png.*.tmp"):
+        index = tmp.name[1:].split(".")[0]
+        if index.isdigit() and int(index) // batch % world == rank:
+            tmp.unlink(missing_ok=True)
+
+
+def _draw_batch(model, args, b: int, steps: int, compile_: bool, out: Path, rank: int) -> int:
+    """Draw batch ``b`` and write its PNGs to ``out``; returns how many images were written."""
+    from .imaging import tensor_to_pil
+    from .sampling import generate
+
+    # always a full batch (the extra images of the last one are dropped): one shape, one compiled/captured loop
+    res = generate(
+        model,
+        batch_size=args.batch,
+        seed=args.seed + b,
+        sampler=args.sampler,
+        num_inference_steps=steps,
+        eta=args.eta,
+        n_snapshots=0,
+        n_frames=0,
+        compile=compile_,
+    )
+    written = 0
+    for path, img in zip(batch_files(out, b, args.batch, args.num), tensor_to_pil(res.samples.clamp(-1, 1))):
+        tmp = path.with_name(f".{path.name}.{rank}-{os.getpid()}.tmp")  # unique even beside a stray second run
+        img.save(tmp, format="PNG")
+        tmp.replace(path)  # atomic: a killed run never leaves a half-written PNG
+        written += 1
+    return written
+
+
+def _write_summary(out: Path, num: int, run: dict, ranks: list[dict], world: int) -> None:
+    """Record every rank's ``ranks`` entry in ``sampling.json`` and print how many images ``out`` now holds."""
+    total = len(list(out.glob("[0-9]*.png")))
+    (out / "sampling.json").write_text(json.dumps({**run, "images": total, "ranks": ranks}, indent=2) + "\n")
+    print(
+        f"{total} / {num} images in {out} ({sum(r['images'] for r in ranks)} drawn now by {world} "
+        f"process{'es' if world > 1 else ''}, batches per process {[len(r['drawn']) for r in ranks]})",
+        flush=True,
+    )
+
+
 def main(argv=None) -> int:
     """Draw this process's missing batches; returns the number of images it wrote."""
     args = parse_args(argv)
@@ -121,17 +174,11 @@ def main(argv=None) -> int:
     from tqdm.auto import tqdm
 
     from .checkpoints import load_checkpoint
-    from .imaging import tensor_to_pil
-    from .sampling import generate
 
     state = distributed_state()
     rank, world = state.process_index, state.num_processes
     device = state.device
-    dtype = (
-        (torch.float16 if device.type == "cuda" else torch.float32)
-        if args.dtype == "auto"
-        else getattr(torch, args.dtype)
-    )
+    dtype = _resolve_dtype(args.dtype, device)
     model = load_checkpoint(args.model, device, dtype)
     compile_ = device.type == "cuda" if args.compile is None else args.compile
     out = Path(args.out)
@@ -140,11 +187,7 @@ def main(argv=None) -> int:
     n_batches = math.ceil(args.num / args.batch)
     mine = range(rank, n_batches, world)  # each batch has exactly one owner
     todo = [b for b in mine if not all(f.exists() for f in batch_files(out, b, args.batch, args.num))]
-    # a killed run may leave temporary files behind; only the owner of their batch may remove them
-    for tmp in out.glob(".[0-9]*.png.*.tmp"):
-        index = tmp.name[1:].split(".")[0]
-        if index.isdigit() and int(index) // args.batch % world == rank:
-            tmp.unlink(missing_ok=True)
+    _remove_stale_tmp(out, args.batch, world, rank)
     run = {
         **vars(args),
         "device": str(device),
@@ -156,23 +199,7 @@ def main(argv=None) -> int:
         (out / "sampling.json").write_text(json.dumps(run, indent=2) + "\n")
     written, t0 = 0, time.perf_counter()
     for b in tqdm(todo, desc=f"rank {rank}", disable=not state.is_local_main_process):
-        # always a full batch (the extra images of the last one are dropped): one shape, one compiled/captured loop
-        res = generate(
-            model,
-            batch_size=args.batch,
-            seed=args.seed + b,
-            sampler=args.sampler,
-            num_inference_steps=steps,
-            eta=args.eta,
-            n_snapshots=0,
-            n_frames=0,
-            compile=compile_,
-        )
-        for path, img in zip(batch_files(out, b, args.batch, args.num), tensor_to_pil(res.samples.clamp(-1, 1))):
-            tmp = path.with_name(f".{path.name}.{rank}-{os.getpid()}.tmp")  # unique even beside a stray second run
-            img.save(tmp, format="PNG")
-            tmp.replace(path)  # atomic: a killed run never leaves a half-written PNG
-            written += 1
+        written += _draw_batch(model, args, b, steps, compile_, out, rank)
     record = {
         "rank": rank,
         "drawn": todo,
@@ -182,13 +209,7 @@ def main(argv=None) -> int:
     }
     ranks = gather_object([record])  # also waits for every process
     if state.is_main_process:
-        total = len(list(out.glob("[0-9]*.png")))
-        (out / "sampling.json").write_text(json.dumps({**run, "images": total, "ranks": ranks}, indent=2) + "\n")
-        print(
-            f"{total} / {args.num} images in {out} ({sum(r['images'] for r in ranks)} drawn now by {world} "
-            f"process{'es' if world > 1 else ''}, batches per process {[len(r['drawn']) for r in ranks]})",
-            flush=True,
-        )
+        _write_summary(out, args.num, run, ranks, world)
     return written
 
 

@@ -23,7 +23,9 @@ import json
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -183,34 +185,46 @@ def save_pipeline(unet, diffusion: GaussianDiffusion, out: Path) -> None:
     )
 
 
-def main(argv=None) -> Path:
-    args = parse_args(argv)
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
-    from diffusers.training_utils import EMAModel
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+@dataclass
+class _Training:
+    """What the training loop works on: ``unet``, ``optimizer`` and ``lr_sched`` as ``accelerator.prepare`` wraps them."""
 
-    from .data import build_dataset
-    from .imaging import make_grid, tensor_to_pil
+    accelerator: Any
+    diffusion: GaussianDiffusion
+    unet: Any
+    ema: Any
+    optimizer: torch.optim.Optimizer
+    lr_sched: Any
+
+
+def _make_accelerator(mixed_precision: str, out: Path):
+    """An ``Accelerator`` for however this process was launched, checked by ``check_launch``."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
     from .sample import check_launch, use_cpu
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
     # cpu=True where needed: without it accelerate forms no process group on a CPU-only machine. split_batches: the
     # (unprepared) loader already yields this rank's part of the global batch; it also makes the prepared LR
     # schedule step once per optimiser step, as --warmup and --steps count them, instead of N times
     accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
+        mixed_precision=mixed_precision,
         project_dir=str(out),
         cpu=use_cpu(),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     check_launch(accelerator.state)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    set_seed(args.seed)  # the same initial weights on every process
+    return accelerator
 
+
+def _set_up(args, accelerator):
+    """The diffusion, the dataset, and the freshly initialised UNet, its EMA, optimiser and LR schedule."""
+    from accelerate.utils import set_seed
+    from diffusers.training_utils import EMAModel
+
+    from .data import build_dataset
+
+    set_seed(args.seed)  # the same initial weights on every process
     schedule = NoiseSchedule.make(args.schedule, args.timesteps)
     diffusion = GaussianDiffusion(
         schedule, prediction_type=args.prediction_type, variance_type="fixed_small", clip_sample=True
@@ -223,97 +237,146 @@ def main(argv=None) -> Path:
     unet, optimizer, lr_sched = accelerator.prepare(unet, optimizer, lr_sched)
     accelerator.register_for_checkpointing(ema)
     ema.to(accelerator.device)
+    return _Training(accelerator, diffusion, unet, ema, optimizer, lr_sched), dataset
 
-    step = 0
-    if args.resume:
-        ckpt = _checkpoints(out)[-1] if args.resume == "latest" and _checkpoints(out) else Path(args.resume)
-        if args.resume == "latest" and not _checkpoints(out):
-            accelerator.print("no checkpoint to resume from; starting fresh")
-        else:
-            accelerator.load_state(str(ckpt))
-            step = int(ckpt.name.split("-")[1])
-            accelerator.print(f"resumed from {ckpt} at step {step}")
 
-    global_batch = world * args.batch_size
+def _resume(accelerator, resume: str | None, out: Path) -> int:
+    """Load the checkpoint ``resume`` names (``latest``: the newest in ``out``, if any); returns its step, else 0."""
+    if not resume:
+        return 0
+    ckpt = _checkpoints(out)[-1] if resume == "latest" and _checkpoints(out) else Path(resume)
+    if resume == "latest" and not _checkpoints(out):
+        accelerator.print("no checkpoint to resume from; starting fresh")
+        return 0
+    accelerator.load_state(str(ckpt))
+    step = int(ckpt.name.split("-")[1])
+    accelerator.print(f"resumed from {ckpt} at step {step}")
+    return step
+
+
+def _make_loader(dataset, args, accelerator, step: int):
+    """A loader of this rank's ``[B x C x H x W]`` part of each global batch, for steps ``step`` .. ``--steps``."""
+    from torch.utils.data import DataLoader
+
+    world, rank = accelerator.num_processes, accelerator.process_index
     shard = GlobalBatchShard(len(dataset), args.batch_size, world, rank, args.seed, step, args.steps)
-    loader = DataLoader(
+    return DataLoader(
         dataset, batch_sampler=shard, num_workers=args.num_workers, pin_memory=accelerator.device.type == "cuda"
     )
-    n_params = sum(p.numel() for p in accelerator.unwrap_model(unet).parameters())
-    accelerator.print(
-        f"{len(dataset)} images, UNet {n_params / 1e6:.2f}M parameters, {args.steps} steps of batch "
-        f"{global_batch} ({world} process{'es' if world > 1 else ''} x {args.batch_size})"
-    )
-    log_path = out / "train_log.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=args.steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
-    generator = torch.Generator(device="cpu").manual_seed(args.seed + step)
+
+
+def _optimiser_step(tr: _Training, batch, args, step: int) -> torch.Tensor:
+    """Optimiser step ``step`` on this rank's part ``[B x C x H x W]`` of the global batch, then the EMA's step;
+    returns this rank's mean loss (a scalar)."""
+    accelerator = tr.accelerator
+    world, rank = accelerator.num_processes, accelerator.process_index
     shape = (args.channels, args.resolution, args.resolution)
     rows = slice(rank * args.batch_size, (rank + 1) * args.batch_size)
-    t0, losses = time.time(), []
-    unet.train()
+    x0 = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(accelerator.device, non_blocking=True)
+    t, noise = step_draws(
+        args.seed, step, world * args.batch_size, shape, tr.diffusion.num_timesteps, accelerator.device
+    )
+    with accelerator.accumulate(tr.unet), accelerator.autocast():
+        # this rank's mean loss; DDP averages the gradients over ranks: the gradient of the global batch's mean
+        loss = tr.diffusion.p_losses(tr.unet, x0, t=t[rows], noise=noise[rows], snr_gamma=args.snr_gamma)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and args.grad_clip:
+            accelerator.clip_grad_norm_(tr.unet.parameters(), args.grad_clip)
+        tr.optimizer.step()
+        tr.lr_sched.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+    tr.ema.step(accelerator.unwrap_model(tr.unet).parameters())
+    return loss
+
+
+def _append_log_row(path: Path, step: int, recent: list[float], lr: float, t0: float) -> None:
+    """Append one ``train_log.jsonl`` row: the mean of the ``recent`` losses, the LR and the time since ``t0``."""
+    row = {"step": step, "loss": sum(recent) / len(recent), "lr": lr, "elapsed_s": round(time.time() - t0, 1)}
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _save_checkpoint(accelerator, out: Path, step: int) -> None:
+    """Write ``checkpoint-<step>`` into ``out`` and keep the newest two checkpoints only."""
+    # every process calls it (each saves its RNG state); the model, optimiser and EMA are written by rank 0
+    accelerator.save_state(str(out / f"checkpoint-{step}"))
+    if accelerator.is_main_process:
+        for old in _checkpoints(out)[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _after_step(tr: _Training, args, out: Path, step: int, losses: list[float], t0: float, generator) -> None:
+    """What is due after optimiser step ``step``: a log row, a checkpoint, a sample grid."""
+    accelerator = tr.accelerator
+    if accelerator.is_main_process and args.log_every and step % args.log_every == 0:
+        _append_log_row(out / "train_log.jsonl", step, losses[-args.log_every :], tr.lr_sched.get_last_lr()[0], t0)
+    if args.save_every and step % args.save_every == 0 and step < args.steps:
+        _save_checkpoint(accelerator, out, step)
+    if accelerator.is_main_process and args.sample_every and step % args.sample_every == 0:
+        from .imaging import make_grid, tensor_to_pil
+
+        path = out / "samples" / f"step-{step:06d}.png"
+        _sample_grid(
+            accelerator.unwrap_model(tr.unet), tr.ema, tr.diffusion, args, path, make_grid, tensor_to_pil, generator
+        )
+
+
+def _train_loop(tr: _Training, loader, args, out: Path, step: int, t0: float) -> tuple[int, list[float]]:
+    """Run the optimiser steps ``loader`` holds, from step ``step`` on; returns the step reached and the global
+    batch's loss at each step run."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=args.steps, initial=step, disable=not tr.accelerator.is_local_main_process, desc="train")
+    generator = torch.Generator(device="cpu").manual_seed(args.seed + step)
+    losses = []
+    tr.unet.train()
     for batch in loader:
-        x0 = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(accelerator.device, non_blocking=True)
-        t, noise = step_draws(args.seed, step, global_batch, shape, diffusion.num_timesteps, accelerator.device)
-        with accelerator.accumulate(unet), accelerator.autocast():
-            # this rank's mean loss; DDP averages the gradients over ranks: the gradient of the global batch's mean
-            loss = diffusion.p_losses(unet, x0, t=t[rows], noise=noise[rows], snr_gamma=args.snr_gamma)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.grad_clip:
-                accelerator.clip_grad_norm_(unet.parameters(), args.grad_clip)
-            optimizer.step()
-            lr_sched.step()
-            optimizer.zero_grad(set_to_none=True)
-        ema.step(accelerator.unwrap_model(unet).parameters())
+        loss = _optimiser_step(tr, batch, args, step)
         step += 1
-        losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())  # the global batch's loss
+        losses.append(tr.accelerator.reduce(loss.detach(), reduction="mean").item())  # the global batch's loss
         bar.update(1)
-        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{lr_sched.get_last_lr()[0]:.2e}")
-        if accelerator.is_main_process and args.log_every and step % args.log_every == 0:
-            recent = losses[-args.log_every :]
-            with log_path.open("a") as f:
-                f.write(
-                    json.dumps(
-                        {
-                            "step": step,
-                            "loss": sum(recent) / len(recent),
-                            "lr": lr_sched.get_last_lr()[0],
-                            "elapsed_s": round(time.time() - t0, 1),
-                        }
-                    )
-                    + "\n"
-                )
-        if args.save_every and step % args.save_every == 0 and step < args.steps:
-            # every process calls it (each saves its RNG state); the model, optimiser and EMA are written by rank 0
-            accelerator.save_state(str(out / f"checkpoint-{step}"))
-            if accelerator.is_main_process:
-                for old in _checkpoints(out)[:-2]:
-                    shutil.rmtree(old, ignore_errors=True)
-        if accelerator.is_main_process and args.sample_every and step % args.sample_every == 0:
-            _sample_grid(
-                accelerator.unwrap_model(unet),
-                ema,
-                diffusion,
-                args,
-                out / "samples" / f"step-{step:06d}.png",
-                make_grid,
-                tensor_to_pil,
-                generator,
-            )
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{tr.lr_sched.get_last_lr()[0]:.2e}")
+        _after_step(tr, args, out, step, losses, t0, generator)
     bar.close()
+    return step, losses
+
+
+def _save_result(tr: _Training, args, out: Path, n_params: int, step: int, t0: float, losses: list[float]) -> None:
+    """Save the EMA weights as a pipeline folder in ``out`` with its model card; upload it if asked."""
+    final = build_unet(args.model_size, args.resolution, args.channels)
+    final.load_state_dict(tr.accelerator.unwrap_model(tr.unet).state_dict())
+    tr.ema.copy_to(final.parameters())
+    save_pipeline(final, tr.diffusion, out)
+    write_model_card(out, args, n_params, step, time.time() - t0, losses, tr.accelerator.num_processes)
+    if args.push_to_hub:
+        from huggingface_hub import upload_folder
+
+        repo = args.hub_model_id or out.name
+        upload_folder(repo_id=repo, folder_path=str(out), ignore_patterns=["checkpoint-*", "samples/*"])
+        tr.accelerator.print(f"pushed to https://huggingface.co/{repo}")
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    accelerator = _make_accelerator(args.mixed_precision, out)
+    world = accelerator.num_processes
+    tr, dataset = _set_up(args, accelerator)
+    step = _resume(accelerator, args.resume, out)
+    loader = _make_loader(dataset, args, accelerator, step)
+    n_params = sum(p.numel() for p in accelerator.unwrap_model(tr.unet).parameters())
+    accelerator.print(
+        f"{len(dataset)} images, UNet {n_params / 1e6:.2f}M parameters, {args.steps} steps of batch "
+        f"{world * args.batch_size} ({world} process{'es' if world > 1 else ''} x {args.batch_size})"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    step, losses = _train_loop(tr, loader, args, out, step, t0)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        final = build_unet(args.model_size, args.resolution, args.channels)
-        final.load_state_dict(accelerator.unwrap_model(unet).state_dict())
-        ema.copy_to(final.parameters())
-        save_pipeline(final, diffusion, out)
-        write_model_card(out, args, n_params, step, time.time() - t0, losses, world)
-        if args.push_to_hub:
-            from huggingface_hub import upload_folder
-
-            repo = args.hub_model_id or out.name
-            upload_folder(repo_id=repo, folder_path=str(out), ignore_patterns=["checkpoint-*", "samples/*"])
-            accelerator.print(f"pushed to https://huggingface.co/{repo}")
+        _save_result(tr, args, out, n_params, step, t0, losses)
     accelerator.wait_for_everyone()  # no process exits (ending the group) while rank 0 still writes
     return out
 
@@ -332,31 +395,36 @@ def _sample_grid(unet, ema, diffusion, args, path, make_grid, tensor_to_pil, gen
     make_grid(tensor_to_pil(x), ncols=4, scale=2).save(path)
 
 
-def write_model_card(
-    out: Path, args, n_params: int, steps: int, seconds: float, losses: list[float], processes: int = 1
-) -> None:
-    """The model card: what was trained, how, and (filled in by ``ddpm_core.evaluate``) how well."""
+def _card_settings(args) -> dict:
+    """The CLI settings the model card lists and its command repeats: all but where the output goes and resuming."""
+    return {k: v for k, v in vars(args).items() if k not in ("out", "push_to_hub", "hub_model_id", "resume")}
+
+
+def _hardware() -> str:
+    """The GPU's name, or the CPU's architecture and core count, with torch's version."""
     import os
     import platform
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "push_to_hub", "hub_model_id", "resume")}
-    hardware = (
+    return (
         torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else f"{platform.machine()} CPU, {os.cpu_count()} cores"
     ) + f", torch {torch.__version__}"
-    tail = losses[-200:]
+
+
+def _reproduce_command(out: Path, settings: dict, processes: int, batch_size: int) -> str:
+    """The command that trains the model again (in backticks) and, for several processes, its one-process twin."""
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if v not in (None, False))
     launcher = (
         f"torchrun --nproc_per_node {processes} -m ddpm_core.train" if processes > 1 else "python -m ddpm_core.train"
     )
-    same = (
-        f" (the same training as one process with `--batch-size {processes * args.batch_size}`)"
-        if processes > 1
-        else ""
-    )
-    card = (
-        f"""---
+    same = f" (the same training as one process with `--batch-size {processes * batch_size}`)" if processes > 1 else ""
+    return f"`{launcher} {flags} --out {out.as_posix()}`{same}"
+
+
+def _card_intro(out: Path, args, n_params: int) -> str:
+    """The card's metadata header, what the model is and how to load it."""
+    return f"""---
 library_name: diffusers
 license: apache-2.0
 tags: [diffusers, ddpm, unconditional-image-generation, mnist, ddpm-explorer]
@@ -377,9 +445,17 @@ from ddpm_core.checkpoints import load_checkpoint
 model = load_checkpoint("{out.name}")                          # DDPM Explorer's sampler
 ```
 
-## Training
+"""
 
-Reproduce: `{launcher} {flags} --out {out.as_posix()}`{same}
+
+def _card_training(out: Path, args, steps: int, seconds: float, losses: list[float], processes: int) -> str:
+    """The card's Training section: the command, the settings, the hardware, the steps run and the final loss."""
+    settings = _card_settings(args)
+    tail = losses[-200:]
+    return (
+        f"""## Training
+
+Reproduce: {_reproduce_command(out, settings, processes, args.batch_size)}
 
 | setting | value |
 |---|---|
@@ -388,12 +464,23 @@ Reproduce: `{launcher} {flags} --out {out.as_posix()}`{same}
         + f"""
 | processes | {processes} |
 | effective batch | {processes * args.batch_size} ({processes} x {args.batch_size}) |
-| hardware | {hardware} |
+| hardware | {_hardware()} |
 | optimiser steps run | {steps} |
 | wall time (last sitting) | {seconds / 60:.1f} min |
 | mean loss, last {len(tail)} steps | {sum(tail) / max(1, len(tail)):.4f} |
 
-## Evaluation
+"""
+    )
+
+
+def write_model_card(
+    out: Path, args, n_params: int, steps: int, seconds: float, losses: list[float], processes: int = 1
+) -> None:
+    """The model card: what was trained, how, and (filled in by ``ddpm_core.evaluate``) how well."""
+    card = (
+        _card_intro(out, args, n_params)
+        + _card_training(out, args, steps, seconds, losses, processes)
+        + f"""## Evaluation
 
 Not evaluated yet: run `python -m ddpm_core.evaluate {out.as_posix()}`.
 """
