@@ -367,7 +367,7 @@ class ModelCache:
             self._models.clear()
 
 
-_default_cache = ModelCache()
+default_cache = ModelCache()  # the process-wide cache behind load_checkpoint (the app, the CLIs)
 
 
 def load_checkpoint(
@@ -377,4 +377,4 @@ def load_checkpoint(
     cache_dir: str | None = None,
 ) -> LoadedModel:
     """Load a bundled model by name or a Hub model by id (through the shared LRU cache)."""
-    return _default_cache.get(name, device, dtype, cache_dir)
+    return default_cache.get(name, device, dtype, cache_dir)

@@ -77,7 +77,7 @@ def test_sampling_cli_writes_and_resumes(tmp_path, monkeypatch):
 
     save_pipeline_folder(tiny_unet(3), tmp_path / "ck" / "tiny")
     monkeypatch.setattr(ck, "CHECKPOINT_DIR", tmp_path / "ck")
-    ck._default_cache.clear()
+    ck.default_cache.clear()
     out = tmp_path / "out"
     args = ["--model", "tiny", "--num", "10", "--batch", "4", "--steps", "3", "--out", str(out), "--no-compile"]
     assert main(args) == 10
@@ -92,7 +92,7 @@ def test_sampling_cli_writes_and_resumes(tmp_path, monkeypatch):
     full = generate(ck.load_checkpoint("tiny"), batch_size=4, seed=2, num_inference_steps=3, n_snapshots=0, n_frames=0)
     with Image.open(out / "000009.png") as im:
         assert np.array_equal(np.asarray(im), np.asarray(tensor_to_pil(full.samples.clamp(-1, 1))[1]))
-    ck._default_cache.clear()
+    ck.default_cache.clear()
 
 
 @pytest.mark.slow
