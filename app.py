@@ -20,7 +20,7 @@ import gradio as gr
 from ddpm_core.checkpoints import BUNDLED_DEFAULT
 from ddpm_core.sampling import warm_up
 from ui.common import DEFAULT_BATCH, DEFAULT_STEPS, GUARD, LATEX, STATS, model, on_zero_gpu  # noqa: F401 - STATS: read by tests
-from ui.components import clear_request_errors
+from ui.components import EXAMPLES_DIR, clear_request_errors
 from ui.i18n import LANGS
 from ui.tabs import Context, tabs
 from ui.tabs.forward import forward  # noqa: F401 - the forward handler, timed by bench/forward_latency.py
@@ -41,25 +41,37 @@ Hub checkpoints such as `google/ddpm-cifar10-32`.""",
     },
 }
 
+# width 100%: centred by margin alone, the container would size itself to its widest formula and scroll sideways
+# on a phone; long formulas scroll inside their own box instead.
 CSS = """
-.gradio-container {max-width: 1280px !important; margin: auto}
+.gradio-container {max-width: 1280px !important; width: 100% !important; margin: auto}
+.katex-display {overflow-x: auto; overflow-y: hidden; padding: 2px 0}
+#intro {min-width: min(320px, 100%) !important}  /* on a phone the language box goes below it */
 #intro h1 {margin-bottom: 0.2em}
-#readout table {font-variant-numeric: tabular-nums}
+#readout table {font-variant-numeric: tabular-nums; display: block; overflow-x: auto}
+#readout th, #readout td {white-space: nowrap}  /* a number never breaks in two */
 footer {display: none !important}
 """
+
+# A number typed into a slider's box applies when the box is left (gradio's "release"); Enter does the same.
+HEAD = """<script>
+document.addEventListener("keydown", (e) => {
+  const box = e.target;
+  if (e.key === "Enter" && box instanceof HTMLInputElement && box.dataset.testid === "number-input") box.blur();
+});
+</script>"""
 
 
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="DDPM Explorer", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         ctx = Context(demo)
         with gr.Row(equal_height=True):
-            ctx.i18n.add(
-                gr.Markdown(TEXT["en"]["intro"], elem_id="intro", latex_delimiters=LATEX), TEXT, "intro", attr="value"
-            )
+            intro = gr.Markdown(TEXT["en"]["intro"], elem_id="intro", latex_delimiters=LATEX)
+            ctx.i18n.add(intro, TEXT, "intro", attr="value")
             lang = gr.Radio(
                 list(LANGS), value="English", label=TEXT["en"]["lang_label"], scale=0, min_width=220, elem_id="lang"
             )
-        with gr.Tabs():
+        with gr.Tabs(overflow_behavior="wrap"):  # on a phone every tab stays in sight, none behind a menu
             for tab in tabs():
                 tab.build(ctx)
         lang.change(ctx.i18n.updates, lang, ctx.i18n.components, api_visibility="private")
@@ -99,6 +111,8 @@ def launch(demo: gr.Blocks | None = None, warm: bool = True, **kwargs):
     return demo.launch(
         theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="pink"),
         css=CSS,
+        head=HEAD,
+        allowed_paths=[str(EXAMPLES_DIR)],  # the bundled example images, wherever the app is started from
         max_file_size="30mb",
         app_kwargs=app_kwargs,
         **kwargs,

@@ -25,8 +25,7 @@ ARGS = [
 
 
 @pytest.fixture(scope="module")
-def page(served):
-    url = served[1]
+def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(
             "Debian's chromium is required for the browser tests (apt-get install chromium); .ci/run installs it"
@@ -35,12 +34,23 @@ def page(served):
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1366, "height": 900})
-        pg.goto(url, wait_until="domcontentloaded")
-        pg.wait_for_selector("#input-image", timeout=60_000)
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, url, width=1366, height=900):
+    pg = browser.new_page(viewport={"width": width, "height": height})
+    pg.goto(url, wait_until="domcontentloaded")
+    pg.wait_for_selector("#input-image", timeout=60_000)
+    return pg
+
+
+@pytest.fixture(scope="module")
+def page(browser, served):
+    pg = open_page(browser, served[1])
+    yield pg
+    pg.close()
 
 
 def _src(page, elem_id):
@@ -95,3 +105,55 @@ def test_schedules_tab_and_chinese(page):
     page.get_by_text("噪声调度", exact=False).first.wait_for(timeout=30_000)
     page.wait_for_timeout(1000)
     page.screenshot(path=str(ARTIFACTS / "schedules-tab-zh.png"), full_page=True)
+
+
+def test_enter_applies_a_typed_T(browser, served):
+    """Typing T and pressing Enter applies it (gradio applies a slider's typed number only when the box is left):
+    t's range follows T at once."""
+    pg = open_page(browser, served[1])
+    t_box = pg.locator("#t-slider input[type=number]")
+    assert t_box.get_attribute("max") == "999"
+    T_box = pg.locator("#T-slider input[type=number]")
+    T_box.fill("50")
+    T_box.press("Enter")
+    deadline = time.time() + 30
+    while t_box.get_attribute("max") != "49" and time.time() < deadline:
+        time.sleep(0.2)
+    assert t_box.get_attribute("max") == "49", "Enter in T's box did not apply T = 50"
+    pg.close()
+
+
+# Names that stay as they are in Chinese: model, sampler and schedule names, units, file types, the language name.
+KEPT_IN_CHINESE = {"DDPM", "DDIM", "DPM", "Solver", "SNR", "CSV", "PNG", "GIF", "English"}
+KEPT_IN_CHINESE |= {"linear", "improved", "scaled", "cosine", "sigmoid"}
+SHOWN_TEXT = """() => [...document.querySelectorAll('label, button, [role=tab], th, h1, h2, h3, .label')]
+    .filter(e => e.getBoundingClientRect().width > 0).map(e => e.innerText)"""
+
+
+@pytest.mark.parametrize("width,height", [(1400, 900), (390, 844)], ids=["laptop", "phone"])
+@pytest.mark.parametrize("lang", ["English", "简体中文"])
+def test_every_tab_fits_the_screen_and_speaks_the_language(browser, served, width, height, lang):
+    """Each tab at a laptop's and a phone's width, in each language: no sideways scrolling (the page is as wide as
+    the viewport), every tab in sight, and in Chinese no English word left on a label, button, tab or heading
+    beyond the names kept on purpose. Screenshots of every tab are kept as test artifacts."""
+    import re
+
+    pg = open_page(browser, served[1], width, height)
+    if lang != "English":
+        pg.locator("#lang label", has_text=lang).click()
+        pg.get_by_role("tab", name="噪声调度").wait_for(timeout=30_000)
+    tabs = pg.get_by_role("tab")
+    assert tabs.count() == 4
+    for i in range(4):
+        tab = tabs.nth(i)
+        assert tab.is_visible(), f"tab {i} is hidden at {width} px"
+        tab.click()
+        pg.wait_for_timeout(2500)
+        assert pg.evaluate("document.documentElement.scrollWidth") <= width, f"tab {i} scrolls sideways at {width} px"
+        pg.screenshot(
+            path=str(ARTIFACTS / f"tab{i}-{width}px-{'en' if lang == 'English' else 'zh'}.png"), full_page=True
+        )
+        if lang != "English":
+            words = {w for text in pg.evaluate(SHOWN_TEXT) for w in re.findall(r"[A-Za-z]{3,}", text)}
+            assert words <= KEPT_IN_CHINESE, f"tab {i}: English left in Chinese: {sorted(words - KEPT_IN_CHINESE)}"
+    pg.close()

@@ -144,9 +144,9 @@ DEFAULT_IMAGE = str(EXAMPLES_DIR / "sunset.png") if (EXAMPLES_DIR / "sunset.png"
 UploadImage.allowed_folders = (str(EXAMPLES_DIR),)
 
 
-def image_with_examples(label: str, height: int, elem_id: str, examples_label: str | None = None) -> UploadImage:
-    """An image upload or paste, preset to the bundled sunset, with the example images below it (under
-    ``examples_label``, gradio's "Examples" when None)."""
+def image_with_examples(label: str, height: int, elem_id: str, examples_label: str) -> tuple[UploadImage, gr.Dataset]:
+    """An image upload or paste, preset to the bundled sunset, with the example images below it. Returns the input
+    and the examples' gr.Dataset (whose label the language switch updates)."""
     image = UploadImage(
         value=DEFAULT_IMAGE,
         label=label,
@@ -155,5 +155,4 @@ def image_with_examples(label: str, height: int, elem_id: str, examples_label: s
         height=height,
         elem_id=elem_id,
     )
-    gr.Examples(EXAMPLES, inputs=image, **({"label": examples_label} if examples_label else {}))
-    return image
+    return image, gr.Examples(EXAMPLES, inputs=image, label=examples_label).dataset

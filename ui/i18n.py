@@ -19,25 +19,35 @@ def tr(text: dict, key: str, lang: str = "en") -> str:
 
 
 class Translations:
+    """Registered texts, grouped per component (a component may show several: a label and its choices)."""
+
     def __init__(self):
-        self._items: list[tuple[gr.components.Component | gr.blocks.Block, str, dict, str, dict]] = []
+        self._items: dict[int, tuple] = {}  # id(component) -> (component, [(attr, text, key, fmt), ...])
 
     def add(self, component, text: dict, key: str, attr: str = "label", **fmt):
-        """Show ``text[lang][key]`` (formatted with ``fmt``) as ``component``'s ``attr`` ("label", "value", "info")."""
-        self._items.append((component, attr, text, key, fmt))
+        """Show ``text[lang][key]`` (formatted with ``fmt``) as ``component``'s ``attr`` ("label", "value", "info",
+        or "choices": a list of (shown, value) pairs whose values stay the same in every language)."""
+        self._items.setdefault(id(component), (component, []))[1].append((attr, text, key, fmt))
         return component
 
     @property
     def components(self) -> list:
-        return [item[0] for item in self._items]
+        return [component for component, _ in self._items.values()]
 
     def updates(self, language: str) -> list:
         lang = LANGS.get(language, "en")
         return [
-            gr.update(**{attr: tr(text, key, lang).format(**fmt) if fmt else tr(text, key, lang)})
-            for _, attr, text, key, fmt in self._items
+            gr.update(
+                **{
+                    attr: tr(text, key, lang).format(**fmt) if fmt else tr(text, key, lang)
+                    for attr, text, key, fmt in texts
+                }
+            )
+            for _, texts in self._items.values()
         ]
 
     def missing(self) -> list[str]:
         """Keys with no Chinese text (a test keeps this empty)."""
-        return sorted({key for _, _, text, key, _ in self._items if not text.get("zh", {}).get(key)})
+        return sorted(
+            {key for _, texts in self._items.values() for _, text, key, _ in texts if not text.get("zh", {}).get(key)}
+        )

@@ -36,6 +36,7 @@ TEXT = {
     "en": {
         "tab": "Noise, then denoise",
         "image": "Image",
+        "examples": "Examples",
         "model": "Model",
         "t": "Noise to t",
         "seeds": "Seeds",
@@ -53,6 +54,7 @@ learn from. (Images are centre-cropped and resized to the model's resolution.)""
     "zh": {
         "tab": "先加噪再去噪",
         "image": "图像",
+        "examples": "示例",
         "model": "模型",
         "t": "加噪到 t",
         "seeds": "种子数",
@@ -114,7 +116,8 @@ def build(ctx) -> None:
     with add(gr.Tab(t_("tab"), id="denoise"), key="tab"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                image = add(image_with_examples(t_("image"), 240, "denoise-image"), key="image")
+                image, examples = image_with_examples(t_("image"), 240, "denoise-image", t_("examples"))
+                add(image, key="image"), add(examples, key="examples")
                 model_in = add(
                     gr.Dropdown(model_choices(), value=default_model(), allow_custom_value=True, label=t_("model")),
                     key="model",

@@ -155,11 +155,12 @@ def build(ctx) -> None:
     with add(gr.Tab(t_("tab"), id="forward"), key="tab"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                image = add(image_with_examples(t_("image"), 280, "input-image", t_("examples")), key="image")
+                image, examples = image_with_examples(t_("image"), 280, "input-image", t_("examples"))
+                add(image, key="image"), add(examples, key="examples")
                 t = add(StrictSlider(0, T_MAX - 1, value=250, step=1, label=t_("t"), elem_id="t-slider"), key="t")
                 with gr.Row():
                     schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
-                    T = add(StrictSlider(T_MIN, T_MAX, value=1000, step=1, label=t_("T")), key="T")
+                    T = add(StrictSlider(T_MIN, T_MAX, value=1000, step=1, label=t_("T"), elem_id="T-slider"), key="T")
                 seed = add(
                     StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed"
                 )

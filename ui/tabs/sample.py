@@ -43,12 +43,15 @@ VARIANCE_CHOICES = ["model default", "fixed_small", "fixed_large", "learned_rang
 ALL_STEPS = "DDPM (all T steps)"  # the paper's chain; every registered sampler with a step count follows
 BY_LABEL = {s.label: s for s in SAMPLERS.values()}
 SAMPLER_CHOICES = [ALL_STEPS, *BY_LABEL]
+# what the Sampler radio shows in Chinese; its values (the API's) are the English labels in every language
+SAMPLER_ZH = {ALL_STEPS: "DDPM（全部 T 步）", "DDPM (fewer steps)": "DDPM（较少步数）"}
 
 TEXT = {
     "en": {
         "tab": "Sample",
         "model": "Model (bundled, or type a Hub id: owner/name)",
         "sampler": "Sampler",
+        "sampler_choices": [(c, c) for c in SAMPLER_CHOICES],
         "steps": "Steps",
         "eta": "DDIM η",
         "variance": "Reverse-step variance",
@@ -73,6 +76,7 @@ equal to diffusers' schedulers by its tests.""",
         "tab": "采样",
         "model": "模型（内置，或输入 Hub id：owner/name）",
         "sampler": "采样器",
+        "sampler_choices": [(SAMPLER_ZH.get(c, c), c) for c in SAMPLER_CHOICES],
         "steps": "步数",
         "eta": "DDIM η",
         "variance": "逆向一步的方差",
@@ -237,7 +241,8 @@ def _controls(t_, add) -> tuple:
         ),
         key="model",
     )
-    sampler = add(gr.Radio(SAMPLER_CHOICES, value=SAMPLER_CHOICES[1], label=t_("sampler")), key="sampler")
+    sampler = add(gr.Radio(t_("sampler_choices"), value=SAMPLER_CHOICES[1], label=t_("sampler")), key="sampler")
+    add(sampler, key="sampler_choices", attr="choices")
     steps = add(StrictSlider(1, T_MAX, value=DEFAULT_STEPS, step=1, label=t_("steps")), key="steps")
     eta = add(StrictSlider(0, 1, value=0.0, step=0.05, label=t_("eta"), visible=False), key="eta")
     variance = add(gr.Dropdown(VARIANCE_CHOICES, value="model default", label=t_("variance")), key="variance")
