@@ -174,6 +174,13 @@ def model(name):
     return load_checkpoint(name, DEVICE, DTYPE)  # validates the name (type, length, form) with a clear ValueError
 
 
+@user_errors
+def check_model(name) -> None:
+    """Load the chosen model (or find it cached) before a run. Chained before a run with no outputs of its own, a
+    bad id or an offline Hub is reported as one message, not as an error badge on every output panel."""
+    model(name)
+
+
 def model_choices() -> list[tuple[str, str]]:
     bundled = [(f"{name} (bundled, offline)", name) for name in bundled_models()]
     return bundled + [(repo, repo) for repo in HUB_MODELS]

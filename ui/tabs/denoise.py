@@ -15,6 +15,7 @@ from ui.common import (
     LATEX,
     MAX_SEEDS,
     T_MAX,
+    check_model,
     default_model,
     display,
     drive,
@@ -123,7 +124,9 @@ def build(ctx) -> None:
                     key="model",
                 )
                 t = add(StrictSlider(0, T_MAX - 1, value=400, step=1, label=t_("t")), key="t")
-                seeds = add(StrictSlider(1, MAX_SEEDS, value=4, step=1, label=t_("seeds")), key="seeds")
+                seeds = add(
+                    StrictSlider(1, MAX_SEEDS, value=3, step=1, label=t_("seeds")), key="seeds"
+                )  # 2 + 3: one row
                 steps = add(StrictSlider(1, T_MAX, value=DEFAULT_STEPS, step=1, label=t_("steps")), key="steps")
                 seed = add(
                     StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed"
@@ -133,7 +136,7 @@ def build(ctx) -> None:
                 gallery = add(gr.Gallery(label=t_("gallery"), columns=5, height="auto", format="png"), key="gallery")
                 info = gr.Markdown()
         add(gr.Markdown(t_("denoise"), latex_delimiters=LATEX), key="denoise", attr="value")
-    go.click(
+    go.click(check_model, model_in, None, api_visibility="private", concurrency_id="sampler").success(
         denoise_from_t,
         [image, model_in, t, seeds, steps, seed],
         [gallery, info],

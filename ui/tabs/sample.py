@@ -23,6 +23,7 @@ from ui.common import (
     MAX_BATCH,
     ON_CPU,
     T_MAX,
+    check_model,
     default_model,
     display,
     drive,
@@ -176,6 +177,7 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
     progress(0, desc=f"Loading {model_name} and preparing the sampler")
     m = model(model_name)
     total = len(reverse_timesteps(m.diffusion, n_steps))
+    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"Sampling… {total} steps"  # the last run's summary goes
     steps = generate_steps(
         m,
         batch_size=batch_size,
@@ -287,7 +289,7 @@ def build(ctx) -> None:
         add(gr.Markdown(t_("sample"), latex_delimiters=LATEX), key="sample", attr="value")
     sampler.change(steps_visibility, sampler, [steps, eta], api_visibility="private")
     dice.click(randomize_seed, None, seed, api_visibility="private")
-    go.click(
+    go.click(check_model, model_in, None, api_visibility="private", concurrency_id="sampler").success(
         sample,
         [model_in, sampler, steps, eta, variance, batch, seed],
         [gallery, trajectory, animation, downloads, info],
