@@ -130,6 +130,12 @@ def test_schedules_endpoint_and_csv(client):
     assert set(table["schedule"]) == {"linear", "sigmoid"} and len(table) == 200
     lin = table[table.schedule == "linear"]
     assert lin["alpha_bar"].is_monotonic_decreasing and lin["beta"].iloc[0] == pytest.approx(1e-4)
+    # at T = 1000 the plots are thinned (the page stays light), the CSV keeps every t
+    *plots, csv = client.predict(["linear", "cosine"], 1000, api_name="/schedules")
+    for plot in plots:
+        ts = [row[0] for row in plot["data"] if row[2] == "cosine"]
+        assert 240 <= len(ts) <= 260 and 999 in ts and 998 in ts, len(ts)
+    assert len(pd.read_csv(csv)) == 2000
 
 
 def _sample(

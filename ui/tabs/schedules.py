@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from ddpm_core.explore import curves
@@ -21,14 +22,14 @@ TEXT = {
         "chosen": "Schedules",
         "T": "T",
         "csv": "Data (CSV)",
-        "variance_plot": "log₁₀ β̃_t (fixed_small) vs log₁₀ β_t (fixed_large)",
+        "variance_plot": "log₁₀ β̃_t (fixed_small; fixed_large is β_t, the first plot)",
         "schedules": r"""### Noise schedules
 $\beta_t$ sets how fast information is destroyed. **linear** (Ho et al.): $\beta_t$ from $10^{-4}$ to $0.02$;
 **linear_improved** (the teaching notes / improved-diffusion): the same, with both ends scaled by $1000/T$ so any $T$
 destroys as much; **scaled_linear**: $\sqrt{\beta}$ linear; **cosine** (Nichol & Dhariwal; diffusers calls it `squaredcos_cap_v2`): $\bar\alpha_t$ follows
 $\cos^2$, gentler at both ends; **sigmoid**: $\beta$ along a sigmoid. The last plot is the variance choice of the
-reverse step: $\tilde\beta_t$ (**fixed_small**, the true posterior's variance) against $\beta_t$ (**fixed_large**,
-Ho et al.'s other choice $\sigma_t^2=\beta_t$); they differ only near $t=0$. The first and last plots use a log
+reverse step: $\tilde\beta_t$ (**fixed_small**, the true posterior's variance); **fixed_large** is Ho et al.'s other
+choice $\sigma_t^2=\beta_t$, the first plot; compare the two: they differ only near $t=0$. The first and last plots use a log
 scale ($\log_{10}$): cosine's $\beta_t$ reaches its 0.999 cap at the end and would flatten the others.""",
     },
     "zh": {
@@ -36,13 +37,13 @@ scale ($\log_{10}$): cosine's $\beta_t$ reaches its 0.999 cap at the end and wou
         "chosen": "噪声调度",
         "T": "T",
         "csv": "数据（CSV）",
-        "variance_plot": "log₁₀ β̃_t（fixed_small）与 log₁₀ β_t（fixed_large）",
+        "variance_plot": "log₁₀ β̃_t（fixed_small；fixed_large 即 β_t，见第一张图）",
         "schedules": r"""### 噪声调度
 $\beta_t$ 决定信息被破坏的速度。**linear**（Ho 等）：$\beta_t$ 从 $10^{-4}$ 线性增至 $0.02$；
 **linear_improved**（教学笔记 / improved-diffusion）：两端再乘以 $1000/T$，任意 $T$ 下总噪声量相同；
 **scaled_linear**：$\sqrt{\beta}$ 线性；**cosine**（Nichol & Dhariwal；diffusers 中名为 `squaredcos_cap_v2`）：$\bar\alpha_t$ 按 $\cos^2$ 变化，两端更平缓；
-**sigmoid**：$\beta$ 沿 sigmoid 曲线。最后一张图是逆向一步的方差选择：$\tilde\beta_t$（**fixed_small**，真实后验的方差）
-与 $\beta_t$（**fixed_large**，Ho 等的另一选择 $\sigma_t^2=\beta_t$），二者只在 $t$ 接近 0 时不同。第一张和最后一张图使用对数坐标
+**sigmoid**：$\beta$ 沿 sigmoid 曲线。最后一张图是逆向一步的方差选择：$\tilde\beta_t$（**fixed_small**，真实后验的方差）；
+**fixed_large** 是 Ho 等的另一选择 $\sigma_t^2=\beta_t$，即第一张图；两者只在 $t$ 接近 0 时不同。第一张和最后一张图使用对数坐标
 （$\log_{10}$）：cosine 调度的 $\beta_t$ 在末尾达到 0.999 的上限，否则会把其他曲线压平。""",
     },
 }
@@ -79,19 +80,17 @@ def schedule_plots(selected, T):
     table = pd.concat(frames, ignore_index=True)
     csv = out_path(f"ddpm-schedules-T{T}.csv")
     table.to_csv(csv, index=False, float_format="%.10g")
-    plots = [table[["t", key, "schedule"]].rename(columns={key: "value"}) for key in PLOTTED]
-    variance = pd.concat(
-        [
-            table[["t", "log10_posterior_variance", "schedule"]]
-            .rename(columns={"log10_posterior_variance": "value"})
-            .assign(schedule=table["schedule"] + " β̃_t")
-            .dropna(),
-            table[["t", "log10_beta", "schedule"]]
-            .rename(columns={"log10_beta": "value"})
-            .assign(schedule=table["schedule"] + " β_t"),
-        ]
-    )
-    return (*plots, variance, str(csv))
+    shown = table[table["t"].isin(plotted_timesteps(T))]  # the CSV keeps every t; the plots need fewer
+    keys = [*PLOTTED, "log10_posterior_variance"]
+    plots = [shown[["t", key, "schedule"]].rename(columns={key: "value"}).dropna() for key in keys]
+    return (*plots, str(csv))
+
+
+def plotted_timesteps(T: int, most: int = 250) -> np.ndarray:
+    """At most ``most`` timesteps evenly spread over [0, T-1] (a 300-pixel-wide plot cannot show more), plus the
+    last ten, where cosine's beta climbs to its cap in a few steps."""
+    even = np.round(np.linspace(0, T - 1, min(T, most))).astype(int)
+    return np.unique(np.concatenate([even, np.arange(max(0, T - 10), T)]))
 
 
 def build(ctx) -> None:
@@ -104,7 +103,7 @@ def build(ctx) -> None:
                 key="chosen",
             )
             T_plot = add(StrictSlider(T_MIN, T_MAX, value=1000, step=1, label=t_("T"), scale=2), key="T")
-            csv = add(gr.File(label=t_("csv"), scale=1), key="csv")
+            csv = add(gr.File(label=t_("csv"), scale=1, min_width=240), key="csv")  # room for the file name
         plots = []
         labels = [*PLOTTED.values(), t_("variance_plot")]
         for row in range(3):
