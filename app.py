@@ -47,6 +47,7 @@ CSS = """
 .gradio-container {max-width: 1280px !important; width: 100% !important; margin: auto}
 .katex-display {overflow-x: auto; overflow-y: hidden; padding: 2px 0}
 #intro {min-width: min(320px, 100%) !important}  /* on a phone the language box goes below it */
+#strip .image-container, #trajectory .image-container {padding-top: 2.4em}  /* the label sits above, not on, the strip */
 #intro h1 {margin-bottom: 0.2em}
 #readout table {font-variant-numeric: tabular-nums; display: block; overflow-x: auto}
 #readout th, #readout td {white-space: nowrap}  /* a number never breaks in two */

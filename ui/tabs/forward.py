@@ -27,7 +27,8 @@ TEXT = {
         "examples": "Examples (made by this repo)",
         "t": "t (timestep)",
         "schedule": "Schedule",
-        "T": "T (steps)",
+        "T": "T",
+        "T_info": "steps",
         "seed": "Seed",
         "x_t": "x_t",
         "noise": "ε (the noise that was added, ±3σ)",
@@ -54,7 +55,8 @@ unknown, so the network's *predicted* $x_0$ takes its place. The image on the ri
         "examples": "示例（本仓库生成）",
         "t": "t（时间步）",
         "schedule": "噪声调度",
-        "T": "T（总步数）",
+        "T": "T",
+        "T_info": "总步数",
         "seed": "随机种子",
         "x_t": "x_t",
         "noise": "ε（加入的噪声，±3σ）",
@@ -160,7 +162,10 @@ def build(ctx) -> None:
                 t = add(StrictSlider(0, T_MAX - 1, value=250, step=1, label=t_("t"), elem_id="t-slider"), key="t")
                 with gr.Row():
                     schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
-                    T = add(StrictSlider(T_MIN, T_MAX, value=1000, step=1, label=t_("T"), elem_id="T-slider"), key="T")
+                    T = StrictSlider(
+                        T_MIN, T_MAX, value=1000, step=1, label=t_("T"), info=t_("T_info"), elem_id="T-slider"
+                    )
+                    add(T, key="T"), add(T, key="T_info", attr="info")
                 seed = add(
                     StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed"
                 )

@@ -268,7 +268,9 @@ def _outputs(t_, add) -> tuple:
     )
     info = gr.Markdown(elem_id="sample-info")
     with gr.Row():
-        trajectory = add(gr.Image(label=t_("trajectory"), format="png", interactive=False), key="trajectory")
+        trajectory = add(
+            gr.Image(label=t_("trajectory"), format="png", interactive=False, elem_id="trajectory"), key="trajectory"
+        )
     with gr.Row():
         animation = add(
             gr.Image(label=t_("animation"), type="filepath", interactive=False, height=260), key="animation"

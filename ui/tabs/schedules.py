@@ -117,7 +117,7 @@ def build(ctx) -> None:
                             color="schedule",
                             title=labels[k],
                             height=260,
-                            y_title=labels[k],
+                            y_title=[*PLOTTED.values(), "log₁₀ β̃_t"][k],  # the last title is long for an axis
                             x_title="t",
                         )
                     )
