@@ -13,7 +13,6 @@ try:  # ZeroGPU: `spaces` must be imported before torch initialises CUDA; off Sp
 except ImportError:  # pragma: no cover - spaces is in requirements.txt
     pass
 
-import threading
 
 import gradio as gr
 
@@ -104,7 +103,9 @@ def warm_up_default() -> None:
 def launch(demo: gr.Blocks | None = None, warm: bool = True, **kwargs):
     demo = demo or build_demo()
     if warm:
-        threading.Thread(target=warm_up_default, name="warm-up", daemon=True).start()
+        # before serving, not beside it: a first request that arrives during a background warm-up shares the CPU
+        # with it and took twice as long as the second (bench/startup.py --server); a Space wakes on that request
+        warm_up_default()
     kwargs.setdefault("server_name", os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
     kwargs.setdefault("server_port", int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     app_kwargs = kwargs.pop("app_kwargs", None) or {}
