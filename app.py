@@ -71,10 +71,12 @@ def build_demo() -> gr.Blocks:
             lang = gr.Radio(
                 list(LANGS), value="English", label=TEXT["en"]["lang_label"], scale=0, min_width=220, elem_id="lang"
             )
+        ctx.lang = gr.State("en")
         with gr.Tabs(overflow_behavior="wrap"):  # on a phone every tab stays in sight, none behind a menu
             for tab in tabs():
                 tab.build(ctx)
         lang.change(ctx.i18n.updates, lang, ctx.i18n.components, api_visibility="private")
+        lang.change(lambda name: LANGS.get(name, "en"), lang, ctx.lang, api_visibility="private")
     # No global queue size: each concurrency group has its own, and each visitor a share of it (GUARD).
     demo.queue(default_concurrency_limit=2, max_size=None)
     demo.i18n = ctx.i18n

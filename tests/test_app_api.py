@@ -278,3 +278,14 @@ def test_warm_up_prepares_the_default_request_and_skips_zero_gpu(monkeypatch):
     assert zero.path == "eager channels_last"
     monkeypatch.delenv("SPACES_ZERO_GPU")
     assert fast_mode() is None
+
+
+def test_the_sample_summary_speaks_the_visitors_language():
+    """The language switch reaches what the handler writes: the run's summary and its progress lines (the
+    language is a gr.State, not a parameter of the /sample endpoint)."""
+    from ui.tabs.sample import sample
+
+    zh = list(sample("ddpm-mnist-28", "DDIM", 3, 0.0, "model default", 1, 0, "zh"))
+    assert zh[0][4] == "采样中… 共 3 步" and "3 步 DDIM" in zh[-1][4] and "种子 0" in zh[-1][4], zh[-1][4]
+    en = list(sample("ddpm-mnist-28", "DDIM", 3, 0.0, "model default", 1, 0))
+    assert en[0][4] == "Sampling… 3 steps" and "3 DDIM steps" in en[-1][4] and "seed 0" in en[-1][4], en[-1][4]

@@ -18,6 +18,9 @@ from ui.i18n import Translations
 class Context:
     demo: gr.Blocks
     i18n: Translations = field(default_factory=Translations)
+    #: The visitor's language code ("en", "zh"), for texts a handler writes (summaries, progress); a gr.State, so
+    #: not a parameter of the API endpoints.
+    lang: gr.State | None = None
 
 
 def tabs():

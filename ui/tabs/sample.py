@@ -144,29 +144,67 @@ def _archive(images, seed: int) -> str:
     return str(archive)
 
 
-def _summary(m, result, sampler, eta: float, variance: str, seed: int) -> str:
+#: What the handler writes, per language: the run's summary and the progress lines.
+SAID = {
+    "en": {
+        "summary": "**{name}** ({source}, {params:.1f}M parameters, {shape}) · {n} {label} steps · {how} · seed {seed} · "
+        "{device} {dtype} · {secs:.1f} s ({path}{setup})",
+        "setup": "; {s:.1f} s of one-off set-up",
+        "eta": "η = {eta:g}",
+        "variance": "variance {v}",
+        "deterministic": "deterministic",
+        "starting": "Sampling… {total} steps",
+        "preview": "Sampling… step {k} of {total} (preview: the predicted x̂₀)",
+    },
+    "zh": {
+        "summary": "**{name}**（{source}，{params:.1f}M 参数，{shape}）· {n} 步 {label} · {how} · 种子 {seed} · "
+        "{device} {dtype} · {secs:.1f} 秒（{path}{setup}）",
+        "setup": "；其中一次性准备 {s:.1f} 秒",
+        "eta": "η = {eta:g}",
+        "variance": "方差 {v}",
+        "deterministic": "确定性",
+        "starting": "采样中… 共 {total} 步",
+        "preview": "采样中… 第 {k} / {total} 步（预览：预测的 x̂₀）",
+    },
+}
+
+
+def _said(lang, key: str, **kw) -> str:
+    return SAID.get(lang if lang in SAID else "en")[key].format(**kw)
+
+
+def _summary(m, result, sampler, eta: float, variance: str, seed: int, lang: str = "en") -> str:
     # the variance only matters to samplers that draw noise with it (DDPM); DDIM's is set by eta
-    how = (
-        f"η = {eta:g}"
-        if sampler.uses_eta
-        else f"variance {variance if variance != 'model default' else m.diffusion.variance_type}"
-        if sampler.name == "ddpm"
-        else "deterministic"
-    )
-    return (
-        f"**{m.name}** ({m.source}, {m.num_parameters / 1e6:.1f}M parameters, "
-        f"{'×'.join(map(str, m.sample_shape))}) · {len(result.timesteps)} {sampler.label.split(' (')[0]} steps · "
-        f"{how} · seed {seed} · "
-        f"{result.device} {result.dtype} · {result.seconds:.1f} s ({result.path}"
-        + (f"; {result.setup_seconds:.1f} s of one-off set-up" if result.setup_seconds >= 0.5 else "")
-        + ")"
-        + "".join(f"\n\n_{n}_" for n in m.notes)
-    )
+    if sampler.uses_eta:
+        how = _said(lang, "eta", eta=eta)
+    elif sampler.name == "ddpm":
+        how = _said(lang, "variance", v=variance if variance != "model default" else m.diffusion.variance_type)
+    else:
+        how = _said(lang, "deterministic")
+    setup = _said(lang, "setup", s=result.setup_seconds) if result.setup_seconds >= 0.5 else ""
+    shape = "×".join(map(str, m.sample_shape))
+    return _said(
+        lang,
+        "summary",
+        name=m.name,
+        source=m.source,
+        params=m.num_parameters / 1e6,
+        shape=shape,
+        n=len(result.timesteps),
+        label=sampler.label.split(" (")[0],
+        how=how,
+        seed=seed,
+        device=result.device,
+        dtype=result.dtype,
+        secs=result.seconds,
+        path=result.path,
+        setup=setup,
+    ) + "".join(f"\n\n_{n}_" for n in m.notes)
 
 
 @gpu(duration=120)
 @user_errors
-def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress=gr.Progress()):
+def sample(model_name, sampler, steps, eta, variance, batch_size, seed, lang="en", progress=gr.Progress()):
     """Generate a batch with ddpm_core's sampler: gallery, trajectory, animation, downloads and a summary.
     Streams a preview (the predicted x_0) about ten times while sampling."""
     chosen, n_steps = _sampler_and_steps(sampler, steps)
@@ -177,7 +215,7 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
     progress(0, desc=f"Loading {model_name} and preparing the sampler")
     m = model(model_name)
     total = len(reverse_timesteps(m.diffusion, n_steps))
-    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"Sampling… {total} steps"  # the last run's summary goes
+    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), _said(lang, "starting", total=total)  # the last summary goes
     steps = generate_steps(
         m,
         batch_size=batch_size,
@@ -197,7 +235,7 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
                 gr.skip(),
                 gr.skip(),
                 gr.skip(),
-                f"Sampling… step {item.index + 1} of {total} (preview: the predicted x̂₀)",
+                _said(lang, "preview", k=item.index + 1, total=total),
             )
         else:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -209,7 +247,7 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, progress
         png(_trajectory_image(result.snapshots), "trajectory.png"),
         gif,
         [_archive(images, seed), gif],
-        _summary(m, result, chosen, eta, variance, seed),
+        _summary(m, result, chosen, eta, variance, seed, lang),
     )
 
 
@@ -293,7 +331,7 @@ def build(ctx) -> None:
     dice.click(randomize_seed, None, seed, api_visibility="private")
     go.click(check_model, model_in, None, api_visibility="private", concurrency_id="sampler").success(
         sample,
-        [model_in, sampler, steps, eta, variance, batch, seed],
+        [model_in, sampler, steps, eta, variance, batch, seed, ctx.lang],
         [gallery, trajectory, animation, downloads, info],
         api_name="sample",
         concurrency_limit=1,
