@@ -178,6 +178,27 @@ def _recorded(steps, result: SampleResult, n_snapshots: int, n_frames: int, prog
     yield result
 
 
+def compare_steps(model: LoadedModel, pairs, seed: int = 0, mode: str | None = None):
+    """Each ``(sampler, steps)`` pair (``steps`` None: all T) run on one sample from the same x_T (the seed's first
+    draw, as :func:`generate_steps` draws it), in order; yields ``(sampler, steps, SampleResult)`` as each ends.
+
+    Deterministic samplers (DDIM with eta = 0, DPM-Solver++) integrate the same probability-flow ODE from x_T, so
+    their images converge to one image as steps grow; DDPM draws fresh noise at every step and ends elsewhere.
+    Every sampler here calls the network once per step: ``len(result.timesteps)`` is its number of evaluations."""
+    for sampler, steps in pairs:
+        result = generate(
+            model,
+            batch_size=1,
+            seed=seed,
+            sampler=sampler,
+            num_inference_steps=steps,
+            n_snapshots=0,
+            n_frames=0,
+            mode=mode,
+        )
+        yield sampler, steps, result
+
+
 def warm_up(
     model: LoadedModel,
     batch_size: int = 8,

@@ -38,7 +38,7 @@ def _digest(path) -> str:
 
 def test_every_event_has_an_api_name(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/forward", "/schedules", "/sample", "/denoise_from_t"} <= set(endpoints)
+    assert {"/forward", "/schedules", "/sample", "/compare", "/denoise_from_t"} <= set(endpoints)
 
 
 def test_forward_at_t0_returns_the_input(client, corpus):
@@ -289,3 +289,18 @@ def test_the_sample_summary_speaks_the_visitors_language():
     assert zh[0][4] == "采样中… 共 3 步" and "3 步 DDIM" in zh[-1][4] and "种子 0" in zh[-1][4], zh[-1][4]
     en = list(sample("ddpm-mnist-28", "DDIM", 3, 0.0, "model default", 1, 0))
     assert en[0][4] == "Sampling… 3 steps" and "3 DDIM steps" in en[-1][4] and "seed 0" in en[-1][4], en[-1][4]
+
+
+def test_compare_runs_each_pair_from_the_same_noise(client):
+    """/compare: one image per pair, and a table whose distances show the deterministic samplers converging on one
+    image while DDPM, stochastic, ends elsewhere."""
+    pairs = ["DDPM · 100", "DDIM · 200", "DDIM · 10", "DPM-Solver++ · 20"]
+    gallery, table = client.predict("ddpm-mnist-28", 3, pairs, api_name="/compare")
+    assert len(gallery) == 4 and "distance to DDIM · 200" in table
+    rows = {r.split("|")[1].strip(): r.split("|")[2:5] for r in table.splitlines()[2:]}
+    assert list(rows) == pairs and [int(rows[p][0]) for p in pairs] == [100, 200, 10, 20]  # one evaluation a step
+    dist = {p: float(rows[p][2]) for p in pairs}
+    assert dist["DDIM · 200"] == 0.0
+    assert max(dist["DDIM · 10"], dist["DPM-Solver++ · 20"]) < dist["DDPM · 100"] / 2
+    with pytest.raises(Exception, match="not in the list of choices"):  # gradio checks the choices first
+        client.predict("ddpm-mnist-28", 3, ["DDIM · 7"], api_name="/compare")

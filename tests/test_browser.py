@@ -143,8 +143,8 @@ def test_every_tab_fits_the_screen_and_speaks_the_language(browser, served, widt
         pg.locator("#lang label", has_text=lang).click()
         pg.get_by_role("tab", name="噪声调度").wait_for(timeout=30_000)
     tabs = pg.get_by_role("tab")
-    assert tabs.count() == 4
-    for i in range(4):
+    assert tabs.count() == 5
+    for i in range(5):
         tab = tabs.nth(i)
         assert tab.is_visible(), f"tab {i} is hidden at {width} px"
         tab.click()
@@ -157,3 +157,13 @@ def test_every_tab_fits_the_screen_and_speaks_the_language(browser, served, widt
             words = {w for text in pg.evaluate(SHOWN_TEXT) for w in re.findall(r"[A-Za-z]{3,}", text)}
             assert words <= KEPT_IN_CHINESE, f"tab {i}: English left in Chinese: {sorted(words - KEPT_IN_CHINESE)}"
     pg.close()
+
+
+def test_steps_compared_from_one_noise(page):
+    """The comparison tab runs its default six pairs and shows their images and the table of costs."""
+    page.get_by_role("tab", name="Steps compared").click()
+    page.locator("#compare-btn").click()
+    page.locator("#compare-table", has_text="network evaluations").wait_for(timeout=180_000)
+    assert page.locator("#compare-gallery img").count() == 6
+    assert page.locator("#compare-table tr").count() == 1 + 6
+    page.screenshot(path=str(ARTIFACTS / "compare-tab.png"), full_page=True)

@@ -105,3 +105,14 @@ def test_compiled_path_equals_the_plain_loop(request):
     torch.set_num_threads(request.getfixturevalue("one_intra_op_thread"))
     compiled = _teacher_forced(_model(), tiny_unet(3), "ddpm", num_inference_steps=8, compile=True)
     assert compiled.path == "torch.compile"
+
+
+def test_compare_steps_starts_every_pair_from_the_same_noise():
+    from ddpm_core.sampling import compare_steps
+
+    m = _model()
+    runs = list(compare_steps(m, [("ddpm", 4), ("ddim", 3), ("dpmsolver++", 2)], seed=7))
+    assert [(s, n) for s, n, _ in runs] == [("ddpm", 4), ("ddim", 3), ("dpmsolver++", 2)]
+    x_T = [r.frames[0] for _, _, r in runs]  # each run's first frame is its x_T
+    assert all(torch.equal(x, x_T[0]) for x in x_T) and x_T[0].shape == (1, 3, 8, 8)
+    assert [len(r.timesteps) for _, _, r in runs] == [4, 3, 2]
