@@ -33,11 +33,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
-from teacher_forcing import model_rounding_scale
+from teacher_forcing import model_rounding_scale, record
 from torch.overrides import TorchFunctionMode
 
 from conftest import tiny_unet
-from ddpm_core.diffusion import GaussianDiffusion, StepOutput, call_model
+from ddpm_core.diffusion import GaussianDiffusion, call_model
 from ddpm_core.fast import FastLoop
 from ddpm_core.samplers import DPMSolverPP2M, get_sampler, sample_loop_progressive
 from helpers import HostSyncs
@@ -473,13 +473,11 @@ def _float32_run(schedule, pred, spacing, N, unet3):
             outputs.append(unet3(x, t).sample)
         return outputs[-1]
 
-    run = sample_loop_progressive(
-        diffusion, SAMPLER, model, (2, 3, 4, 4), ts, torch.Generator().manual_seed(5), dtype=torch.float32
+    steps, _ = record(
+        sample_loop_progressive(
+            diffusion, SAMPLER, model, (2, 3, 4, 4), ts, torch.Generator().manual_seed(5), dtype=torch.float32
+        )
     )
-    steps = [
-        StepOutput(o.prev_sample.clone(), o.pred_original_sample.clone(), o.index, o.timestep, o.x_t.clone())
-        for o in run
-    ]
     assert [s.timestep for s in steps] == ts and steps[-1].prev_sample.dtype == torch.float32
     unet64 = copy.deepcopy(unet3).double()
     rho = [model_rounding_scale(unet3, unet64, s.x_t, torch.full((2,), s.timestep))[1].flatten() for s in steps]
@@ -533,19 +531,6 @@ def test_float32_loop_teacher_forced_by_diffusers(schedule, pred, spacing, N, un
 
 
 # ---------------------------------------------------------------- the fast path
-def _copy_steps(outputs):
-    return [
-        StepOutput(
-            o.prev_sample.clone().contiguous(),
-            o.pred_original_sample.clone().contiguous(),
-            o.index,
-            o.timestep,
-            o.x_t.clone().contiguous(),
-        )
-        for o in outputs
-    ]
-
-
 def _x0_bound_same_tables(diffusion, t_index, x, m, x0, Bm, u=U32):
     """|x0 fast - x0 plain|: the same float32 tables and operations on model outputs differing by up to ``Bm``;
     clipping is 1-Lipschitz, thresholding y = clamp(x0, -s, s) / s moves by (|dx0| + 2|ds|) / s with |ds| <=
@@ -626,7 +611,7 @@ def test_fast_loop_equals_the_plain_step(cfg, N, mode):
     loop = FastLoop(diffusion, unet, x_T.shape, ts, "dpmsolver++", mode=mode)
     assert loop.path == ("frozen TorchScript" if mode == "frozen" else "eager channels_last")
     assert not any(loop.noise_steps)
-    steps = _copy_steps(loop.run(x_T, torch.Generator().manual_seed(11)))
+    steps, _ = record(loop.run(x_T, torch.Generator().manual_seed(11)))
     assert torch.equal(steps[0].x_t, x_T) and [s.timestep for s in steps] == ts.tolist()
     compare_with_plain_steps(diffusion, ts, steps, ref)
     # reusable: the history is reset between runs, a second run repeats the first exactly
@@ -646,7 +631,7 @@ def test_cuda_graph_loop_equals_the_plain_step(mode):
     x_T = torch.randn(4, 3, 8, 8, device="cuda")
     loop = FastLoop(diffusion, unet, x_T.shape, ts, "dpmsolver++", mode=mode)
     assert loop.graph is not None, loop.path
-    steps = _copy_steps(loop.run(x_T, torch.Generator("cuda").manual_seed(5)))
+    steps, _ = record(loop.run(x_T, torch.Generator("cuda").manual_seed(5)))
     compare_with_plain_steps(diffusion, ts, steps, ref)
     last = None
     for last in loop.run(x_T, torch.Generator("cuda").manual_seed(5)):
