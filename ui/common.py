@@ -181,6 +181,11 @@ def check_model(name) -> None:
     model(name)
 
 
+def model_dropdown(label: str, elem_id: str | None = None) -> gr.Dropdown:
+    """The model chooser of the sampling tabs: the bundled models and known Hub ids, or any typed Hub id."""
+    return gr.Dropdown(model_choices(), value=default_model(), allow_custom_value=True, label=label, elem_id=elem_id)
+
+
 def model_choices() -> list[tuple[str, str]]:
     bundled = [(f"{name} (bundled, offline)", name) for name in bundled_models()]
     return bundled + [(repo, repo) for repo in HUB_MODELS]

@@ -14,12 +14,11 @@ from ddpm_core.sampling import compare_steps
 from ui.common import (
     LATEX,
     check_model,
-    default_model,
     display,
     fast_mode,
     gpu,
     model,
-    model_choices,
+    model_dropdown,
     seed_arg,
     user_errors,
 )
@@ -133,10 +132,7 @@ def build(ctx) -> None:
     with add(gr.Tab(t_("tab"), id="compare"), key="tab"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                model_in = add(
-                    gr.Dropdown(model_choices(), value=default_model(), allow_custom_value=True, label=t_("model")),
-                    key="model",
-                )
+                model_in = add(model_dropdown(t_("model")), key="model")
                 pairs = add(StrictCheckboxGroup(list(PAIRS), value=DEFAULT_PAIRS, label=t_("pairs")), key="pairs")
                 seed = add(
                     StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed"

@@ -16,7 +16,6 @@ from ui.common import (
     MAX_SEEDS,
     T_MAX,
     check_model,
-    default_model,
     display,
     drive,
     fast_mode,
@@ -24,7 +23,7 @@ from ui.common import (
     image_tensor,
     int_arg,
     model,
-    model_choices,
+    model_dropdown,
     previews,
     seed_arg,
     user_errors,
@@ -119,10 +118,7 @@ def build(ctx) -> None:
             with gr.Column(scale=1, min_width=300):
                 image, examples = image_with_examples(t_("image"), 240, "denoise-image", t_("examples"))
                 add(image, key="image"), add(examples, key="examples")
-                model_in = add(
-                    gr.Dropdown(model_choices(), value=default_model(), allow_custom_value=True, label=t_("model")),
-                    key="model",
-                )
+                model_in = add(model_dropdown(t_("model")), key="model")
                 t = add(StrictSlider(0, T_MAX - 1, value=400, step=1, label=t_("t")), key="t")
                 seeds = add(
                     StrictSlider(1, MAX_SEEDS, value=3, step=1, label=t_("seeds")), key="seeds"

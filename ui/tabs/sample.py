@@ -24,14 +24,13 @@ from ui.common import (
     ON_CPU,
     T_MAX,
     check_model,
-    default_model,
     display,
     drive,
     fast_mode,
     gpu,
     int_arg,
     model,
-    model_choices,
+    model_dropdown,
     previews,
     seed_arg,
     user_errors,
@@ -275,12 +274,7 @@ def device_note_args() -> dict:
 # ---------------------------------------------------------------- layout
 def _controls(t_, add) -> tuple:
     """The left column: model, sampler, steps, eta, variance, batch, seed (with its dice) and the button."""
-    model_in = add(
-        gr.Dropdown(
-            model_choices(), value=default_model(), allow_custom_value=True, label=t_("model"), elem_id="model"
-        ),
-        key="model",
-    )
+    model_in = add(model_dropdown(t_("model"), "model"), key="model")
     sampler = add(gr.Radio(t_("sampler_choices"), value=SAMPLER_CHOICES[1], label=t_("sampler")), key="sampler")
     add(sampler, key="sampler_choices", attr="choices")
     steps = add(StrictSlider(1, T_MAX, value=DEFAULT_STEPS, step=1, label=t_("steps")), key="steps")
