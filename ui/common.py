@@ -181,13 +181,21 @@ def check_model(name) -> None:
     model(name)
 
 
-def model_dropdown(label: str, elem_id: str | None = None) -> gr.Dropdown:
-    """The model chooser of the sampling tabs: the bundled models and known Hub ids, or any typed Hub id."""
-    return gr.Dropdown(model_choices(), value=default_model(), allow_custom_value=True, label=label, elem_id=elem_id)
+def model_dropdown(ctx, label: str, elem_id: str | None = None) -> gr.Dropdown:
+    """The model chooser of the sampling tabs: the bundled models and known Hub ids, or any typed Hub id; its
+    choices follow the language switch (the values, the API's, stay the model names)."""
+    chooser = gr.Dropdown(
+        model_choices(), value=default_model(), allow_custom_value=True, label=label, elem_id=elem_id
+    )
+    choices = {lang: {"choices": model_choices(lang)} for lang in ("en", "zh")}
+    return ctx.i18n.add(chooser, choices, "choices", attr="choices")
 
 
-def model_choices() -> list[tuple[str, str]]:
-    bundled = [(f"{name} (bundled, offline)", name) for name in bundled_models()]
+BUNDLED_NOTE = {"en": "bundled, offline", "zh": "内置，离线"}
+
+
+def model_choices(lang: str = "en") -> list[tuple[str, str]]:
+    bundled = [(f"{name} ({BUNDLED_NOTE[lang]})", name) for name in bundled_models()]
     return bundled + [(repo, repo) for repo in HUB_MODELS]
 
 

@@ -132,7 +132,7 @@ def build(ctx) -> None:
     with add(gr.Tab(t_("tab"), id="compare"), key="tab"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                model_in = add(model_dropdown(t_("model")), key="model")
+                model_in = add(model_dropdown(ctx, t_("model")), key="model")
                 pairs = add(StrictCheckboxGroup(list(PAIRS), value=DEFAULT_PAIRS, label=t_("pairs")), key="pairs")
                 seed = add(
                     StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed"

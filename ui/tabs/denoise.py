@@ -118,7 +118,7 @@ def build(ctx) -> None:
             with gr.Column(scale=1, min_width=300):
                 image, examples = image_with_examples(t_("image"), 240, "denoise-image", t_("examples"))
                 add(image, key="image"), add(examples, key="examples")
-                model_in = add(model_dropdown(t_("model")), key="model")
+                model_in = add(model_dropdown(ctx, t_("model")), key="model")
                 t = add(StrictSlider(0, T_MAX - 1, value=400, step=1, label=t_("t")), key="t")
                 seeds = add(
                     StrictSlider(1, MAX_SEEDS, value=3, step=1, label=t_("seeds")), key="seeds"

@@ -40,6 +40,7 @@ from ui.files import out_path, png
 from ui.i18n import tr
 
 VARIANCE_CHOICES = ["model default", "fixed_small", "fixed_large", "learned_range"]
+VARIANCE_ZH = {"model default": "模型默认"}  # what the dropdown shows in Chinese; the values stay
 ALL_STEPS = "DDPM (all T steps)"  # the paper's chain; every registered sampler with a step count follows
 BY_LABEL = {s.label: s for s in SAMPLERS.values()}
 SAMPLER_CHOICES = [ALL_STEPS, *BY_LABEL]
@@ -52,6 +53,7 @@ TEXT = {
         "model": "Model (bundled, or type a Hub id: owner/name)",
         "sampler": "Sampler",
         "sampler_choices": [(c, c) for c in SAMPLER_CHOICES],
+        "variance_choices": [(c, c) for c in VARIANCE_CHOICES],
         "steps": "Steps",
         "eta": "DDIM η",
         "variance": "Reverse-step variance",
@@ -77,6 +79,7 @@ equal to diffusers' schedulers by its tests.""",
         "model": "模型（内置，或输入 Hub id：owner/name）",
         "sampler": "采样器",
         "sampler_choices": [(SAMPLER_ZH.get(c, c), c) for c in SAMPLER_CHOICES],
+        "variance_choices": [(VARIANCE_ZH.get(c, c), c) for c in VARIANCE_CHOICES],
         "steps": "步数",
         "eta": "DDIM η",
         "variance": "逆向一步的方差",
@@ -152,6 +155,8 @@ SAID = {
         "eta": "η = {eta:g}",
         "variance": "variance {v}",
         "deterministic": "deterministic",
+        "source_bundled": "bundled",
+        "source_hub": "Hub",
         "starting": "Sampling… {total} steps",
         "preview": "Sampling… step {k} of {total} (preview: the predicted x̂₀)",
     },
@@ -162,6 +167,8 @@ SAID = {
         "eta": "η = {eta:g}",
         "variance": "方差 {v}",
         "deterministic": "确定性",
+        "source_bundled": "内置",
+        "source_hub": "Hub",
         "starting": "采样中… 共 {total} 步",
         "preview": "采样中… 第 {k} / {total} 步（预览：预测的 x̂₀）",
     },
@@ -186,7 +193,7 @@ def _summary(m, result, sampler, eta: float, variance: str, seed: int, lang: str
         lang,
         "summary",
         name=m.name,
-        source=m.source,
+        source=_said(lang, "source_" + m.source) if m.source in ("bundled", "hub") else m.source,
         params=m.num_parameters / 1e6,
         shape=shape,
         n=len(result.timesteps),
@@ -272,14 +279,15 @@ def device_note_args() -> dict:
 
 
 # ---------------------------------------------------------------- layout
-def _controls(t_, add) -> tuple:
+def _controls(ctx, t_, add) -> tuple:
     """The left column: model, sampler, steps, eta, variance, batch, seed (with its dice) and the button."""
-    model_in = add(model_dropdown(t_("model"), "model"), key="model")
+    model_in = add(model_dropdown(ctx, t_("model"), "model"), key="model")
     sampler = add(gr.Radio(t_("sampler_choices"), value=SAMPLER_CHOICES[1], label=t_("sampler")), key="sampler")
     add(sampler, key="sampler_choices", attr="choices")
     steps = add(StrictSlider(1, T_MAX, value=DEFAULT_STEPS, step=1, label=t_("steps")), key="steps")
     eta = add(StrictSlider(0, 1, value=0.0, step=0.05, label=t_("eta"), visible=False), key="eta")
-    variance = add(gr.Dropdown(VARIANCE_CHOICES, value="model default", label=t_("variance")), key="variance")
+    variance = add(gr.Dropdown(t_("variance_choices"), value="model default", label=t_("variance")), key="variance")
+    add(variance, key="variance_choices", attr="choices")
     batch = add(StrictSlider(1, MAX_BATCH, value=DEFAULT_BATCH, step=1, label=t_("batch")), key="batch")
     with gr.Row():
         seed = add(
@@ -317,7 +325,7 @@ def build(ctx) -> None:
     with add(gr.Tab(t_("tab"), id="sample"), key="tab"):
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                model_in, sampler, steps, eta, variance, batch, seed, dice, go = _controls(t_, add)
+                model_in, sampler, steps, eta, variance, batch, seed, dice, go = _controls(ctx, t_, add)
             with gr.Column(scale=2):
                 gallery, trajectory, animation, downloads, info = _outputs(t_, add)
         add(gr.Markdown(t_("sample"), latex_delimiters=LATEX), key="sample", attr="value")
