@@ -159,11 +159,13 @@ def test_every_tab_fits_the_screen_and_speaks_the_language(browser, served, widt
     pg.close()
 
 
-def test_steps_compared_from_one_noise(page):
+def test_steps_compared_from_one_noise(browser, served):
     """The comparison tab runs its default six pairs and shows their images and the table of costs."""
+    page = open_page(browser, served[1])
     page.get_by_role("tab", name="Steps compared").click()
     page.locator("#compare-btn").click()
     page.locator("#compare-table", has_text="network evaluations").wait_for(timeout=180_000)
     assert page.locator("#compare-gallery img").count() == 6
     assert page.locator("#compare-table tr").count() == 1 + 6
     page.screenshot(path=str(ARTIFACTS / "compare-tab.png"), full_page=True)
+    page.close()
