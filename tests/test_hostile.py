@@ -80,7 +80,7 @@ def test_a_flood_of_unlistened_joins_neither_runs_nor_starves_the_others(server,
     app, url = server
     sample_id, forward_id = _fn_index(url, "sample"), _fn_index(url, "forward")
     steps0, dropped0 = app.STATS["steps"], app.GUARD.stats["dropped"]
-    heavy = ["ddpm-mnist-28", "DDPM (all T steps)", 1000, 0.0, "model default", 16, 0]
+    heavy = ["ddpm-mnist-28", "DDPM (all T steps)", 1000, 0.0, "model default", 16, 0, None]  # None: the language State
     with httpx.Client() as http:
         sample_codes = [_join(http, url, sample_id, heavy).status_code for _ in range(40)]
         forward_codes = [_join(http, url, forward_id, [None, 5, "linear", 1000, 0]).status_code for _ in range(20)]
@@ -182,7 +182,7 @@ def test_repeated_schedules_are_computed_once(polite):
     t0 = time.perf_counter()
     plots = polite.predict(["linear"] * 100, 1000, api_name="/schedules")
     assert time.perf_counter() - t0 < 5
-    assert {row[-1] for row in plots[0]["data"]} == {"linear"} and len(plots[0]["data"]) == 1000
+    assert {row[-1] for row in plots[0]["data"]} == {"linear"} and len(plots[0]["data"]) <= 260  # thinned, once
 
 
 HUGE = 10**400
@@ -192,7 +192,7 @@ HUGE = 10**400
     "endpoint,args,fragment",
     [
         ("/forward", ["__IMG__", HUGE, "linear", 1000, 0], "t \\(timestep\\) is far out of range"),
-        ("/forward", ["__IMG__", 5, "linear", HUGE, 0], "T \\(steps\\) is far out of range"),
+        ("/forward", ["__IMG__", 5, "linear", HUGE, 0], "T is far out of range"),
         ("/forward", ["__IMG__", 5, "linear", 1000, HUGE], "Seed is far out of range"),
         ("/sample", ["ddpm-mnist-28", "DDIM", HUGE, 0.0, "model default", 1, 0], "Steps is far out of range"),
         ("/sample", ["ddpm-mnist-28", "DDIM", 5, 0.0, "model default", HUGE, 0], "Batch size is far out of range"),
