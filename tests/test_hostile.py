@@ -80,7 +80,16 @@ def test_a_flood_of_unlistened_joins_neither_runs_nor_starves_the_others(server,
     app, url = server
     sample_id, forward_id = _fn_index(url, "sample"), _fn_index(url, "forward")
     steps0, dropped0 = app.STATS["steps"], app.GUARD.stats["dropped"]
-    heavy = ["ddpm-mnist-28", "DDPM (all T steps)", 1000, 0.0, "model default", 16, 0, None]  # None: the language State
+    heavy = [
+        "ddpm-mnist-28",
+        "DDPM (all T steps)",
+        1000,
+        0.0,
+        "model default",
+        16,
+        0,
+        None,
+    ]  # None: the language State
     with httpx.Client() as http:
         sample_codes = [_join(http, url, sample_id, heavy).status_code for _ in range(40)]
         forward_codes = [_join(http, url, forward_id, [None, 5, "linear", 1000, 0]).status_code for _ in range(20)]
