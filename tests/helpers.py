@@ -16,6 +16,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"  # public UNet configs of real Hub checkpoints
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+# What a saved DDPMPipeline folder of this repo holds (diffusers' layout plus its model card).
+PIPELINE_FILES = (
+    "model_index.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "scheduler/scheduler_config.json",
+    "README.md",
+)
 
 
 def save_pipeline_folder(unet, folder: Path, scheduler_kwargs=None) -> Path:

@@ -7,20 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import PIPELINE_FILES
+
 ROOT = Path(__file__).resolve().parents[1]
 CK = ROOT / "checkpoints" / "ddpm-mnist-28"
 
 
 def test_bundled_checkpoint_is_shipped_in_diffusers_format():
-    for f in (
-        "model_index.json",
-        "unet/config.json",
-        "unet/diffusion_pytorch_model.safetensors",
-        "scheduler/scheduler_config.json",
-        "README.md",
-        "eval.json",
-        "samples.png",
-    ):
+    for f in (*PIPELINE_FILES, "eval.json", "samples.png"):
         assert (CK / f).is_file(), f
     # shipped files only (a local training run leaves resumable checkpoint-N folders, which git ignores)
     size = sum(

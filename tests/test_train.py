@@ -10,6 +10,7 @@ import ddpm_core.checkpoints as ck
 from ddpm_core.data import MNIST_SPLIT, mnist_split
 from ddpm_core.sampling import generate
 from ddpm_core.train import main as train_main
+from helpers import PIPELINE_FILES
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -53,13 +54,7 @@ def test_train_save_resume_reload_and_sample(tmp_path, monkeypatch):
     # every step logged once per sitting: 1-4, then 4-6 again from the checkpoint at 3
     assert [r["step"] for r in log] == [1, 2, 3, 4, 4, 5, 6]
     assert all(0 < r["loss"] < 10 and 0 < r["lr"] for r in log)
-    for f in (
-        "model_index.json",
-        "unet/config.json",
-        "unet/diffusion_pytorch_model.safetensors",
-        "scheduler/scheduler_config.json",
-        "README.md",
-    ):
+    for f in PIPELINE_FILES:
         assert (out / f).is_file(), f
     assert "optimiser steps run | 6" in (out / "README.md").read_text()
 
