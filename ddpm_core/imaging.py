@@ -211,11 +211,11 @@ def _read_bytes(source) -> bytes:
         path = Path(source)
         try:
             size = path.stat().st_size
-        except OSError as err:
+            if size > MAX_FILE_BYTES:
+                raise ValueError(f"{path.name} is {size / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB")
+            data = path.read_bytes()
+        except OSError as err:  # gone, a folder, not readable
             raise ValueError(f"cannot read {path.name}: {err.strerror or err}") from err
-        if size > MAX_FILE_BYTES:
-            raise ValueError(f"{path.name} is {size / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB")
-        data = path.read_bytes()
     else:
         raise ValueError(f"cannot read an image from {type(source).__name__}")
     if not data:
