@@ -252,6 +252,13 @@ def _check_config(config_path: Path, name: str) -> dict:
     return config
 
 
+def first_sentence(err: BaseException) -> str:
+    """The first sentence of an error's text, on one line and without terminal colour codes: what a visitor needs
+    (torch's refusal of a pickle goes on to explain how to load it unsafely, which is not advice to pass on)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    return " ".join(re.split(r"(?<=[^.])\.(?:\s|$)", text, maxsplit=1)[0].split())
+
+
 def _load_unet(folder: Path, subfolder: str | None, name: str):
     from diffusers import UNet2DModel
     from diffusers.utils import is_accelerate_available
@@ -269,9 +276,12 @@ def _load_unet(folder: Path, subfolder: str | None, name: str):
             # accelerate (training only) speeds up loading big models; without it, ask for the plain load outright
             # instead of having diffusers warn at every start of the Space
             low_mem = is_accelerate_available()
-            unet = UNet2DModel.from_pretrained(
-                str(folder), subfolder=subfolder, use_safetensors=True, low_cpu_mem_usage=low_mem
-            )
+            try:
+                unet = UNet2DModel.from_pretrained(
+                    str(folder), subfolder=subfolder, use_safetensors=True, low_cpu_mem_usage=low_mem
+                )
+            except ValueError as err:  # diffusers' shape check: its first sentence names the tensor
+                raise ValueError(f"{name}: weights do not fit the config ({first_sentence(err)})") from err
         else:
             # .bin is a pickle: only tensors may come out of it (weights_only), never code.
             unet = UNet2DModel.from_config(config)
@@ -284,7 +294,9 @@ def _load_unet(folder: Path, subfolder: str | None, name: str):
     except ValueError:
         raise
     except Exception as err:  # corrupt files, pickles with code (refused by weights_only), shape mismatches
-        raise ValueError(f"{name}: the weights could not be loaded safely ({type(err).__name__}: {err})") from err
+        raise ValueError(
+            f"{name}: the weights could not be loaded safely ({type(err).__name__}: {first_sentence(err)})"
+        ) from err
     return unet.eval().requires_grad_(False)
 
 
