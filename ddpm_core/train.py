@@ -102,6 +102,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--sample-every", type=int, default=1000, help="save a sample grid every N steps (0: never)")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="a pipeline folder whose UNet (same --model-size) starts this run: fine-tuning, with a fresh optimiser",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--num-workers", type=int, default=0)
@@ -231,6 +236,8 @@ def _set_up(args, accelerator):
     )
     dataset = build_dataset(args.data, args.resolution, args.channels)
     unet = build_unet(args.model_size, args.resolution, args.channels)
+    if args.init_from:
+        load_initial_weights(unet, Path(args.init_from))
     ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(args.warmup, args.steps))
@@ -238,6 +245,28 @@ def _set_up(args, accelerator):
     accelerator.register_for_checkpointing(ema)
     ema.to(accelerator.device)
     return _Training(accelerator, diffusion, unet, ema, optimizer, lr_sched), dataset
+
+
+def load_initial_weights(unet, folder: Path) -> None:
+    """Copy the weights of the pipeline folder ``folder``'s UNet (safetensors only) into ``unet``, in place.
+
+    Raises ``ValueError`` when the folder holds no UNet or one of another shape than ``unet``.
+    """
+    from safetensors.torch import load_file
+
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"--init-from {folder}: no unet/diffusion_pytorch_model.safetensors there")
+    state = load_file(str(weights))
+    own = unet.state_dict()
+    wrong = sorted(
+        k for k in own.keys() | state.keys() if k not in own or k not in state or own[k].shape != state[k].shape
+    )
+    if wrong:
+        raise ValueError(
+            f"--init-from {folder}: its UNet does not match --model-size ({len(wrong)} tensors differ, e.g. {wrong[0]})"
+        )
+    unet.load_state_dict(state)
 
 
 def _resume(accelerator, resume: str | None, out: Path) -> int:

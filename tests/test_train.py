@@ -69,3 +69,30 @@ def test_train_save_resume_reload_and_sample(tmp_path, monkeypatch):
     assert ours.shape == (2, 1, 28, 28)
     # the same weights and scheduler through both samplers: same images to well under one 8-bit level
     assert (((ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() - ref).__abs__().max()) < 1e-4
+
+
+def test_init_from_starts_a_run_from_a_saved_pipeline(tmp_path):
+    """--init-from copies a saved UNet's weights into the new run (fine-tuning); a UNet of another size is refused."""
+    from safetensors.torch import load_file
+
+    from ddpm_core.train import build_unet, load_initial_weights
+
+    common = ["--data", "mnist", "--model-size", "tiny", "--batch-size", "4", "--sample-every", "0", "--threads", "2"]
+    first = tmp_path / "first"
+    train_main(common + ["--steps", "2", "--out", str(first)])
+    saved = load_file(str(first / "unet" / "diffusion_pytorch_model.safetensors"))
+    unet = build_unet("tiny", 28, 1)
+    load_initial_weights(unet, first)
+    assert all(torch.equal(unet.state_dict()[k], v) for k, v in saved.items())
+    with pytest.raises(ValueError, match="does not match --model-size"):
+        load_initial_weights(build_unet("small", 28, 1), first)
+    with pytest.raises(ValueError, match="no unet/diffusion_pytorch_model.safetensors"):
+        load_initial_weights(unet, tmp_path)
+    second = tmp_path / "second"
+    train_main(
+        common + ["--steps", "1", "--lr", "0", "--ema-decay", "0", "--init-from", str(first), "--out", str(second)]
+    )
+    # with a learning rate of 0 the run keeps the weights it started from
+    after = load_file(str(second / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(after[k], v) for k, v in saved.items())
+    assert f"--init-from {first}" in (second / "README.md").read_text()
