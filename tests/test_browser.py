@@ -105,6 +105,11 @@ def test_schedules_tab_and_chinese(page):
     page.get_by_text("噪声调度", exact=False).first.wait_for(timeout=30_000)
     page.wait_for_timeout(1000)
     page.screenshot(path=str(ARTIFACTS / "schedules-tab-zh.png"), full_page=True)
+    # a visitor's mistake is told in the visitor's language
+    for name in ("linear", "cosine"):
+        page.locator("#schedules-chosen label", has_text=name).first.click()
+    page.get_by_text("请至少勾选一个调度。").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "schedules-error-zh.png"))
 
 
 def test_enter_applies_a_typed_T(browser, served):

@@ -92,7 +92,9 @@ def test_a_flood_of_unlistened_joins_neither_runs_nor_starves_the_others(server,
     ]  # None: the language State
     with httpx.Client() as http:
         sample_codes = [_join(http, url, sample_id, heavy).status_code for _ in range(40)]
-        forward_codes = [_join(http, url, forward_id, [None, 5, "linear", 1000, 0]).status_code for _ in range(20)]
+        forward_codes = [
+            _join(http, url, forward_id, [None, 5, "linear", 1000, 0, None]).status_code for _ in range(20)
+        ]
     # one visitor's share: 2 sampling jobs, 2 forward jobs; everything past it is refused at once
     assert sample_codes.count(200) == 2 and sample_codes.count(503) == 38, sample_codes
     assert forward_codes.count(200) == 2 and forward_codes.count(503) == 18, forward_codes

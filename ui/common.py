@@ -18,8 +18,10 @@ from ddpm_core.checkpoints import BUNDLED_DEFAULT, HUB_MODELS, bundled_models, l
 from ddpm_core.imaging import MAX_SIDE_DEFAULT, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
 from ddpm_core.sampling import SampleResult, SamplingCancelled, pick_device
 from ui.components import short_repr
+from ui.errors import say
 from ui.files import png
 from ui.guard import QueueGuard
+from ui.i18n import tr
 
 try:  # ZeroGPU: `spaces` must be imported before torch initialises CUDA (app.py imports it first of all)
     import spaces
@@ -66,9 +68,9 @@ def gpu(duration: int):
 
 
 # ---------------------------------------------------------------- errors a user can act on
-def _user_message(err: BaseException) -> gr.Error | None:
-    """The message for an expected failure (bad input, a cancel, no memory), or None for a real fault. Expected
-    failures are logged in one line, not with a traceback: the log is for the operator."""
+def _user_message(err: BaseException, lang: str = "en") -> gr.Error | None:
+    """The message for an expected failure (bad input, a cancel, no memory) in ``lang``, or None for a real fault.
+    Expected failures are logged in one line, in English, not with a traceback: the log is for the operator."""
     if isinstance(err, ValueError):
         message = str(err)
     elif isinstance(err, SamplingCancelled):
@@ -80,18 +82,18 @@ def _user_message(err: BaseException) -> gr.Error | None:
     else:
         return None
     log.info("user error: %s", message.splitlines()[0][:200] if message else type(err).__name__)
-    return gr.Error(message, print_exception=False)
+    return gr.Error(say(message, lang), title=say("Error", lang), print_exception=False)
 
 
 @contextlib.contextmanager
-def _as_user_errors():
+def _as_user_errors(lang: str):
     GUARD.require_listener()  # a job nobody will receive is dropped before it costs anything
     try:
         yield
     except gr.Error:
         raise
     except Exception as err:
-        msg = _user_message(err)
+        msg = _user_message(err, lang)
         if msg is None:
             raise
         raise msg from err
@@ -99,19 +101,28 @@ def _as_user_errors():
 
 def user_errors(fn):
     """Turn the library's ValueErrors and resource failures into messages the user sees; the app stays up.
-    Works for plain handlers and for generator handlers (which stream previews and stop when cancelled)."""
+    Works for plain handlers and for generator handlers (which stream previews and stop when cancelled). A handler
+    with a ``lang`` parameter (the visitor's language State) gets its messages in that language."""
+    signature = inspect.signature(fn)
+
+    def lang_of(args, kwargs) -> str:
+        try:
+            return signature.bind_partial(*args, **kwargs).arguments.get("lang") or "en"
+        except TypeError:  # the call itself is wrong: Python's own error says so
+            return "en"
+
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
-            with _as_user_errors():
+            with _as_user_errors(lang_of(args, kwargs)):
                 yield from fn(*args, **kwargs)
 
         return gen_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with _as_user_errors():
+        with _as_user_errors(lang_of(args, kwargs)):
             return fn(*args, **kwargs)
 
     return wrapper
@@ -175,7 +186,7 @@ def model(name):
 
 
 @user_errors
-def check_model(name) -> None:
+def check_model(name, lang: str = "en") -> None:
     """Load the chosen model (or find it cached) before a run. Chained before a run with no outputs of its own, a
     bad id or an offline Hub is reported as one message, not as an error badge on every output panel."""
     model(name)
@@ -211,7 +222,18 @@ PREVIEWS = 10  # intermediate gallery updates per run
 YIELD_EVERY_S = 0.25  # hand control back to gradio at least this often, so a cancel stops the loop promptly
 
 
-def drive(steps, total: int, progress, label: str):
+#: What the sampling handlers write while a model loads and a loop runs, per language.
+RUN_TEXT = {
+    "en": {"loading": "Loading {name} and preparing the sampler", "steps": "steps"},
+    "zh": {"loading": "正在加载 {name} 并准备采样器", "steps": "步"},
+}
+
+
+def run_text(lang: str, key: str, **fmt) -> str:
+    return tr(RUN_TEXT, key, lang).format(**fmt)
+
+
+def drive(steps, total: int, progress, label: str, lang: str = "en"):
     """Run ddpm_core's sampler generator for a handler: yields ("preview", StepOutput) about PREVIEWS times,
     ("beat", None) at least every YIELD_EVERY_S (a no-op update that lets gradio stop a cancelled run), and
     finally ("done", SampleResult)."""
@@ -221,7 +243,7 @@ def drive(steps, total: int, progress, label: str):
             yield "done", item
             return
         STATS["steps"] += 1
-        progress((item.index + 1, total), desc=label, unit="steps")
+        progress((item.index + 1, total), desc=label, unit=run_text(lang, "steps"))
         if (item.index + 1) % max(1, total // PREVIEWS) == 0 and item.index + 1 < total:
             last = time.monotonic()
             yield "preview", item

@@ -145,7 +145,7 @@ def build(ctx) -> None:
                 )
                 table = gr.Markdown(elem_id="compare-table")
         add(gr.Markdown(t_("compare"), latex_delimiters=LATEX), key="compare", attr="value")
-    go.click(check_model, model_in, None, api_visibility="private", concurrency_id="sampler").success(
+    go.click(check_model, [model_in, ctx.lang], None, api_visibility="private", concurrency_id="sampler").success(
         compare,
         [model_in, seed, pairs, ctx.lang],
         [gallery, table],

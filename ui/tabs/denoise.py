@@ -25,6 +25,7 @@ from ui.common import (
     model,
     model_dropdown,
     previews,
+    run_text,
     seed_arg,
     user_errors,
 )
@@ -50,6 +51,11 @@ results stay close to the original; for large $t$ they keep only its coarse layo
 what the model learned. A DDPM does not store images: it learns a *distribution*. That is also why a DDPM trained on a
 single image cannot simply memorise and restore it: one image is one point, and a point is no distribution to
 learn from. (Images are centre-cropped and resized to the model's resolution.)""",
+        "denoising": "Denoising",
+        "original": "original x₀",
+        "sample": "sample {k}",
+        "info": "Reverse process from t = {t} with {n} steps on **{name}** · {secs:.1f} s · mean squared distance "
+        "to the original per sample: {mse}",
     },
     "zh": {
         "tab": "先加噪再去噪",
@@ -66,17 +72,22 @@ learn from. (Images are centre-cropped and resized to the model's resolution.)""
 把你的图像加噪到第 $t$ 步，再用多个随机种子从这里运行逆向过程。$t$ 较小时结果接近原图；$t$ 较大时只保留大致布局，
 变成模型所学分布中的**新**图像。DDPM 不记忆图像，它学习的是**分布**。这也是为什么只用一张图训练的 DDPM
 无法把它“复原”出来：一张图只是一个点，一个点构不成可以学习的分布。（图像会被居中裁剪并缩放到模型分辨率。）""",
+        "denoising": "去噪",
+        "original": "原图 x₀",
+        "sample": "样本 {k}",
+        "info": "在 **{name}** 上从 t = {t} 开始逆向 {n} 步 · {secs:.1f} 秒 · 每个样本与原图的均方距离：{mse}",
     },
 }
 
 
 @gpu(duration=120)
 @user_errors
-def denoise_from_t(image, model_name, t, n_seeds, steps, seed, progress=gr.Progress()):
+def denoise_from_t(image, model_name, t, n_seeds, steps, seed, lang="en", progress=gr.Progress()):
     """Noise an upload to step t, then run the reverse process from x_t with several seeds (the notes' experiment)."""
     n_seeds = int_arg(n_seeds, "number of seeds", 1, MAX_SEEDS)
     seed = seed_arg(seed)
-    progress(0, desc=f"Loading {model_name} and preparing the sampler")
+    said = functools.partial(tr, TEXT, lang=lang)
+    progress(0, desc=run_text(lang, "loading", name=model_name))
     m = model(model_name)
     T = m.diffusion.num_timesteps
     t = int_arg(t, "t", 0, T - 1)
@@ -87,12 +98,12 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, progress=gr.Progr
     original = tensor_to_pil(x0)[0]
     noisy = tensor_to_pil(x_t[:1].clamp(-1, 1))[0]
     head = [
-        (png(display(original), "original.png"), "original x₀"),
+        (png(display(original), "original.png"), said("original")),
         (png(display(noisy), f"x_t-t{t}.png"), f"x_t, t={t}"),
     ]
     total = len(reverse_timesteps(m.diffusion, n_steps, start_t=t))
     steps = generate_steps(m, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2, mode=fast_mode())
-    for kind, item in drive(steps, total, progress, "Denoising"):
+    for kind, item in drive(steps, total, progress, said("denoising"), lang):
         if kind == "done":
             result = item
         elif kind == "preview":
@@ -100,12 +111,16 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, progress=gr.Progr
         else:
             yield gr.skip(), gr.skip()
     outs = tensor_to_pil(result.samples.clamp(-1, 1))
-    gallery = head + [(png(display(img), f"denoised-{k + 1}.png"), f"sample {k + 1}") for k, img in enumerate(outs)]
+    gallery = head + [
+        (png(display(img), f"denoised-{k + 1}.png"), said("sample").format(k=k + 1)) for k, img in enumerate(outs)
+    ]
     mse = ((result.samples - x0) ** 2).mean(dim=(1, 2, 3))
-    info = (
-        f"Reverse process from t = {t} with {len(result.timesteps)} steps on **{m.name}** · "
-        f"{result.seconds:.1f} s · mean squared distance to the original per sample: "
-        + ", ".join(f"{d:.3f}" for d in mse.tolist())
+    info = said("info").format(
+        t=t,
+        n=len(result.timesteps),
+        name=m.name,
+        secs=result.seconds,
+        mse=", ".join(f"{d:.3f}" for d in mse.tolist()),
     )
     yield gallery, info
 
@@ -132,9 +147,9 @@ def build(ctx) -> None:
                 gallery = add(gr.Gallery(label=t_("gallery"), columns=5, height="auto", format="png"), key="gallery")
                 info = gr.Markdown()
         add(gr.Markdown(t_("denoise"), latex_delimiters=LATEX), key="denoise", attr="value")
-    go.click(check_model, model_in, None, api_visibility="private", concurrency_id="sampler").success(
+    go.click(check_model, [model_in, ctx.lang], None, api_visibility="private", concurrency_id="sampler").success(
         denoise_from_t,
-        [image, model_in, t, seeds, steps, seed],
+        [image, model_in, t, seeds, steps, seed, ctx.lang],
         [gallery, info],
         api_name="denoise_from_t",
         concurrency_limit=1,

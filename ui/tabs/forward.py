@@ -34,6 +34,7 @@ TEXT = {
         "noise": "ε (the noise that was added, ±3σ)",
         "strip": "x_t at 8 timesteps (same ε)",
         "posterior_img": "Posterior mean μ̃_t(x_t, x₀)",
+        "t0_exact": "  (t = 0: x₀ is returned exactly)",
         "forward": r"""### The forward process $q(x_t \mid x_0)$
 Noise is added in $T$ small Gaussian steps, $q(x_t \mid x_{t-1}) = \mathcal N(\sqrt{1-\beta_t}\,x_{t-1}, \beta_t I)$.
 Their product has a closed form, so any $x_t$ is one draw away from the image:
@@ -62,6 +63,7 @@ unknown, so the network's *predicted* $x_0$ takes its place. The image on the ri
         "noise": "ε（加入的噪声，±3σ）",
         "strip": "8 个时间步的 x_t（同一 ε）",
         "posterior_img": "后验均值 μ̃_t(x_t, x₀)",
+        "t0_exact": "（t = 0：x₀ 原样返回）",
         "forward": r"""### 前向扩散 $q(x_t \mid x_0)$
 噪声分 $T$ 小步加入：$q(x_t \mid x_{t-1}) = \mathcal N(\sqrt{1-\beta_t}\,x_{t-1}, \beta_t I)$。
 这些高斯步骤的复合有闭式解，所以任意时刻的 $x_t$ 都可以一次采样得到：
@@ -111,7 +113,7 @@ def _fmt(x: float) -> str:
 
 
 @user_errors
-def forward(image, t, schedule, T, seed):
+def forward(image, t, schedule, T, seed, lang="en"):
     """x_t, the noise, a strip of x_t at 8 timesteps, the readouts and the true posterior mean at t."""
     schedule, T = schedule_args(schedule, T)
     t = int_arg(t, "t", 0, T - 1)
@@ -123,9 +125,7 @@ def forward(image, t, schedule, T, seed):
         f"| {t} | {_fmt(r['alpha_bar'])} | {_fmt(r['sqrt_alpha_bar'])} | {_fmt(r['sqrt_one_minus_alpha_bar'])} | "
         f"{_fmt(r['snr'])} | {_fmt(r['snr_db'])} | {_fmt(r['beta'])} |"
     )
-    posterior = f"σ̃_t = √β̃_t = **{_fmt(r['posterior_std'])}**" + (
-        "  (t = 0: x₀ is returned exactly)" if t == 0 else ""
-    )
+    posterior = f"σ̃_t = √β̃_t = **{_fmt(r['posterior_std'])}**" + (tr(TEXT, "t0_exact", lang) if t == 0 else "")
     x_t, noise, strip, mean = pngs(
         [
             (tensor_to_pil(v.x_t)[0], f"x_t-t{t}.png"),
@@ -190,7 +190,7 @@ def build(ctx) -> None:
                 posterior_md = gr.Markdown()
     fwd = dict(
         fn=forward,
-        inputs=[image, t, schedule, T, seed],
+        inputs=[image, t, schedule, T, seed, ctx.lang],
         outputs=[x_t, noise, strip, readout, posterior_img, posterior_md],
         concurrency_limit=4,
         concurrency_id="forward",

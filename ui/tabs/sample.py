@@ -32,10 +32,12 @@ from ui.common import (
     model,
     model_dropdown,
     previews,
+    run_text,
     seed_arg,
     user_errors,
 )
 from ui.components import StrictNumber, StrictSlider, short_repr
+from ui.errors import say
 from ui.files import out_path, png
 from ui.i18n import tr
 
@@ -159,6 +161,8 @@ SAID = {
         "source_hub": "Hub",
         "starting": "Sampling… {total} steps",
         "preview": "Sampling… step {k} of {total} (preview: the predicted x̂₀)",
+        "sampling": "Sampling",
+        "x0_at": "x̂₀ at t={t}",
     },
     "zh": {
         "summary": "**{name}**（{source}，{params:.1f}M 参数，{shape}）· {n} 步 {label} · {how} · 种子 {seed} · "
@@ -171,6 +175,8 @@ SAID = {
         "source_hub": "Hub",
         "starting": "采样中… 共 {total} 步",
         "preview": "采样中… 第 {k} / {total} 步（预览：预测的 x̂₀）",
+        "sampling": "采样",
+        "x0_at": "t={t} 时的 x̂₀",
     },
 }
 
@@ -205,7 +211,7 @@ def _summary(m, result, sampler, eta: float, variance: str, seed: int, lang: str
         secs=result.seconds,
         path=result.path,
         setup=setup,
-    ) + "".join(f"\n\n_{n}_" for n in m.notes)
+    ) + "".join(f"\n\n_{say(n, lang)}_" for n in m.notes)
 
 
 @gpu(duration=120)
@@ -218,7 +224,7 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, lang="en
     seed, eta = seed_arg(seed), _eta(eta)
     if variance not in VARIANCE_CHOICES:
         raise ValueError(f"unknown variance {short_repr(variance)}; choose one of {', '.join(VARIANCE_CHOICES)}")
-    progress(0, desc=f"Loading {model_name} and preparing the sampler")
+    progress(0, desc=run_text(lang, "loading", name=model_name))
     m = model(model_name)
     total = len(reverse_timesteps(m.diffusion, n_steps))
     yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), _said(lang, "starting", total=total)  # the last summary goes
@@ -232,12 +238,12 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, lang="en
         variance_type=None if variance == "model default" else variance,
         mode=fast_mode(),
     )
-    for kind, item in drive(steps, total, progress, "Sampling"):
+    for kind, item in drive(steps, total, progress, _said(lang, "sampling"), lang):
         if kind == "done":
             result = item
         elif kind == "preview":
             yield (
-                previews(item, f"x̂₀ at t={item.timestep}"),
+                previews(item, _said(lang, "x0_at", t=item.timestep)),
                 gr.skip(),
                 gr.skip(),
                 gr.skip(),
@@ -331,7 +337,7 @@ def build(ctx) -> None:
         add(gr.Markdown(t_("sample"), latex_delimiters=LATEX), key="sample", attr="value")
     sampler.change(steps_visibility, sampler, [steps, eta], api_visibility="private")
     dice.click(randomize_seed, None, seed, api_visibility="private")
-    go.click(check_model, model_in, None, api_visibility="private", concurrency_id="sampler").success(
+    go.click(check_model, [model_in, ctx.lang], None, api_visibility="private", concurrency_id="sampler").success(
         sample,
         [model_in, sampler, steps, eta, variance, batch, seed, ctx.lang],
         [gallery, trajectory, animation, downloads, info],

@@ -23,6 +23,7 @@ TEXT = {
         "T": "T",
         "csv": "Data (CSV)",
         "variance_plot": "log₁₀ β̃_t (fixed_small; fixed_large is β_t, the first plot)",
+        "legend": "schedule",
         "schedules": r"""### Noise schedules
 $\beta_t$ sets how fast information is destroyed. **linear** (Ho et al.): $\beta_t$ from $10^{-4}$ to $0.02$;
 **linear_improved** (the teaching notes / improved-diffusion): the same, with both ends scaled by $1000/T$ so any $T$
@@ -38,6 +39,7 @@ scale ($\log_{10}$): cosine's $\beta_t$ reaches its 0.999 cap at the end and wou
         "T": "T",
         "csv": "数据（CSV）",
         "variance_plot": "log₁₀ β̃_t（fixed_small；fixed_large 即 β_t，见第一张图）",
+        "legend": "调度",
         "schedules": r"""### 噪声调度
 $\beta_t$ 决定信息被破坏的速度。**linear**（Ho 等）：$\beta_t$ 从 $10^{-4}$ 线性增至 $0.02$；
 **linear_improved**（教学笔记 / improved-diffusion）：两端再乘以 $1000/T$，任意 $T$ 下总噪声量相同；
@@ -60,16 +62,27 @@ PLOTTED = {
 }
 
 
-@user_errors
-def schedule_plots(selected, T):
-    """One long DataFrame per curve (t, value, schedule) for the LinePlots, and the whole table as CSV."""
+def chosen_schedules(selected) -> list[str]:
+    """The ticked schedule names, each once and in order, or a ``ValueError`` saying what is wrong."""
     if isinstance(selected, str):
         selected = [selected]
     if not isinstance(selected, (list, tuple)):
         raise ValueError(f"selected must be a list of schedule names, got {short_repr(selected)}")
     if not selected:
         raise ValueError("Tick at least one schedule.")
-    selected = list(dict.fromkeys(schedule_name(name) for name in selected))  # each schedule once, in order
+    return list(dict.fromkeys(schedule_name(name) for name in selected))
+
+
+@user_errors
+def check_schedules(selected, lang="en") -> None:
+    """Chained before the plots with no outputs of its own: a mistake is one message, and the plots stay."""
+    chosen_schedules(selected)
+
+
+@user_errors
+def schedule_plots(selected, T, lang="en"):
+    """One long DataFrame per curve (t, value, schedule) for the LinePlots, and the whole table as CSV."""
+    selected = chosen_schedules(selected)
     T = int_arg(T, "T", T_MIN, T_MAX)
     frames = []
     for name in selected:
@@ -99,7 +112,13 @@ def build(ctx) -> None:
     with add(gr.Tab(t_("tab"), id="schedules"), key="tab"):
         with gr.Row():
             chosen = add(
-                StrictCheckboxGroup(SCHEDULE_CHOICES, value=["linear", "cosine"], label=t_("chosen"), scale=3),
+                StrictCheckboxGroup(
+                    SCHEDULE_CHOICES,
+                    value=["linear", "cosine"],
+                    label=t_("chosen"),
+                    scale=3,
+                    elem_id="schedules-chosen",
+                ),
                 key="chosen",
             )
             T_plot = add(StrictSlider(T_MIN, T_MAX, value=1000, step=1, label=t_("T"), scale=2), key="T")
@@ -110,27 +129,30 @@ def build(ctx) -> None:
             with gr.Row():
                 for col in range(2):
                     k = 2 * row + col
-                    plots.append(
-                        gr.LinePlot(
-                            x="t",
-                            y="value",
-                            color="schedule",
-                            title=labels[k],
-                            height=260,
-                            y_title=[*PLOTTED.values(), "log₁₀ β̃_t"][k],  # the last title is long for an axis
-                            x_title="t",
-                        )
+                    plot = gr.LinePlot(
+                        x="t",
+                        y="value",
+                        color="schedule",
+                        color_title=t_("legend"),
+                        title=labels[k],
+                        height=260,
+                        y_title=[*PLOTTED.values(), "log₁₀ β̃_t"][k],  # the last title is long for an axis
+                        x_title="t",
                     )
+                    add(plot, key="legend", attr="color_title")
+                    if k == len(PLOTTED):  # the other titles are formulas, the same in every language
+                        add(plot, key="variance_plot", attr="title")
+                    plots.append(plot)
         add(gr.Markdown(t_("schedules"), latex_delimiters=LATEX), key="schedules", attr="value")
     sched_io = dict(
         fn=schedule_plots,
-        inputs=[chosen, T_plot],
+        inputs=[chosen, T_plot, ctx.lang],
         outputs=[*plots, csv],
         concurrency_limit=4,
         concurrency_id="schedules",
     )
     T_plot.release(api_name="schedules", **sched_io)
     chosen.change(T_slider_minimum, [chosen, T_plot], T_plot, api_visibility="private").then(
-        api_visibility="private", **sched_io
-    )
+        check_schedules, [chosen, ctx.lang], None, api_visibility="private"
+    ).success(api_visibility="private", **sched_io)
     ctx.demo.load(api_visibility="private", **sched_io)
