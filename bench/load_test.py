@@ -251,11 +251,12 @@ def flood_joins(url: str, ids: dict, t_end: float, flood: dict) -> None:
 
     import httpx
 
-    heavy = ["ddpm-mnist-28", "DDPM (all T steps)", 1000, 0.0, "model default", 16, 0]
+    # a raw join carries every input, the language State's null included
+    heavy = ["ddpm-mnist-28", "DDPM (all T steps)", 1000, 0.0, "model default", 16, 0, None]
     with httpx.Client(headers={"X-Forwarded-For": HOSTILE}, timeout=10) as http:
         k = 0
         while time.monotonic() < t_end:
-            fn, data = (ids["sample"], heavy) if k % 2 == 0 else (ids["forward"], [None, 5, "linear", 1000, 0])
+            fn, data = (ids["sample"], heavy) if k % 2 == 0 else (ids["forward"], [None, 5, "linear", 1000, 0, None])
             body = {
                 "data": data,
                 "fn_index": fn,
