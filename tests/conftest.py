@@ -67,14 +67,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served():
-    """The Space, built and launched on a free 127.0.0.1 port for one test module: yields (app module, url)."""
+def serve(warm: bool = False):
+    """The Space, built and launched on a free 127.0.0.1 port (``warm``: after the warm-up it runs before serving, as
+    ``python app.py`` does): yields (app module, url), then closes it."""
     import app
 
     app.GUARD.trust_proxy = True  # as behind the Spaces proxy: load tests tell their users apart by X-Forwarded-For
     demo = app.build_demo()
     port = free_port()
-    app.launch(demo, warm=False, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.launch(demo, warm=warm, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield app, f"http://127.0.0.1:{port}/"
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def served():
+    """The Space for one test module, without the warm-up (most tests do not time anything)."""
+    yield from serve()

@@ -1,5 +1,6 @@
 """A real headless Chromium drives the page (Debian's chromium, Python playwright; no browser download)."""
 
+import json
 import os
 import shutil
 import time
@@ -37,6 +38,14 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def served():
+    """Warmed up before it serves, as the Space is: the page's first Generate is what a Space's first visitor gets."""
+    from conftest import serve
+
+    yield from serve(warm=True)
 
 
 def open_page(browser, url, width=1366, height=900):
@@ -85,16 +94,31 @@ def test_upload_move_t_and_see_x_t_change(page, tmp_path):
     assert page.locator("#readout td").first.inner_text().strip() == "900"
 
 
-def test_sampling_fills_the_gallery(page):
-    page.get_by_role("tab", name="Sample").click()
+def _generate(page, seed: int) -> float:
+    """Click Generate with ``seed``; seconds until the run's summary is shown."""
+    seed_box = page.locator("#seed input")
+    seed_box.fill(str(seed))
+    seed_box.press("Tab")
+    t0 = time.perf_counter()
     page.locator("#run-btn").click()
     page.locator("#gallery img").first.wait_for(state="visible", timeout=180_000)  # the first preview
     # the final summary replaces the "Sampling… step k of n" preview line when the run ends
-    page.locator("#sample-info", has_text="DDPM steps").wait_for(timeout=180_000)
+    page.locator("#sample-info", has_text=f"seed {seed}").wait_for(timeout=180_000)
+    return time.perf_counter() - t0
+
+
+def test_sampling_fills_the_gallery_and_the_first_generate_is_not_slower(page):
+    """The first Generate after start-up takes about as long as the second (the warm-up ran before serving);
+    before the warm-up moved there the first took 7-8 times as long. Both are kept as a test artifact."""
+    page.get_by_role("tab", name="Sample").click()
+    first, second = _generate(page, 0), _generate(page, 1)
+    (ARTIFACTS / "generate-times.json").write_text(json.dumps({"first_s": first, "second_s": second}))
     page.wait_for_timeout(1500)
     assert page.locator("#gallery img").count() >= 8
     assert "ddpm-mnist-28" in page.locator("#sample-info").inner_text()
     page.screenshot(path=str(ARTIFACTS / "sample-tab.png"), full_page=True)
+    # loose on purpose (a busy CI machine's timings wander): it catches a cold first run, not a few percent
+    assert first < 2 * second + 2, (first, second)
 
 
 def test_schedules_tab_and_chinese(page):

@@ -297,7 +297,10 @@ def _controls(ctx, t_, add) -> tuple:
     batch = add(StrictSlider(1, MAX_BATCH, value=DEFAULT_BATCH, step=1, label=t_("batch")), key="batch")
     with gr.Row():
         seed = add(
-            StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1, scale=3), key="seed"
+            StrictNumber(
+                value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1, scale=3, elem_id="seed"
+            ),
+            key="seed",
         )
         dice = gr.Button("🎲", scale=1, min_width=60)
     go = add(gr.Button(t_("go"), variant="primary", elem_id="run-btn"), key="go", attr="value")

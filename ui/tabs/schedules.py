@@ -122,7 +122,7 @@ def build(ctx) -> None:
                 key="chosen",
             )
             T_plot = add(StrictSlider(T_MIN, T_MAX, value=1000, step=1, label=t_("T"), scale=2), key="T")
-            csv = add(gr.File(label=t_("csv"), scale=1, min_width=240), key="csv")  # room for the file name
+            csv = add(gr.File(label=t_("csv"), scale=1, min_width=300), key="csv")  # room for the file name
         plots = []
         labels = [*PLOTTED.values(), t_("variance_plot")]
         for row in range(3):
