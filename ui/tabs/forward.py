@@ -31,7 +31,7 @@ TEXT = {
         "T_info": "steps",
         "seed": "Seed",
         "x_t": "x_t",
-        "noise": "ε (the noise that was added, ±3σ)",
+        "noise": "ε (added noise, ±3σ)",
         "strip": "x_t at 8 timesteps (same ε)",
         "posterior_img": "Posterior mean μ̃_t(x_t, x₀)",
         "t0_exact": "  (t = 0: x₀ is returned exactly)",
@@ -119,7 +119,8 @@ def forward(image, t, schedule, T, seed, lang="en"):
     t = int_arg(t, "t", 0, T - 1)
     v = forward_views(image_tensor(image), diffusion(schedule, T), t, seed_arg(seed))
     r = v.readout
-    strip = make_grid([tensor_to_pil(x)[0] for _, x in v.strip], labels=[f"t={s}" for s, _ in v.strip], pad=4)
+    # two rows of four: on a phone a row of eight is too small to see the noise grow
+    strip = make_grid([tensor_to_pil(x)[0] for _, x in v.strip], ncols=4, labels=[f"t={s}" for s, _ in v.strip], pad=4)
     readout = (
         f"| t | ᾱ_t | √ᾱ_t | √(1−ᾱ_t) | SNR | SNR (dB) | β_t |\n|---|---|---|---|---|---|---|\n"
         f"| {t} | {_fmt(r['alpha_bar'])} | {_fmt(r['sqrt_alpha_bar'])} | {_fmt(r['sqrt_one_minus_alpha_bar'])} | "
