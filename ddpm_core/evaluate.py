@@ -2,6 +2,7 @@
 
     python -m ddpm_core.evaluate checkpoints/ddpm-mnist-28 --num 1000 --steps 100 --sampler ddpm --seeds 3
     python -m ddpm_core.evaluate --train-classifier OUT.safetensors      # rebuild the ruler (not needed to evaluate)
+    python -m ddpm_core.evaluate checkpoints/ddpm-mnist-28 --curve --num 500   # quality against network evaluations
 
 1. The ruler: a small CNN digit classifier trained on the ``classifier`` split of the 5k MNIST digits (1,500 images
    the diffusion model never saw). Its weights ship in ``ddpm_core/assets/digit-classifier.safetensors`` and are
@@ -19,6 +20,8 @@
    features, because a memorised sample is a pixel-for-pixel copy, while the classifier is trained to map
    different writings of a digit close together.
 Results go to ``eval.json`` and the model card's "Evaluation" section; a grid of samples to ``samples.png``.
+With ``--curve``: (a) and (c) for every sampler at 5 .. 1000 steps, against the network evaluations each costs, in
+``curve.json`` and ``curve.png`` (:func:`quality_curve`); the Space plots the first and picks its default from it.
 """
 
 from __future__ import annotations
@@ -462,6 +465,147 @@ def evaluate(
     return result
 
 
+#: Step counts of the quality curve; each sampler is drawn at those its schedule allows (at most T).
+CURVE_STEPS = (5, 10, 20, 50, 100, 250, 1000)
+CURVE_SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+
+
+def curve_points(num_timesteps: int, samplers=CURVE_SAMPLERS, steps=CURVE_STEPS) -> list[tuple[str, int]]:
+    """The (sampler, steps) pairs of the quality curve for a model of ``num_timesteps`` steps."""
+    return [(sampler, n) for sampler in samplers for n in steps if n <= num_timesteps]
+
+
+def _curve_row(net, model, runs, real, Xd, m: int, seed: int, sampler: str, steps: int, seconds: float) -> dict:
+    """One point of the curve: the confident fraction and the FD of ``runs`` (one ``[N x 1 x 28 x 28]`` per seed),
+    with their spreads over the seeds, the network evaluations and the seconds per image it cost."""
+    from .sampling import reverse_timesteps
+
+    seed_list = list(range(seed, seed + len(runs)))
+    classified, _ = _classification_entries(net, runs, real)
+    fd = _fd_entries(net, runs, seed_list, real, Xd, m, seed)
+    return {
+        "sampler": sampler,
+        "steps": int(steps),
+        "evaluations": len(reverse_timesteps(model.diffusion, steps)),
+        "confident": classified["confident_fraction_0.9"],
+        "confident_std": classified["confident_fraction_0.9_std"],
+        "fd": fd["fd_samples_vs_heldout"],
+        "fd_std": fd["fd_samples_vs_heldout_std"],
+        "seconds_per_image": round(seconds / sum(len(r) for r in runs), 5),
+        "reference": {
+            "confident_real_heldout": classified["confident_fraction_0.9_real_heldout"],
+            "fd_real_vs_heldout": fd["fd_real_vs_heldout"],
+            "fd_real_vs_heldout_std": fd["fd_real_vs_heldout_std"],
+        },
+    }
+
+
+def quality_curve(
+    folder: Path,
+    points: list[tuple[str, int]] | None = None,
+    num: int = 500,
+    batch: int = 250,
+    seed: int = 0,
+    seeds: int = 1,
+    classifier: Path | None = None,
+    log=print,
+) -> dict:
+    """Sample quality against network evaluations: for each (sampler, steps) of ``points`` (default
+    :func:`curve_points`), ``num`` samples per seed drawn as :func:`evaluate` draws them, their confident-digit rate
+    and their FD to the held-out digits, with the real digits' figures as the reference lines. Writes ``curve.json``
+    and ``curve.png`` in ``folder``; returns what ``curve.json`` holds."""
+    from .checkpoints import ModelCache
+    from .data import to_model_range
+
+    _check_sizes(num, seeds, batch)
+    folder = Path(folder).resolve()
+    net, cls_info = load_classifier(classifier, sha256=None if classifier is not None else CLASSIFIER_SHA256)
+    acc = heldout_accuracy(net)
+    model = ModelCache(size=1, root=folder.parent).get(folder.name)
+    points = points or curve_points(model.diffusion.num_timesteps)
+    Xh, _ = _split("heldout")
+    Xd, _ = _split("diffusion")
+    real = to_model_range(Xh)
+    m = min(FD_SET, len(real), num)
+    seed_list = list(range(seed, seed + seeds))
+    rows = []
+    for sampler, steps in points:
+        t0 = time.time()
+        runs = _draw_runs(model, seed_list, num, batch, sampler, steps)
+        rows.append(_curve_row(net, model, runs, real, Xd, m, seed, sampler, steps, time.time() - t0))
+        r = rows[-1]
+        log(
+            f"{sampler:>12} {steps:>5} steps: {r['confident']:.1%} confident, FD {r['fd']:.1f} ({r['evaluations']} evals)"
+        )
+    result = {
+        **_classifier_entries(acc, cls_info, classifier),
+        "num_samples": int(num),
+        "sampling_seeds": seed_list,
+        "fd_set_size": int(m),
+        "device": str(model.device),
+        "torch": torch.__version__,
+        "reference": rows[0]["reference"],
+        "points": [{k: v for k, v in r.items() if k != "reference"} for r in rows],
+        "command": f"python -m ddpm_core.evaluate {_shown(folder)} --curve --num {num} --batch {batch} "
+        f"--seeds {seeds} --seed {seed}" + (f" --classifier {classifier}" if classifier is not None else ""),
+    }
+    (folder / "curve.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_curve(result, folder / "curve.png")
+    return result
+
+
+def _shown(folder: Path) -> str:
+    """``folder`` as a command line names it: relative to the working directory where it lies below it."""
+    try:
+        return folder.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return folder.as_posix()
+
+
+def plot_curve(curve: dict, path: Path) -> None:
+    """The curve as two panels (confident-digit rate, FD) against network evaluations, one line per sampler, the real
+    digits' figures dashed. Needs matplotlib (a training and evaluation dependency, not the Space's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    ref = curve["reference"]
+    for ax, key, real, title in (
+        (axes[0], "confident", ref["confident_real_heldout"], "classified with confidence >= 0.9 (higher is better)"),
+        (axes[1], "fd", ref["fd_real_vs_heldout"], "Fréchet distance to held-out digits (lower is better)"),
+    ):
+        for sampler in dict.fromkeys(p["sampler"] for p in curve["points"]):
+            pts = [p for p in curve["points"] if p["sampler"] == sampler]
+            ax.errorbar(
+                [p["evaluations"] for p in pts],
+                [p[key] for p in pts],
+                yerr=[p[key + "_std"] for p in pts],
+                marker="o",
+                capsize=3,
+                label=SAMPLERS[sampler].label if sampler in SAMPLERS else sampler,
+            )
+        ax.axhline(real, color="grey", linestyle="--", label="real held-out digits")
+        ax.set(xscale="log", xlabel="network evaluations", title=title)
+        ax.title.set_fontsize(9)
+    axes[0].yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def cheapest_within(curve: dict, margin: float = 0.01, fd_ratio: float = 1.1) -> dict:
+    """The point of ``curve`` with the fewest network evaluations whose confident-digit rate is within ``margin``
+    of the best point's and whose FD is within ``fd_ratio`` times the lowest (ties: the higher rate)."""
+    points = curve["points"]
+    best_rate = max(p["confident"] for p in points)
+    best_fd = min(p["fd"] for p in points)
+    good = [p for p in points if p["confident"] >= best_rate - margin and p["fd"] <= fd_ratio * best_fd]
+    return min(good, key=lambda p: (p["evaluations"], -p["confident"]))
+
+
 def _pm(mean: float, std: float, pct: bool) -> str:
     return f"{mean:.1%} ± {std:.1%}" if pct else f"{mean:.2f} ± {std:.2f}"
 
@@ -548,6 +692,12 @@ def main(argv=None):
         help="train the evaluation classifier, write it to OUT (safetensors) and print its hash",
     )
     p.add_argument("--epochs", type=int, default=30, help="classifier training epochs (with --train-classifier)")
+    p.add_argument(
+        "--curve",
+        action="store_true",
+        help="quality against network evaluations for every sampler at 5 .. 1000 steps (curve.json, curve.png); "
+        "--steps and --sampler are not used",
+    )
     args = p.parse_args(argv)
     if args.train_classifier is not None:
         t0 = time.time()
@@ -569,6 +719,17 @@ def main(argv=None):
         return
     if args.folder is None:
         p.error("give a pipeline folder to evaluate, or --train-classifier OUT")
+    if args.curve:
+        r = quality_curve(
+            Path(args.folder),
+            num=args.num,
+            batch=args.batch,
+            seed=args.seed,
+            seeds=args.seeds,
+            classifier=args.classifier,
+        )
+        print(json.dumps(cheapest_within(r), indent=2))
+        return
     r = evaluate(
         Path(args.folder),
         args.num,

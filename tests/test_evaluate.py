@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ddpm_core import evaluate as ev
 
@@ -217,3 +218,58 @@ def test_the_recorded_evaluation_uses_the_shipped_ruler_and_reports_spreads():
     assert r["fd_samples_vs_heldout"] + 3 * r["fd_samples_vs_heldout_std"] < 0.05 * r["fd_noise_vs_heldout"]
     assert r["nearest_training_digit"]["share_samples_below_heldout_q01"] < 0.05
     assert f"python -m ddpm_core.evaluate checkpoints/ddpm-mnist-28 --num {r['num_samples']}" in card
+
+
+def test_a_tiny_quality_curve_end_to_end(tmp_path, monkeypatch):
+    folder = tmp_path / "ddpm-mnist-28"
+    folder.mkdir()
+    for name in ("unet", "scheduler"):
+        shutil.copytree(CK / name, folder / name)
+    shutil.copy(CK / "model_index.json", folder / "model_index.json")
+    monkeypatch.chdir(tmp_path)
+    points = [("ddpm", 3), ("ddim", 2), ("dpmsolver++", 2)]
+    r = ev.quality_curve(folder, points, num=6, batch=3, seed=1, seeds=2, log=lambda line: None)
+    assert r == json.loads((folder / "curve.json").read_text())
+    assert [(p["sampler"], p["steps"]) for p in r["points"]] == points
+    # one network evaluation per step for each of these samplers (DPM-Solver++ 2M reuses the previous one)
+    assert [p["evaluations"] for p in r["points"]] == [3, 2, 2]
+    for p in r["points"]:
+        assert 0 <= p["confident"] <= 1 and p["confident_std"] >= 0 and np.isfinite(p["fd"]) and p["fd_std"] >= 0
+        assert p["seconds_per_image"] > 0
+    ref = r["reference"]
+    assert 0.9 < ref["confident_real_heldout"] <= 1 and ref["fd_real_vs_heldout"] > 0
+    assert r["command"] == "python -m ddpm_core.evaluate ddpm-mnist-28 --curve --num 6 --batch 3 --seeds 2 --seed 1"
+    assert r["sampling_seeds"] == [1, 2] and r["classifier_sha256"] == ev.CLASSIFIER_SHA256
+    with Image.open(folder / "curve.png") as im:
+        assert im.size == (1000, 380)
+
+
+def test_curve_points_respect_the_models_steps():
+    assert ev.curve_points(1000) == [(s, n) for s in ev.CURVE_SAMPLERS for n in ev.CURVE_STEPS]
+    assert ev.curve_points(100, samplers=("ddim",)) == [
+        ("ddim", 5),
+        ("ddim", 10),
+        ("ddim", 20),
+        ("ddim", 50),
+        ("ddim", 100),
+    ]
+
+
+def test_the_cheapest_setting_within_a_margin_of_the_best():
+    def point(sampler, evals, confident, fd):
+        return {"sampler": sampler, "steps": evals, "evaluations": evals, "confident": confident, "fd": fd}
+
+    curve = {
+        "points": [
+            point("ddpm", 10, 0.50, 300.0),
+            point("ddpm", 100, 0.88, 60.0),
+            point("ddpm", 1000, 0.90, 50.0),
+            point("ddim", 20, 0.895, 54.0),
+            point("ddim", 50, 0.90, 52.0),
+            point("dpmsolver++", 10, 0.895, 80.0),  # within the rate's margin, but its FD is not
+        ]
+    }
+    assert ev.cheapest_within(curve) == curve["points"][3]
+    assert ev.cheapest_within(curve, margin=0.0) == curve["points"][4]
+    # with loose margins both 10-evaluation points qualify: the higher rate wins the tie
+    assert ev.cheapest_within(curve, margin=0.5, fd_ratio=10) == curve["points"][5]
