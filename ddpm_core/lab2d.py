@@ -1,0 +1,307 @@
+"""Diffusion in two dimensions, where every quantity can be drawn: data, a small denoiser, its score, its samples.
+
+The same :class:`~ddpm_core.diffusion.GaussianDiffusion` and the same sampler registry as the image models run here
+on points ``[B x 2]`` (the core indexes its tables per sample and broadcasts over whatever follows the batch
+dimension). What is 2D-specific lives in this module: the named point clouds (two of them Gaussian mixtures, whose
+noised density and score are known in closed form), a small MLP denoiser with a timestep embedding (and a class
+embedding for classifier-free guidance), its training loop on ``p_losses``, and the energy distance that says how
+near a generated cloud is to the data.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .diffusion import GaussianDiffusion
+from .samplers import get_sampler, sample_loop_progressive
+from .schedule import NoiseSchedule
+
+#: The named point clouds, in the order a UI lists them; ``clusters`` is labelled (three classes) for guidance.
+DATASETS = ("moons", "spiral", "ring", "checkerboard", "clusters")
+#: The datasets that are Gaussian mixtures (their noised score is known in closed form): name -> (means, std).
+RING_RADIUS, RING_STD = 2.0, 0.15
+CLUSTER_STD = 0.3
+#: Default optimiser steps: a good fit of every dataset in well under 15 s on a 2-core CPU (bench/lab2d.py).
+TRAIN_STEPS = 2500
+
+
+def mixture(name: str) -> tuple[torch.Tensor, float] | None:
+    """``(means [K x 2], std)`` of an equally weighted isotropic Gaussian mixture dataset, or None for the others."""
+    if name == "ring":
+        angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+        return torch.stack([angles.cos(), angles.sin()], 1) * RING_RADIUS, RING_STD
+    if name == "clusters":
+        return torch.tensor([[-1.5, -1.0], [1.5, -1.0], [0.0, 1.6]], dtype=torch.float64), CLUSTER_STD
+    return None
+
+
+def make_points(name: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``n`` points ``[n x 2]`` (float32, roughly zero-mean, unit scale) of the dataset ``name``, and their class
+    labels ``[n]`` for the labelled dataset (else None). Deterministic in ``seed``."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if not isinstance(n, int) or not 1 <= n <= 1_000_000:
+        raise ValueError(f"n must be a whole number between 1 and 1000000, got {n!r}")
+    g = torch.Generator().manual_seed(seed)
+    labels = None
+    if name == "moons":
+        a = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
+        inner = torch.rand(n, generator=g) < 0.5
+        outer_xy = torch.stack([a.cos(), a.sin()], 1)
+        inner_xy = torch.stack([1 - a.cos(), 0.5 - a.sin()], 1)
+        x = torch.where(inner[:, None], inner_xy, outer_xy) - torch.tensor([0.5, 0.25], dtype=torch.float64)
+        x = x * 1.6 + torch.randn(n, 2, generator=g, dtype=torch.float64) * 0.08
+    elif name == "spiral":
+        r = torch.rand(n, generator=g, dtype=torch.float64).sqrt() * 3 * math.pi
+        x = torch.stack([r * r.cos(), r * r.sin()], 1) / (1.5 * math.pi)
+        x = x + torch.randn(n, 2, generator=g, dtype=torch.float64) * 0.06
+    elif name == "checkerboard":  # FFJORD's: 8 unit squares of [-2, 2]^2, alternating
+        x1 = torch.rand(n, generator=g, dtype=torch.float64) * 4 - 2
+        x2 = torch.rand(n, generator=g, dtype=torch.float64) - 2 * torch.randint(0, 2, (n,), generator=g)
+        x = torch.stack([x1, x2 + x1.floor() % 2], 1)
+    else:
+        means, std = mixture(name)
+        k = torch.randint(0, len(means), (n,), generator=g)
+        x = means[k] + torch.randn(n, 2, generator=g, dtype=torch.float64) * std
+        labels = k if name == "clusters" else None
+    return x.float(), labels
+
+
+def points_from_strokes(strokes, n: int, seed: int = 0, jitter: float = 0.05) -> torch.Tensor:
+    """``n`` points ``[n x 2]`` spread evenly along hand-drawn strokes (each a sequence of (x, y) in data units), with
+    Gaussian ``jitter``; a ``ValueError`` when the strokes hold no line to sample from."""
+    segments = []
+    for stroke in strokes or []:
+        p = torch.as_tensor(np.asarray(stroke, dtype=np.float64))
+        if p.ndim != 2 or p.shape[1] != 2 or not torch.isfinite(p).all():
+            raise ValueError("a stroke must be a sequence of finite (x, y) pairs")
+        if len(p) == 1:
+            p = p.repeat(2, 1)
+        segments += [(a, b) for a, b in zip(p[:-1], p[1:])]
+    if not segments:
+        raise ValueError("draw at least one stroke first")
+    a = torch.stack([s[0] for s in segments])
+    b = torch.stack([s[1] for s in segments])
+    length = (b - a).norm(dim=1) + 1e-3  # a dot still gets its share
+    g = torch.Generator().manual_seed(seed)
+    k = torch.multinomial(length / length.sum(), n, replacement=True, generator=g)
+    u = torch.rand(n, 1, generator=g, dtype=torch.float64)
+    x = a[k] + u * (b[k] - a[k]) + torch.randn(n, 2, generator=g, dtype=torch.float64) * jitter
+    return x.float()
+
+
+# ---------------------------------------------------------------- closed forms for Gaussian mixtures
+def mixture_noised(
+    diffusion: GaussianDiffusion, means: torch.Tensor, std: float, t: int
+) -> tuple[torch.Tensor, float]:
+    """q(x_t) of the mixture: the same mixture with means ``sqrt(abar_t) mu_k`` ``[K x 2]`` and one standard
+    deviation ``sqrt(abar_t std^2 + 1 - abar_t)`` (eq. 4 applied to each component)."""
+    abar = float(diffusion.schedule.alphas_cumprod[t])
+    return means * math.sqrt(abar), math.sqrt(abar * std**2 + 1 - abar)
+
+
+def mixture_score(x: torch.Tensor, means: torch.Tensor, std: float) -> torch.Tensor:
+    """grad_x log p(x) ``[B x 2]`` of an equally weighted isotropic mixture (means ``[K x 2]``) at ``x`` ``[B x 2]``:
+    the responsibilities' average of (mu_k - x) / std^2."""
+    x64 = x.double()
+    d = means.double()[None] - x64[:, None]  # [B x K x 2]
+    w = torch.softmax(-(d**2).sum(-1) / (2 * std**2), dim=1)  # responsibilities [B x K]
+    return ((w[..., None] * d).sum(1) / std**2).to(x.dtype)
+
+
+def true_epsilon(diffusion: GaussianDiffusion, means: torch.Tensor, std: float) -> Callable:
+    """The optimal epsilon-predictor of the mixture, ``(x_t [B x 2], t [B]) -> eps [B x 2]``:
+    eps = -sqrt(1 - abar_t) * grad log q(x_t) (Song et al. 2021, the score of eq. 4's marginal)."""
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(x)
+        for tt in t.unique().tolist():
+            mask = t == tt
+            m, s = mixture_noised(diffusion, means, std, int(tt))
+            abar = float(diffusion.schedule.alphas_cumprod[int(tt)])
+            out[mask] = -math.sqrt(1 - abar) * mixture_score(x[mask], m, s)
+        return out
+
+    return eps
+
+
+# ---------------------------------------------------------------- the denoiser
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding ``[B x dim]`` of timesteps ``[B]`` (Vaswani et al. 2017, as in the DDPM UNet)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([args.cos(), args.sin()], dim=1)
+
+
+class ToyDenoiser(nn.Module):
+    """An MLP ``(x_t [B x 2], t [B], y [B] or None) -> [B x 2]``: what the diffusion's ``prediction_type`` asks for.
+
+    With ``num_classes`` > 0 it also takes a class label; label ``num_classes`` (or ``y=None``) is "no label", the
+    unconditional model that classifier-free guidance (Ho & Salimans 2022) mixes with the conditional one.
+    """
+
+    def __init__(self, hidden: int = 128, depth: int = 3, t_dim: int = 32, num_classes: int = 0):
+        super().__init__()
+        self.t_dim, self.num_classes = t_dim, num_classes
+        self.t_proj = nn.Sequential(nn.Linear(t_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.y_emb = nn.Embedding(num_classes + 1, hidden) if num_classes else None
+        self.inp = nn.Linear(2, hidden)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(depth))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.t_proj(timestep_embedding(t, self.t_dim))
+        if self.y_emb is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            c = c + self.y_emb(y)
+        h = self.inp(x) + c
+        for block in self.blocks:
+            h = h + block(h) + c  # residual, the condition added at every depth
+        return self.out(h)
+
+
+def guided(model: ToyDenoiser, label: int | None = None, scale: float = 1.0) -> Callable:
+    """The network as the samplers call it, ``(x [B x 2], t [B]) -> [B x 2]``: unconditional for ``label=None``, else
+    classifier-free guidance ``out_uncond + scale * (out_cond - out_uncond)`` (scale 1: the conditional model)."""
+    if label is None:
+        return lambda x, t: model(x, t)
+    if not model.num_classes or not 0 <= int(label) < model.num_classes:
+        raise ValueError(f"label must be in [0, {model.num_classes - 1}] for this model, got {label}")
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        y = torch.full((x.shape[0],), int(label), dtype=torch.long, device=x.device)
+        cond = model(x, t, y)
+        if scale == 1.0:
+            return cond
+        return model(x, t) + scale * (cond - model(x, t))
+
+    return fn
+
+
+# ---------------------------------------------------------------- training
+@dataclass
+class LabRun:
+    """A trained 2D model: the network, its diffusion, the data it saw and its loss curve."""
+
+    model: ToyDenoiser
+    diffusion: GaussianDiffusion
+    data: torch.Tensor  # [N x 2]
+    labels: torch.Tensor | None  # [N] or None
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def make_diffusion(schedule: str = "linear", T: int = 1000, prediction_type: str = "epsilon") -> GaussianDiffusion:
+    """The lab's diffusion: no clipping of x_0 (2D data is not confined to [-1, 1])."""
+    return GaussianDiffusion(NoiseSchedule.make(schedule, T), prediction_type=prediction_type, clip_sample=False)
+
+
+def _with_labels(model: ToyDenoiser, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return model(x, t, y)
+
+
+def train_steps(
+    diffusion: GaussianDiffusion,
+    data: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    steps: int = TRAIN_STEPS,
+    batch: int = 512,
+    lr: float = 3e-3,
+    seed: int = 0,
+    p_uncond: float = 0.15,
+    hidden: int = 128,
+    time_budget: float | None = None,
+) -> Iterator[LabRun]:
+    """Train a :class:`ToyDenoiser` on ``data`` ``[N x 2]`` with ``p_losses`` (eq. 14), AdamW and a cosine-decayed
+    learning rate; yields the run after every step (its ``losses`` grows), so that a caller can draw the loss or
+    stop. With ``labels``, each batch drops its labels with probability ``p_uncond`` (classifier-free guidance).
+    ``time_budget`` (seconds) ends training early."""
+    if data.ndim != 2 or data.shape[1] != 2 or len(data) < 2:
+        raise ValueError(f"data must be [N x 2] with N >= 2, got shape {tuple(data.shape)}")
+    torch.manual_seed(seed)
+    num_classes = int(labels.max()) + 1 if labels is not None else 0
+    model = ToyDenoiser(hidden=hidden, num_classes=num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * k / steps)))
+    g = torch.Generator().manual_seed(seed)
+    run = LabRun(model, diffusion, data, labels)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        idx = torch.randint(0, len(data), (batch,), generator=g)
+        x0 = data[idx]
+        if labels is not None:
+            y = torch.where(torch.rand(batch, generator=g) < p_uncond, num_classes, labels[idx])
+            net = functools.partial(_with_labels, model, y=y)  # p_losses calls net(x_t, t)
+        else:
+            net = model
+        loss = diffusion.p_losses(net, x0, generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        run.losses.append(float(loss.detach()))
+        run.seconds = time.perf_counter() - t0
+        yield run
+        if time_budget is not None and run.seconds >= time_budget:
+            break
+    model.eval().requires_grad_(False)
+
+
+def train(diffusion: GaussianDiffusion, data: torch.Tensor, labels=None, **kwargs) -> LabRun:
+    """:func:`train_steps` run to its end; returns the trained run."""
+    run = None
+    for run in train_steps(diffusion, data, labels, **kwargs):
+        pass
+    run.model.eval().requires_grad_(False)
+    return run
+
+
+# ---------------------------------------------------------------- sampling and measuring
+def sample(
+    diffusion: GaussianDiffusion,
+    net: Callable,
+    n: int,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    seed: int = 0,
+    eta: float = 0.0,
+    keep: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``n`` points ``[n x 2]`` from x_T ~ N(0, I) by the registry's ``sampler`` in ``steps`` steps (all T: None),
+    and, with ``keep`` > 0, the first ``keep`` points' whole paths ``[steps + 1 x keep x 2]`` (x_T first)."""
+    timesteps = diffusion.inference_timesteps(steps)
+    g = torch.Generator().manual_seed(seed)
+    paths, x = [], None
+    for out in sample_loop_progressive(diffusion, get_sampler(sampler), net, (n, 2), timesteps, g, eta=eta):
+        if keep and not paths:
+            paths.append(out.x_t[:keep].clone())
+        if keep:
+            paths.append(out.prev_sample[:keep].clone())
+        x = out.prev_sample
+    return x, (torch.stack(paths) if keep else None)
+
+
+def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| between point sets ``a`` ``[N x 2]`` and ``b``
+    ``[M x 2]`` (Székely & Rizzo 2013): zero only for equal distributions, and in the data's units."""
+    a, b = a.double(), b.double()
+    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
+
+
+def score_of(diffusion: GaussianDiffusion, net: Callable, x: torch.Tensor, t: int) -> torch.Tensor:
+    """The score grad log q(x_t) ``[B x 2]`` the network implies at ``x`` ``[B x 2]`` and timestep ``t``:
+    -eps_hat / sqrt(1 - abar_t), whatever the network predicts (its x_0 or v is turned into eps first)."""
+    tt = torch.full((x.shape[0],), int(t), dtype=torch.long)
+    with torch.no_grad():
+        pred = diffusion.model_predictions(net(x, tt), x, tt)
+    return -pred.pred_noise / math.sqrt(1 - float(diffusion.schedule.alphas_cumprod[int(t)]))

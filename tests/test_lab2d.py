@@ -1,0 +1,147 @@
+"""The core on points ``[B x 2]``: the forward process, the posterior and the loops behave as on images, the true
+score of a Gaussian mixture reproduces the mixture, and the lab's denoiser learns its data."""
+
+import math
+
+import pytest
+import torch
+
+from ddpm_core import lab2d as L
+from ddpm_core.diffusion import GaussianDiffusion
+from ddpm_core.schedule import NoiseSchedule
+
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
+
+def _diffusion(T=1000, **kw):
+    return GaussianDiffusion(NoiseSchedule.make("linear", T), clip_sample=False, **kw)
+
+
+@pytest.mark.parametrize("t", [0, 100, 500, 999])
+def test_q_sample_on_points_has_the_closed_form_mean_and_covariance(t):
+    """x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps (eq. 4): given the x_0, the empirical mean and covariance of x_t are
+    sqrt(abar) mean(x_0) and abar cov(x_0) + (1 - abar) I up to the noise's sampling error (5 standard errors)."""
+    d = _diffusion()
+    x0, _ = L.make_points("clusters", 200_000, seed=0)
+    x0 = x0.double()
+    xt = d.q_sample(x0, t, generator=torch.Generator().manual_seed(1))
+    abar = float(d.schedule.alphas_cumprod[t])
+    n, var_noise = len(x0), 1 - abar
+    mean_err = (xt.mean(0) - math.sqrt(abar) * x0.mean(0)).abs()
+    assert (mean_err < 5 * math.sqrt(var_noise / n) + 1e-12).all(), mean_err
+    cov_expected = abar * torch.cov(x0.T) + var_noise * torch.eye(2, dtype=torch.float64)
+    # the covariance of the sum: cross terms x_0 eps average out with standard error ~ sqrt(abar var0 var_noise / n)
+    var0 = torch.cov(x0.T).diagonal().max()
+    se = math.sqrt((2 * var_noise**2 + 4 * abar * float(var0) * var_noise) / n)
+    assert ((torch.cov(xt.T) - cov_expected).abs() < 5 * se + 1e-12).all()
+
+
+def test_points_and_their_image_shaped_twins_agree_in_every_core_call():
+    """Nothing in the core assumes spatial dimensions: [B x 2] and the same numbers as [B x 2 x 1 x 1] give the same
+    q_sample, posterior, prediction and reverse step, bit for bit."""
+    d = _diffusion(prediction_type="epsilon")
+    g = torch.Generator().manual_seed(0)
+    x0, eps, xt = (torch.randn(64, 2, generator=g) for _ in range(3))
+    t = torch.randint(0, 1000, (64,), generator=g)
+    img = lambda a: a[:, :, None, None]  # noqa: E731
+    assert torch.equal(img(d.q_sample(x0, t, noise=eps)), d.q_sample(img(x0), t, noise=img(eps)))
+    for a, b in zip(d.q_posterior(x0, xt, t), d.q_posterior(img(x0), img(xt), t)):
+        assert torch.equal(img(a) if a.ndim == 2 else a.reshape(b.shape), b)
+    assert torch.equal(img(d.predict_start_from_noise(xt, t, eps)), d.predict_start_from_noise(img(xt), t, img(eps)))
+    net = lambda x, tt: 0.1 * x  # noqa: E731
+    a = d.p_sample(net, xt, t, generator=torch.Generator().manual_seed(3))
+    b = d.p_sample(net, img(xt), t, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(img(a.prev_sample), b.prev_sample)
+
+
+def test_the_implied_score_of_the_true_epsilon_is_the_mixtures_score():
+    d = _diffusion()
+    means, std = L.mixture("ring")
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0)).double() * 2
+    for t in (0, 300, 999):
+        m, s = L.mixture_noised(d, means, std, t)
+        got = L.score_of(d, L.true_epsilon(d, means, std), x, t)
+        torch.testing.assert_close(got, L.mixture_score(x, m, s), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 100), ("dpmsolver++", 50)])
+def test_the_true_score_of_a_mixture_reproduces_the_mixture(sampler, steps):
+    """Every sampler of the registry, driven by the exact epsilon of the 8-Gaussian ring, draws points as near to
+    the ring as a second draw of the data is (energy distance within 2x of data-vs-data plus its sampling noise)."""
+    d = _diffusion()
+    means, std = L.mixture("ring")
+    n = 2000
+    x, _ = L.sample(d, L.true_epsilon(d, means.float(), std), n, sampler, steps, seed=1)
+    data, _ = L.make_points("ring", n, seed=2)
+    other, _ = L.make_points("ring", n, seed=3)
+    baseline = L.energy_distance(data, other)
+    assert L.energy_distance(x, data) < 2 * baseline + 0.005, (L.energy_distance(x, data), baseline)
+    # and not by collapsing onto a few modes: every component holds about 1/8 of the points
+    share = torch.bincount(torch.cdist(x.double(), means).argmin(1), minlength=8) / n
+    assert (share - 1 / 8).abs().max() < 0.04, share
+
+
+def test_trajectories_start_at_x_T_and_end_at_the_samples():
+    d = _diffusion(T=50)
+    means, std = L.mixture("ring")
+    x, paths = L.sample(d, L.true_epsilon(d, means.float(), std), 100, "ddim", 10, seed=0, keep=5)
+    assert paths.shape == (11, 5, 2)
+    assert torch.equal(paths[0], torch.randn(100, 2, generator=torch.Generator().manual_seed(0))[:5])
+    assert torch.equal(paths[-1], x[:5])
+
+
+def test_datasets_are_deterministic_and_labelled_where_they_say():
+    for name in L.DATASETS:
+        a, ya = L.make_points(name, 500, seed=4)
+        b, yb = L.make_points(name, 500, seed=4)
+        assert a.shape == (500, 2) and a.dtype == torch.float32 and torch.equal(a, b)
+        assert torch.isfinite(a).all() and a.abs().max() < 6
+        assert (ya is None) == (name != "clusters")
+    _, y = L.make_points("clusters", 3000, seed=0)
+    assert set(y.tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError, match="unknown dataset"):
+        L.make_points("blobs", 10)
+    with pytest.raises(ValueError, match="whole number"):
+        L.make_points("moons", 0)
+
+
+def test_points_from_strokes_lie_along_them():
+    strokes = [[(0, 0), (1, 0)], [(0, 1), (0, 2), (1, 2)]]
+    x = L.points_from_strokes(strokes, 3000, jitter=0.0)
+    on_first = (x[:, 1].abs() < 1e-6) & (x[:, 0] >= -1e-6) & (x[:, 0] <= 1 + 1e-6)
+    on_second = ((x[:, 0].abs() < 1e-6) & (x[:, 1] >= 1 - 1e-6)) | ((x[:, 1] - 2).abs() < 1e-6)
+    assert (on_first | on_second).all()
+    # spread by length: the second stroke is twice as long as the first
+    assert 0.6 < on_second.float().mean() < 0.73
+    with pytest.raises(ValueError, match="at least one stroke"):
+        L.points_from_strokes([], 10)
+    with pytest.raises(ValueError, match="finite"):
+        L.points_from_strokes([[(0, float("nan"))]], 10)
+
+
+@pytest.mark.slow
+def test_default_training_fits_the_data():
+    """The default training (bench/lab2d.py times it) reaches an energy distance to held-out points of at most twice
+    that between two independent draws of the data."""
+    d = L.make_diffusion()
+    data, _ = L.make_points("moons", 4000, seed=0)
+    run = L.train(d, data)
+    x, _ = L.sample(d, run.model, 2000, "ddpm", 100, seed=1)
+    held, _ = L.make_points("moons", 2000, seed=10)
+    other, _ = L.make_points("moons", 2000, seed=11)
+    assert L.energy_distance(x, held) <= 2 * L.energy_distance(other, held)
+
+
+@pytest.mark.slow
+def test_classifier_free_guidance_pulls_samples_to_their_class():
+    d = L.make_diffusion()
+    data, labels = L.make_points("clusters", 4000, seed=0)
+    run = L.train(d, data, labels)
+    means, _ = L.mixture("clusters")
+    shares = {}
+    for scale in (1.0, 3.0):
+        x, _ = L.sample(d, L.guided(run.model, 2, scale), 1000, "ddim", 50, seed=1)
+        shares[scale] = float((torch.cdist(x.double(), means).argmin(1) == 2).float().mean())
+    assert shares[1.0] > 0.9 and shares[3.0] >= shares[1.0], shares
+    with pytest.raises(ValueError, match="label must be in"):
+        L.guided(run.model, 3)
