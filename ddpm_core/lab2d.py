@@ -199,6 +199,7 @@ class LabRun:
     labels: torch.Tensor | None  # [N] or None
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    dataset: str = ""  # the name of ``data``'s dataset, where it has one
 
 
 def make_diffusion(schedule: str = "linear", T: int = 1000, prediction_type: str = "epsilon") -> GaussianDiffusion:

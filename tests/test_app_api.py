@@ -1,6 +1,7 @@
 """The Space through its real server: gradio_client calls every endpoint on 127.0.0.1."""
 
 import hashlib
+import re
 import threading
 import time
 from pathlib import Path
@@ -304,3 +305,36 @@ def test_compare_runs_each_pair_from_the_same_noise(client):
     assert max(dist["DDIM · 10"], dist["DPM-Solver++ · 20"]) < dist["DDPM · 100"] / 2
     with pytest.raises(Exception, match="not in the list of choices"):  # gradio checks the choices first
         client.predict("ddpm-mnist-28", 3, ["DDIM · 7"], api_name="/compare")
+
+
+def _figure(plot: dict) -> Image.Image:
+    """A gr.Plot's matplotlib figure as the page receives it (a data URL of an image)."""
+    import base64
+    import io
+
+    assert plot["type"] == "matplotlib"
+    return Image.open(io.BytesIO(base64.b64decode(plot["plot"].split(",", 1)[1])))
+
+
+def test_the_2d_lab_trains_then_draws_every_panel_in_one_session(client):
+    """/lab_train keeps the trained model in the client's session; /lab_sample, /lab_forward and /lab_field use it.
+    Before training, they say what to do."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    fresh = Client(client.src, verbose=False, analytics_enabled=False)
+    with pytest.raises(AppError, match="Train a model first"):
+        fresh.predict(100, api_name="/lab_field")
+    loss, data, info = client.predict("ring", "linear", "epsilon", api_name="/lab_train")
+    assert info.startswith("Trained 2500 steps") and _figure(data).size[0] > 300
+    rows = loss["data"]
+    assert len(rows) == 2500 // 25 and rows[-1][1] < rows[0][1]  # (step, loss): the loss went down
+    figure, text = client.predict("ddim", 50, -1, 1, 0, api_name="/lab_sample")
+    ed = float(re.search(r"\*\*([\d.]+)\*\*", text).group(1))
+    floor = float(re.search(r"data: ([\d.]+)\)", text).group(1))
+    assert _figure(figure).size[0] > 300 and ed < 3 * floor + 0.005, text
+    figure, text = client.predict(50, api_name="/lab_field")
+    err = float(re.search(r"\*\*([\d.]+)\*\*", text).group(1))
+    # the ring is a Gaussian mixture: the true score is drawn beside the learned one, which is close to it
+    assert _figure(figure).size[0] > 300 and err < 0.5, text
+    assert _figure(client.predict(300, api_name="/lab_forward")).size[0] > 300

@@ -171,9 +171,11 @@ def test_every_tab_fits_the_screen_and_speaks_the_language(browser, served, widt
     if lang != "English":
         pg.locator("#lang label", has_text=lang).click()
         pg.get_by_role("tab", name="噪声调度").wait_for(timeout=30_000)
+    from ui.tabs import tabs as tab_modules
+
     tabs = pg.get_by_role("tab")
-    assert tabs.count() == 5
-    for i in range(5):
+    assert tabs.count() == len(tab_modules())
+    for i in range(tabs.count()):
         tab = tabs.nth(i)
         assert tab.is_visible(), f"tab {i} is hidden at {width} px"
         tab.click()
@@ -197,4 +199,17 @@ def test_steps_compared_from_one_noise(browser, served):
     assert page.locator("#compare-gallery img").count() == 6
     assert page.locator("#compare-table tr").count() == 1 + 6
     page.screenshot(path=str(ARTIFACTS / "compare-tab.png"), full_page=True)
+    page.close()
+
+
+def test_the_2d_lab_trains_with_defaults_and_draws_its_panels(browser, served):
+    """The lab's Train button with its defaults: the loss curve, then the data, forward, reverse and field panels."""
+    page = open_page(browser, served[1])
+    page.get_by_role("tab", name="2D lab").click()
+    page.locator("#lab-train").click()
+    page.locator("#lab-trained", has_text="Trained").wait_for(timeout=180_000)
+    for panel in ("lab-data", "lab-forward", "lab-reverse", "lab-field"):
+        page.locator(f"#{panel} img").wait_for(timeout=120_000)
+    assert "energy distance" in page.locator("#lab-sampled").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "lab2d-tab.png"), full_page=True)
     page.close()

@@ -26,7 +26,7 @@ from ddpm_core.sampling import SamplingCancelled
 from helpers import prefill_hub_cache, save_flat_folder, save_pipeline_folder
 from ui import common
 from ui.errors import FALLBACK_ZH, ZH, say, zh_pattern
-from ui.tabs import compare, forward, sample, schedules
+from ui.tabs import compare, forward, lab2d, sample, schedules
 
 #: Patterns only a reachable Hub produces (a network error, a missing or gated repo, a repo with no UNet anywhere).
 ONLINE_ONLY = {
@@ -100,6 +100,9 @@ def _argument_messages() -> list:
         lambda: forward.schedule_args("linear_improved", 10),
         lambda: schedules.schedule_plots(5, 1000),
         lambda: schedules.schedule_plots([], 1000),
+        lambda: lab2d.lab_forward(None, 10),
+        lambda: next(lab2d.lab_train("blobs", "linear", "epsilon")),
+        lambda: next(lab2d.lab_train("moons", "linear", "x0")),
         lambda: _raise(common._user_message(MemoryError(), "en")),
         lambda: _raise(common._user_message(SamplingCancelled(), "en")),
     ]

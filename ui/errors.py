@@ -70,7 +70,7 @@ ZH: list[tuple[str, str]] = [
     (r"selected must be a list of schedule names, got (?P<got>.+)", "所选调度必须是调度名的列表，收到的是 {got}"),
     (r"Tick at least one sampler · steps pair\.", "请至少勾选一组“采样器 · 步数”。"),
     (
-        r"unknown (?P<what>sampler|variance|schedule|pair) (?P<got>.+?); choose (?:one of|from) (?P<options>.+)",
+        r"unknown (?P<what>sampler|variance|schedule|pair|dataset|prediction type) (?P<got>.+?); choose (?:one of|from) (?P<options>.+)",
         "未知的{what} {got}，可选：{options}",
     ),
     (r"eta must be between 0 and 1", "eta 必须在 0 到 1 之间"),
@@ -157,6 +157,7 @@ ZH: list[tuple[str, str]] = [
         "未找到调度器配置：按 DDPM 的线性 1000 步调度处理",
     ),
     (r"the UNet outputs 2C channels: using learned_range variance", "UNet 输出 2C 个通道：使用 learned_range 方差"),
+    (r"Train a model first \(the Train button above\)\.", "请先训练模型（上面的“训练”按钮）。"),
     # runs (ui.common); the title of every error message
     (r"Error", "出错了"),
     (r"Sampling was cancelled\.", "采样已取消。"),
@@ -171,7 +172,14 @@ _COMPILED = [(re.compile(pattern, re.DOTALL), template) for pattern, template in
 #: Words the English messages fill in, per pattern group, as the Chinese sentence says them.
 FIELDS_ZH = {
     "arg": ARG_NAMES_ZH,
-    "what": {"sampler": "采样器", "variance": "方差", "schedule": "调度", "pair": "组合"},
+    "what": {
+        "sampler": "采样器",
+        "variance": "方差",
+        "schedule": "调度",
+        "pair": "组合",
+        "dataset": "数据集",
+        "prediction type": "预测类型",
+    },
     "file": {"the file": "该文件"},
     "offline": {" in the local cache (the Hub is not reachable)": "（本地缓存中没有，且无法连接 Hub）"},
     "cls": {"model without _class_name": "没有 _class_name 的模型"},

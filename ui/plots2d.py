@@ -1,0 +1,134 @@
+"""The 2D lab's figures, drawn with matplotlib (static PNGs through ``gr.Plot``).
+
+matplotlib because the lab needs arrows (the score field), density contours and paths in one axes, which Gradio's
+own Vega plots do not draw, and a figure rendered on the server costs the browser nothing however many points it
+holds. Every figure uses the same square axes, so that the panels can be compared by eye. A figure's own text is
+mathematics only (the same in every language, and in the fonts every server has); words go in the component's
+label, which the language switch reaches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure  # not pyplot: no global registry of figures to leak from a server
+from matplotlib.patches import Circle, Ellipse
+
+LIM = 3.2  # every panel shows [-LIM, LIM]^2
+DATA_COLOUR, MODEL_COLOUR, TRUE_COLOUR = "#9ca3af", "#4f46e5", "#db2777"
+CLASS_COLOURS = ("#4f46e5", "#db2777", "#059669")
+LEGEND = {
+    "cov": "q(x_t): μ ± 2σ",
+    "mix": "q(x_t | k) ± 2σ_t",
+    "data": "x₀ ~ p_data",
+    "samples": "x₀ ~ p_θ",
+    "paths": "x_T → x₀",
+    "true": "∇ log q_t(x)",
+    "learned": "s_θ(x, t)",
+}
+
+
+def _axes(title: str, size: float = 4.2):
+    fig = Figure(figsize=(size, size), dpi=100)
+    ax = fig.subplots()
+    ax.set(xlim=(-LIM, LIM), ylim=(-LIM, LIM), aspect="equal")
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.2)
+    fig.tight_layout()
+    return fig, ax
+
+
+def _points(ax, x: torch.Tensor, colour, labels=None, size: float = 2.0, alpha: float = 0.5, label=None) -> None:
+    x = x.detach().cpu().numpy()
+    if labels is not None:
+        colour = [CLASS_COLOURS[int(k) % len(CLASS_COLOURS)] for k in labels.tolist()]
+    ax.scatter(x[:, 0], x[:, 1], s=size, c=colour, alpha=alpha, linewidths=0, label=label)
+
+
+def data_figure(data: torch.Tensor, labels, title: str):
+    """The training points ``[N x 2]`` (coloured by class where labelled)."""
+    fig, ax = _axes(title)
+    _points(ax, data, MODEL_COLOUR, labels)
+    return fig
+
+
+def forward_figure(x_t: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, components, title: str):
+    """The cloud at t ``[N x 2]``, with the closed-form marginal drawn over it: its mean and 2-sigma ellipse
+    (``mean`` [2], ``cov`` [2 x 2]) and, for a Gaussian mixture, each component's 2-sigma circle
+    (``components``: (means [K x 2], std) or None)."""
+    fig, ax = _axes(title)
+    _points(ax, x_t, MODEL_COLOUR)
+    vals, vecs = torch.linalg.eigh(cov.double())
+    angle = math.degrees(math.atan2(float(vecs[1, 1]), float(vecs[0, 1])))
+    w, h = (2 * 2 * vals.clamp(min=0).sqrt()).tolist()[::-1]
+    ax.add_patch(Ellipse(mean.tolist(), w, h, angle=angle, fill=False, color=TRUE_COLOUR, lw=1.5, label=LEGEND["cov"]))
+    if components is not None:
+        means, std = components
+        for k, m in enumerate(means.tolist()):
+            ax.add_patch(
+                Circle(
+                    m, 2 * std, fill=False, color=TRUE_COLOUR, lw=0.8, ls="--", label=LEGEND["mix"] if k == 0 else None
+                )
+            )
+    ax.legend(fontsize=7, loc="upper right")
+    return fig
+
+
+def reverse_figure(samples: torch.Tensor, paths, data: torch.Tensor, title: str):
+    """Generated points ``[N x 2]`` over the data (grey), their density as contours, and a few whole paths
+    ``[S + 1 x K x 2]`` from x_T (open circle) to x_0 (dot)."""
+    fig, ax = _axes(title)
+    _points(ax, data, DATA_COLOUR, size=1.5, alpha=0.4, label=LEGEND["data"])
+    _points(ax, samples, MODEL_COLOUR, size=2.0, alpha=0.5, label=LEGEND["samples"])
+    h, xe, ye = np.histogram2d(*samples.detach().numpy().T, bins=60, range=[[-LIM, LIM], [-LIM, LIM]], density=True)
+    kernel = np.outer(*(2 * [np.exp(-0.5 * (np.arange(-3, 4) / 1.2) ** 2)]))
+    smooth = _convolve(h, kernel / kernel.sum())
+    centres = (xe[:-1] + xe[1:]) / 2, (ye[:-1] + ye[1:]) / 2
+    if smooth.max() > 0:
+        ax.contour(*centres, smooth.T, levels=5, colors=MODEL_COLOUR, linewidths=0.7, alpha=0.8)
+    if paths is not None:
+        p = paths.detach().numpy()
+        for k in range(p.shape[1]):
+            ax.plot(
+                p[:, k, 0], p[:, k, 1], color=TRUE_COLOUR, lw=0.8, alpha=0.8, label=LEGEND["paths"] if k == 0 else None
+            )
+            ax.plot(*p[0, k], "o", mfc="none", color=TRUE_COLOUR, ms=4)
+            ax.plot(*p[-1, k], "o", color=TRUE_COLOUR, ms=3)
+    ax.legend(fontsize=7, loc="upper right", markerscale=3)
+    return fig
+
+
+def _convolve(a: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """2D 'same' convolution of ``a`` with a small odd kernel ``k`` (numpy only)."""
+    r = k.shape[0] // 2
+    padded = np.pad(a, r)
+    out = np.zeros_like(a)
+    for i in range(k.shape[0]):
+        for j in range(k.shape[1]):
+            out += k[i, j] * padded[i : i + a.shape[0], j : j + a.shape[1]]
+    return out
+
+
+def field_figure(grid: torch.Tensor, learned: torch.Tensor, true, title: str):
+    """The score field at t on ``grid`` ``[G x 2]``: the network's (``learned`` [G x 2]) and, where known, the
+    true one (``true`` [G x 2] or None), as arrows scaled alike."""
+    fig, ax = _axes(title)
+    g = grid.numpy()
+    scale = float(max(learned.norm(dim=1).max(), true.norm(dim=1).max() if true is not None else 0)) or 1.0
+    kw = dict(angles="xy", scale_units="xy", scale=scale / 0.35, width=0.004)
+    if true is not None:
+        ax.quiver(g[:, 0], g[:, 1], *true.numpy().T, color=TRUE_COLOUR, alpha=0.6, label=LEGEND["true"], **kw)
+    ax.quiver(g[:, 0], g[:, 1], *learned.numpy().T, color=MODEL_COLOUR, label=LEGEND["learned"], **kw)
+    ax.legend(fontsize=7, loc="upper right")
+    return fig
+
+
+def loss_rows(losses: list[float], every: int = 25) -> list[dict]:
+    """The loss curve as rows for a LinePlot: the mean of each ``every`` steps."""
+    return [
+        {"step": k + every, "loss": float(np.mean(losses[k : k + every]))}
+        for k in range(0, len(losses) - every + 1, every)
+    ]

@@ -1,0 +1,278 @@
+"""The 2D lab: train a small denoiser on a point cloud in seconds, then watch every quantity the core computes.
+Endpoints ``/lab_train``, ``/lab_forward``, ``/lab_sample`` and ``/lab_field``; the trained model lives in the
+visitor's session (a ``gr.State``), so an API client trains and then samples with one ``Client``."""
+
+from __future__ import annotations
+
+import functools
+
+import gradio as gr
+import pandas as pd
+import torch
+
+from ddpm_core import lab2d as L
+from ddpm_core.samplers import SAMPLERS
+from ui import plots2d as P
+from ui.common import LATEX, int_arg, seed_arg, user_errors
+from ui.components import StrictNumber, StrictSlider
+from ui.i18n import tr
+from ui.tabs.forward import SCHEDULE_CHOICES, schedule_name
+
+N_TRAIN, N_SHOW = 4000, 2000
+PREDICTIONS = ["epsilon", "sample", "v_prediction"]
+LAB_SAMPLERS = [(s.label.split(" (")[0], name) for name, s in SAMPLERS.items()]  # names, the same in Chinese
+
+DATASET_ZH = {
+    "moons": "双月",
+    "spiral": "螺旋",
+    "ring": "八高斯环",
+    "checkerboard": "棋盘",
+    "clusters": "三团（带标签）",
+}
+
+TEXT = {
+    "en": {
+        "tab": "2D lab",
+        "intro": r"""### Diffusion you can see whole
+In two dimensions everything the core computes can be drawn. Pick a point cloud, train a small network on it
+(a few seconds, with the same `p_losses` as the image models), then move $t$ to watch the forward process smear the
+data into $\mathcal N(0, I)$, run any sampler back, and compare the score field the network learned with the true
+one where it is known (the ring and the clusters are Gaussian mixtures).""",
+        "dataset": "Data",
+        "schedule": "Schedule",
+        "prediction": "The network predicts",
+        "train": "Train",
+        "loss": "Training loss",
+        "data_plot": "Training data",
+        "forward_t": "Forward: t",
+        "forward_plot": "Forward process",
+        "sampler": "Sampler",
+        "steps": "Steps",
+        "label": "Class (clusters only)",
+        "scale": "Guidance scale",
+        "seed": "Seed",
+        "sample": "Sample",
+        "reverse_plot": "Reverse process",
+        "field_t": "Score field: t",
+        "field_plot": "Score field",
+        "dataset_choices": [(name, name) for name in L.DATASETS],
+        "prediction_choices": [
+            ("ε (the noise)", "epsilon"),
+            ("x₀ (the clean point)", "sample"),
+            ("v", "v_prediction"),
+        ],
+        "loss_x": "step",
+        "loss_y": "loss",
+        "label_choices": [("none (unconditional)", -1), ("0", 0), ("1", 1), ("2", 2)],
+        "trained": "Trained {steps} steps in {secs:.1f} s · final loss {loss:.3f}",
+        "sampled": "{n} points by {sampler} in {steps} steps · energy distance to held-out data **{ed:.4f}** "
+        "(two draws of the data: {floor:.4f}) · {secs:.2f} s",
+        "field_error": "mean |learned − true| / mean |true| at t = {t}: **{err:.2f}**",
+        "field_unknown": "The true score of this dataset has no closed form; only the learned one is drawn.",
+    },
+    "zh": {
+        "tab": "二维实验室",
+        "intro": r"""### 看得见全貌的扩散
+在二维里，核心计算的每个量都能画出来。选一个点云，在它上面训练一个小网络（几秒钟，用与图像模型相同的
+`p_losses`），然后拖动 $t$ 看前向过程把数据抹成 $\mathcal N(0, I)$，用任意采样器反向生成，并把网络学到的
+分数场与已知的真实分数场对比（环和三团都是高斯混合）。""",
+        "dataset": "数据",
+        "schedule": "噪声调度",
+        "prediction": "网络预测",
+        "train": "训练",
+        "loss": "训练损失",
+        "data_plot": "训练数据",
+        "forward_t": "前向：t",
+        "forward_plot": "前向过程",
+        "sampler": "采样器",
+        "steps": "步数",
+        "label": "类别（仅三团）",
+        "scale": "引导强度",
+        "seed": "随机种子",
+        "sample": "采样",
+        "reverse_plot": "逆向过程",
+        "field_t": "分数场：t",
+        "field_plot": "分数场",
+        "dataset_choices": [(zh, name) for name, zh in DATASET_ZH.items()],
+        "prediction_choices": [("ε（噪声）", "epsilon"), ("x₀（干净的点）", "sample"), ("v", "v_prediction")],
+        "loss_x": "步",
+        "loss_y": "损失",
+        "label_choices": [("无（无条件）", -1), ("0", 0), ("1", 1), ("2", 2)],
+        "trained": "训练 {steps} 步，用时 {secs:.1f} 秒 · 最终损失 {loss:.3f}",
+        "sampled": "{sampler} 用 {steps} 步生成 {n} 个点 · 与留出数据的能量距离 **{ed:.4f}**"
+        "（两次独立抽取数据之间：{floor:.4f}）· {secs:.2f} 秒",
+        "field_error": "t = {t} 时 平均 |学到的 − 真实的| / 平均 |真实的|：**{err:.2f}**",
+        "field_unknown": "这个数据集的真实分数没有闭式解，只画出学到的分数场。",
+    },
+}
+
+
+def _say(lang, key: str, **fmt) -> str:
+    return tr(TEXT, key, lang).format(**fmt)
+
+
+def _dataset(name) -> str:
+    if name not in L.DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(L.DATASETS)}")
+    return name
+
+
+def _run(state) -> L.LabRun:
+    if not isinstance(state, L.LabRun):
+        raise ValueError("Train a model first (the Train button above).")
+    return state
+
+
+# ---------------------------------------------------------------- handlers
+@user_errors
+def lab_train(dataset, schedule, prediction, lang="en", progress=gr.Progress()):
+    """Train on ``dataset``; streams the loss curve; ends with the trained run in the session and the data plot."""
+    dataset, schedule = _dataset(dataset), schedule_name(schedule)
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+    data, labels = L.make_points(dataset, N_TRAIN, seed=0)
+    diffusion = L.make_diffusion(schedule, 1000, prediction)
+    run = None
+    for run in L.train_steps(diffusion, data, labels):
+        k = len(run.losses)
+        if k % 50 == 0:  # a progress message per step would cost more than the step
+            progress((k, L.TRAIN_STEPS), desc=_say(lang, "train"))
+        if k % 250 == 0:
+            yield pd.DataFrame(P.loss_rows(run.losses)), gr.skip(), gr.skip(), gr.skip()
+    run.model.eval().requires_grad_(False)
+    run.dataset = dataset
+    info = _say(lang, "trained", steps=len(run.losses), secs=run.seconds, loss=sum(run.losses[-100:]) / 100)
+    figure = P.data_figure(data[:N_SHOW], None if labels is None else labels[:N_SHOW], "x₀ ~ p_data")
+    yield pd.DataFrame(P.loss_rows(run.losses)), figure, info, run
+
+
+@user_errors
+def lab_forward(state, t, lang="en"):
+    """The training cloud under q_sample at t, with the closed-form marginal's mean and 2-sigma ellipse."""
+    run = _run(state)
+    t = int_arg(t, "t", 0, run.diffusion.num_timesteps - 1)
+    x0 = run.data[:N_SHOW].double()
+    x_t = run.diffusion.q_sample(x0, t, generator=torch.Generator().manual_seed(0))
+    abar = float(run.diffusion.schedule.alphas_cumprod[t])
+    mean, cov = abar**0.5 * x0.mean(0), abar * torch.cov(x0.T) + (1 - abar) * torch.eye(2, dtype=torch.float64)
+    mix = L.mixture(run.dataset)
+    components = L.mixture_noised(run.diffusion, *mix, t) if mix else None
+    title = f"x_t ~ q(x_t | x₀): t = {t}, ᾱ_t = {abar:.3f}"
+    return P.forward_figure(x_t, mean, cov, components, title)
+
+
+@user_errors
+def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
+    """Points from the trained model by the chosen sampler, their density, a few paths and the energy distance."""
+    import time
+
+    run = _run(state)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    steps = int_arg(steps, "steps", 1, run.diffusion.num_timesteps)
+    seed = seed_arg(seed)
+    cls = None if label in (None, "", -1) else int_arg(label, "label", 0, 2)
+    net = L.guided(run.model, cls, float(scale)) if cls is not None else L.guided(run.model)
+    t0 = time.perf_counter()
+    x, paths = L.sample(run.diffusion, net, N_SHOW, sampler, steps, seed=seed, keep=5)
+    secs = time.perf_counter() - t0
+    held, held_labels = L.make_points(run.dataset, N_SHOW, seed=10)
+    other, _ = L.make_points(run.dataset, N_SHOW, seed=11)
+    if cls is not None and held_labels is not None:
+        held, other = held[held_labels == cls], other[: int((held_labels == cls).sum())]
+    ed, floor = L.energy_distance(x, held), L.energy_distance(other, held)
+    name = SAMPLERS[sampler].label.split(" (")[0]
+    info = _say(lang, "sampled", n=N_SHOW, sampler=name, steps=steps, ed=ed, floor=floor, secs=secs)
+    title = f"{name} · {steps}"  # as the Steps compared tab names a pair
+    return P.reverse_figure(x, paths, run.data[:N_SHOW], title), info
+
+
+@user_errors
+def lab_field(state, t, lang="en"):
+    """The network's score at t on a grid, beside the true score where the data is a Gaussian mixture."""
+    run = _run(state)
+    t = int_arg(t, "t", 0, run.diffusion.num_timesteps - 1)
+    ax = torch.linspace(-P.LIM * 0.9, P.LIM * 0.9, 17)
+    grid = torch.cartesian_prod(ax, ax)
+    learned = L.score_of(run.diffusion, L.guided(run.model), grid, t).float()
+    mix = L.mixture(run.dataset)
+    true = None
+    if mix:
+        m, s = L.mixture_noised(run.diffusion, *mix, t)
+        true = L.mixture_score(grid.double(), m, s).float()
+        err = float((learned - true).norm(dim=1).mean() / true.norm(dim=1).mean())
+        info = _say(lang, "field_error", t=t, err=err)
+    else:
+        info = _say(lang, "field_unknown")
+    title = f"t = {t}"
+    return P.field_figure(grid, learned, true, title), info
+
+
+# ---------------------------------------------------------------- layout
+def build(ctx) -> None:
+    t_ = functools.partial(tr, TEXT)
+    add = functools.partial(ctx.i18n.add, text=TEXT)
+    with add(gr.Tab(t_("tab"), id="lab2d"), key="tab"):
+        add(gr.Markdown(t_("intro"), latex_delimiters=LATEX), key="intro", attr="value")
+        run = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                dataset = add(gr.Radio(t_("dataset_choices"), value="moons", label=t_("dataset")), key="dataset")
+                add(dataset, key="dataset_choices", attr="choices")
+                schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
+                prediction = add(
+                    gr.Radio(t_("prediction_choices"), value="epsilon", label=t_("prediction")), key="prediction"
+                )
+                add(prediction, key="prediction_choices", attr="choices")
+                go = add(gr.Button(t_("train"), variant="primary", elem_id="lab-train"), key="train", attr="value")
+                trained = gr.Markdown(elem_id="lab-trained")
+            with gr.Column(scale=1, min_width=280):
+                loss = gr.LinePlot(
+                    x="step", y="loss", title=t_("loss"), x_title=t_("loss_x"), y_title=t_("loss_y"), height=240
+                )
+                add(loss, key="loss", attr="title"), add(loss, key="loss_x", attr="x_title")
+                add(loss, key="loss_y", attr="y_title")
+            with gr.Column(scale=1, min_width=280):
+                data_plot = add(gr.Plot(label=t_("data_plot"), elem_id="lab-data"), key="data_plot")
+        with gr.Row():
+            with gr.Column(min_width=300):
+                fwd_t = add(StrictSlider(0, 999, value=200, step=1, label=t_("forward_t")), key="forward_t")
+                fwd_plot = add(gr.Plot(label=t_("forward_plot"), elem_id="lab-forward"), key="forward_plot")
+            with gr.Column(min_width=300):
+                with gr.Row():
+                    sampler = add(gr.Dropdown(LAB_SAMPLERS, value="ddpm", label=t_("sampler")), key="sampler")
+                    steps = add(StrictSlider(1, 1000, value=100, step=1, label=t_("steps")), key="steps")
+                with gr.Row():
+                    label = add(gr.Dropdown(t_("label_choices"), value=-1, label=t_("label")), key="label")
+                    add(label, key="label_choices", attr="choices")
+                    scale = add(StrictSlider(0, 5, value=1, step=0.5, label=t_("scale")), key="scale")
+                    seed = add(
+                        StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed"
+                    )
+                sample_btn = add(gr.Button(t_("sample"), elem_id="lab-sample"), key="sample", attr="value")
+                rev_plot = add(gr.Plot(label=t_("reverse_plot"), elem_id="lab-reverse"), key="reverse_plot")
+                sampled = gr.Markdown(elem_id="lab-sampled")
+            with gr.Column(min_width=300):
+                field_t = add(StrictSlider(0, 999, value=100, step=1, label=t_("field_t")), key="field_t")
+                field_plot = add(gr.Plot(label=t_("field_plot"), elem_id="lab-field"), key="field_plot")
+                field_info = gr.Markdown(elem_id="lab-field-info")
+    lab = dict(concurrency_id="lab", concurrency_limit=2)
+    trained_ev = go.click(
+        lab_train,
+        [dataset, schedule, prediction, ctx.lang],
+        [loss, data_plot, trained, run],
+        api_name="lab_train",
+        concurrency_id="lab_train",  # seconds of CPU each: one at a time, and never ahead of the quick plots
+        concurrency_limit=1,
+    )
+    fwd = dict(fn=lab_forward, inputs=[run, fwd_t, ctx.lang], outputs=fwd_plot, **lab)
+    rev = dict(
+        fn=lab_sample, inputs=[run, sampler, steps, label, scale, seed, ctx.lang], outputs=[rev_plot, sampled], **lab
+    )
+    fld = dict(fn=lab_field, inputs=[run, field_t, ctx.lang], outputs=[field_plot, field_info], **lab)
+    fwd_t.release(api_name="lab_forward", **fwd)
+    sample_btn.click(api_name="lab_sample", **rev)
+    field_t.release(api_name="lab_field", **fld)
+    trained_ev.success(api_visibility="private", **fwd).then(api_visibility="private", **rev).then(
+        api_visibility="private", **fld
+    )
