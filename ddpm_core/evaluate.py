@@ -667,7 +667,7 @@ Samples nearer to a training digit than the 1% quantile of held-out digits:
     card_path.write_text(head + section)
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ddpm_core.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", nargs="?", help="a pipeline folder trained on the bundled MNIST digits")
     p.add_argument("--num", type=int, default=500, help="samples per sampling seed")
@@ -698,6 +698,11 @@ def main(argv=None):
         help="quality against network evaluations for every sampler at 5 .. 1000 steps (curve.json, curve.png); "
         "--steps and --sampler are not used",
     )
+    return p
+
+
+def main(argv=None):
+    p = _parser()
     args = p.parse_args(argv)
     if args.train_classifier is not None:
         t0 = time.time()

@@ -256,13 +256,23 @@ def build(ctx) -> None:
                 field_t = add(StrictSlider(0, 999, value=100, step=1, label=t_("field_t")), key="field_t")
                 field_plot = add(gr.Plot(label=t_("field_plot"), elem_id="lab-field"), key="field_plot")
                 field_info = gr.Markdown(elem_id="lab-field-info")
+    train_io = ([dataset, schedule, prediction], go, [loss, data_plot, trained])
+    reverse = (sampler, steps, label, scale, seed, sample_btn, rev_plot, sampled)
+    _wire(ctx, run, train_io, (fwd_t, fwd_plot), reverse, (field_t, field_plot, field_info))
+
+
+def _wire(ctx, run, train_io, forward, reverse, field) -> None:
+    """The lab's events: training (one at a time: seconds of CPU each), then the three panels it refreshes, each
+    also on its own control."""
+    (settings, go, train_out), (fwd_t, fwd_plot), (field_t, field_plot, field_info) = train_io, forward, field
+    sampler, steps, label, scale, seed, sample_btn, rev_plot, sampled = reverse
     lab = dict(concurrency_id="lab", concurrency_limit=2)
     trained_ev = go.click(
         lab_train,
-        [dataset, schedule, prediction, ctx.lang],
-        [loss, data_plot, trained, run],
+        [*settings, ctx.lang],
+        [*train_out, run],
         api_name="lab_train",
-        concurrency_id="lab_train",  # seconds of CPU each: one at a time, and never ahead of the quick plots
+        concurrency_id="lab_train",  # never ahead of the quick plots
         concurrency_limit=1,
     )
     fwd = dict(fn=lab_forward, inputs=[run, fwd_t, ctx.lang], outputs=fwd_plot, **lab)
