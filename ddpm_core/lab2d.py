@@ -24,7 +24,8 @@ from .diffusion import GaussianDiffusion
 from .samplers import get_sampler, sample_loop_progressive
 from .schedule import NoiseSchedule
 
-#: The named point clouds, in the order a UI lists them; ``clusters`` is labelled (three classes) for guidance.
+#: The named point clouds, in the order a UI lists them; ``clusters`` is labelled (three classes) for guidance. A
+#: visitor's own drawing is the other source of data (:func:`points_from_mask`).
 DATASETS = ("moons", "spiral", "ring", "checkerboard", "clusters")
 #: The datasets that are Gaussian mixtures (their noised score is known in closed form): name -> (means, std).
 RING_RADIUS, RING_STD = 2.0, 0.15
@@ -75,27 +76,22 @@ def make_points(name: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.T
     return x.float(), labels
 
 
-def points_from_strokes(strokes, n: int, seed: int = 0, jitter: float = 0.05) -> torch.Tensor:
-    """``n`` points ``[n x 2]`` spread evenly along hand-drawn strokes (each a sequence of (x, y) in data units), with
-    Gaussian ``jitter``; a ``ValueError`` when the strokes hold no line to sample from."""
-    segments = []
-    for stroke in strokes or []:
-        p = torch.as_tensor(np.asarray(stroke, dtype=np.float64))
-        if p.ndim != 2 or p.shape[1] != 2 or not torch.isfinite(p).all():
-            raise ValueError("a stroke must be a sequence of finite (x, y) pairs")
-        if len(p) == 1:
-            p = p.repeat(2, 1)
-        segments += [(a, b) for a, b in zip(p[:-1], p[1:])]
-    if not segments:
-        raise ValueError("draw at least one stroke first")
-    a = torch.stack([s[0] for s in segments])
-    b = torch.stack([s[1] for s in segments])
-    length = (b - a).norm(dim=1) + 1e-3  # a dot still gets its share
+def points_from_mask(mask, n: int, seed: int = 0, extent: float = 3.0) -> torch.Tensor:
+    """``n`` points ``[n x 2]`` drawn uniformly from the ``True`` pixels of ``mask`` ``[H x W]`` (a sketch: row 0 at
+    the top), the canvas spanning [-extent, extent] in both axes; a ``ValueError`` for a (nearly) empty sketch."""
+    m = torch.as_tensor(np.asarray(mask, dtype=bool))
+    if m.ndim != 2:
+        raise ValueError(f"a sketch must be a 2D mask, got shape {tuple(m.shape)}")
+    rows, cols = torch.nonzero(m, as_tuple=True)
+    if len(rows) < 20:
+        raise ValueError("Draw a shape on the canvas first: it is (nearly) empty.")
     g = torch.Generator().manual_seed(seed)
-    k = torch.multinomial(length / length.sum(), n, replacement=True, generator=g)
-    u = torch.rand(n, 1, generator=g, dtype=torch.float64)
-    x = a[k] + u * (b[k] - a[k]) + torch.randn(n, 2, generator=g, dtype=torch.float64) * jitter
-    return x.float()
+    k = torch.randint(0, len(rows), (n,), generator=g)
+    u = torch.rand(n, 2, generator=g, dtype=torch.float64)  # anywhere within the pixel
+    H, W = m.shape
+    x = (cols[k] + u[:, 0]) / W * 2 * extent - extent
+    y = extent - (rows[k] + u[:, 1]) / H * 2 * extent
+    return torch.stack([x, y], 1).float()
 
 
 # ---------------------------------------------------------------- closed forms for Gaussian mixtures
@@ -200,6 +196,7 @@ class LabRun:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     dataset: str = ""  # the name of ``data``'s dataset, where it has one
+    heldout: tuple = ()  # (points [M x 2], their labels [M] or None, a second independent draw [M x 2])
 
 
 def make_diffusion(schedule: str = "linear", T: int = 1000, prediction_type: str = "epsilon") -> GaussianDiffusion:

@@ -338,3 +338,22 @@ def test_the_2d_lab_trains_then_draws_every_panel_in_one_session(client):
     # the ring is a Gaussian mixture: the true score is drawn beside the learned one, which is close to it
     assert _figure(figure).size[0] > 300 and err < 0.5, text
     assert _figure(client.predict(300, api_name="/lab_forward")).size[0] > 300
+
+
+def test_the_2d_lab_learns_a_drawn_shape():
+    """A sketch (an opaque ring on a clear canvas, as the Sketchpad sends it) is the training data; the samples come
+    near held-out points of the same drawing."""
+    from ui.tabs.lab2d import lab_sample, lab_train
+
+    yy, xx = np.mgrid[:200, :200]
+    r = np.hypot(xx - 100, yy - 100)
+    canvas = np.zeros((200, 200, 4), np.uint8)
+    canvas[(r > 50) & (r < 60), 3] = 255
+    *_, (_, data, info, run) = lab_train("drawn", "linear", "epsilon", {"composite": canvas})
+    assert run.dataset == "drawn" and info.startswith("Trained")
+    radius = run.data.norm(dim=1) / 3.2 * 100  # back to canvas pixels
+    assert ((radius > 48.5) & (radius < 61.5)).all()  # a point lies anywhere within its pixel
+    _, text = lab_sample(run, "ddim", 50, -1, 1, 0)
+    ed = float(re.search(r"\*\*([\d.]+)\*\*", text).group(1))
+    floor = float(re.search(r"data: ([\d.]+)\)", text).group(1))
+    assert ed < 3 * floor + 0.005, text

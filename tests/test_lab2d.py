@@ -3,6 +3,7 @@ score of a Gaussian mixture reproduces the mixture, and the lab's denoiser learn
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,18 +106,19 @@ def test_datasets_are_deterministic_and_labelled_where_they_say():
         L.make_points("moons", 0)
 
 
-def test_points_from_strokes_lie_along_them():
-    strokes = [[(0, 0), (1, 0)], [(0, 1), (0, 2), (1, 2)]]
-    x = L.points_from_strokes(strokes, 3000, jitter=0.0)
-    on_first = (x[:, 1].abs() < 1e-6) & (x[:, 0] >= -1e-6) & (x[:, 0] <= 1 + 1e-6)
-    on_second = ((x[:, 0].abs() < 1e-6) & (x[:, 1] >= 1 - 1e-6)) | ((x[:, 1] - 2).abs() < 1e-6)
-    assert (on_first | on_second).all()
-    # spread by length: the second stroke is twice as long as the first
-    assert 0.6 < on_second.float().mean() < 0.73
-    with pytest.raises(ValueError, match="at least one stroke"):
-        L.points_from_strokes([], 10)
-    with pytest.raises(ValueError, match="finite"):
-        L.points_from_strokes([[(0, float("nan"))]], 10)
+def test_points_from_a_sketch_lie_on_its_pixels():
+    """A 30x30 canvas with its top-left quarter and one bottom row drawn: every point falls in a drawn pixel (row 0
+    is the top, y grows upwards), in proportion to the drawn area."""
+    mask = np.zeros((30, 30), bool)
+    mask[:15, :15] = True  # 225 pixels
+    mask[29, :] = True  # 30 pixels
+    x = L.points_from_mask(mask, 5000, extent=3.0)
+    col = ((x[:, 0] + 3) / 6 * 30).floor().long()
+    row = ((3 - x[:, 1]) / 6 * 30).floor().long()
+    assert mask[row.numpy(), col.numpy()].all()
+    assert abs(float((row == 29).float().mean()) - 30 / 255) < 0.02
+    with pytest.raises(ValueError, match="Draw a shape"):
+        L.points_from_mask(np.zeros((30, 30), bool), 10)
 
 
 @pytest.mark.slow

@@ -103,6 +103,7 @@ def _argument_messages() -> list:
         lambda: lab2d.lab_forward(None, 10),
         lambda: next(lab2d.lab_train("blobs", "linear", "epsilon")),
         lambda: next(lab2d.lab_train("moons", "linear", "x0")),
+        lambda: next(lab2d.lab_train("drawn", "linear", "epsilon", {"composite": np.zeros((64, 64, 4), np.uint8)})),
         lambda: _raise(common._user_message(MemoryError(), "en")),
         lambda: _raise(common._user_message(SamplingCancelled(), "en")),
     ]

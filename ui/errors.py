@@ -157,6 +157,7 @@ ZH: list[tuple[str, str]] = [
         "未找到调度器配置：按 DDPM 的线性 1000 步调度处理",
     ),
     (r"the UNet outputs 2C channels: using learned_range variance", "UNet 输出 2C 个通道：使用 learned_range 方差"),
+    (r"Draw a shape on the canvas first: it is \(nearly\) empty\.", "请先在画布上画一个形状：画布（几乎）是空的。"),
     (r"Train a model first \(the Train button above\)\.", "请先训练模型（上面的“训练”按钮）。"),
     # runs (ui.common); the title of every error message
     (r"Error", "出错了"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 import torch
 
@@ -28,6 +29,7 @@ DATASET_ZH = {
     "ring": "八高斯环",
     "checkerboard": "棋盘",
     "clusters": "三团（带标签）",
+    "drawn": "手绘",
 }
 
 TEXT = {
@@ -55,7 +57,8 @@ one where it is known (the ring and the clusters are Gaussian mixtures).""",
         "reverse_plot": "Reverse process",
         "field_t": "Score field: t",
         "field_plot": "Score field",
-        "dataset_choices": [(name, name) for name in L.DATASETS],
+        "dataset_choices": [(name, name) for name in (*L.DATASETS, "drawn")],
+        "sketch": "Draw your own data (choose “drawn” above)",
         "prediction_choices": [
             ("ε (the noise)", "epsilon"),
             ("x₀ (the clean point)", "sample"),
@@ -94,6 +97,7 @@ one where it is known (the ring and the clusters are Gaussian mixtures).""",
         "field_t": "分数场：t",
         "field_plot": "分数场",
         "dataset_choices": [(zh, name) for name, zh in DATASET_ZH.items()],
+        "sketch": "画出你自己的数据（在上面选“手绘”）",
         "prediction_choices": [("ε（噪声）", "epsilon"), ("x₀（干净的点）", "sample"), ("v", "v_prediction")],
         "loss_x": "步",
         "loss_y": "损失",
@@ -112,9 +116,30 @@ def _say(lang, key: str, **fmt) -> str:
 
 
 def _dataset(name) -> str:
-    if name not in L.DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(L.DATASETS)}")
+    if name not in (*L.DATASETS, "drawn"):
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(L.DATASETS)}, drawn")
     return name
+
+
+def _sketch_mask(sketch) -> np.ndarray:
+    """The drawn pixels ``[H x W]`` of a Sketchpad value (its composite: opaque strokes on a clear canvas)."""
+    image = sketch.get("composite") if isinstance(sketch, dict) else None
+    if image is None:
+        raise ValueError("Draw a shape on the canvas first: it is (nearly) empty.")
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 4:
+        return a[..., 3] > 0
+    return (a.mean(axis=2) if a.ndim == 3 else a) < 128
+
+
+def _points(dataset: str, sketch) -> tuple:
+    """The training points and labels, and the held-out draws the energy distance uses: (points, labels, other)."""
+    if dataset == "drawn":
+        mask = _sketch_mask(sketch)
+        draw = functools.partial(L.points_from_mask, mask, extent=P.LIM)
+        return (draw(N_TRAIN, seed=0), None), (draw(N_SHOW, seed=10), None, draw(N_SHOW, seed=11))
+    held, held_labels = L.make_points(dataset, N_SHOW, seed=10)
+    return L.make_points(dataset, N_TRAIN, seed=0), (held, held_labels, L.make_points(dataset, N_SHOW, seed=11)[0])
 
 
 def _run(state) -> L.LabRun:
@@ -125,12 +150,13 @@ def _run(state) -> L.LabRun:
 
 # ---------------------------------------------------------------- handlers
 @user_errors
-def lab_train(dataset, schedule, prediction, lang="en", progress=gr.Progress()):
-    """Train on ``dataset``; streams the loss curve; ends with the trained run in the session and the data plot."""
+def lab_train(dataset, schedule, prediction, sketch=None, lang="en", progress=gr.Progress()):
+    """Train on ``dataset`` (or the sketch, for "drawn"); streams the loss curve; ends with the trained run in the
+    session and the data plot."""
     dataset, schedule = _dataset(dataset), schedule_name(schedule)
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
-    data, labels = L.make_points(dataset, N_TRAIN, seed=0)
+    (data, labels), heldout = _points(dataset, sketch)
     diffusion = L.make_diffusion(schedule, 1000, prediction)
     run = None
     for run in L.train_steps(diffusion, data, labels):
@@ -140,7 +166,7 @@ def lab_train(dataset, schedule, prediction, lang="en", progress=gr.Progress()):
         if k % 250 == 0:
             yield pd.DataFrame(P.loss_rows(run.losses)), gr.skip(), gr.skip(), gr.skip()
     run.model.eval().requires_grad_(False)
-    run.dataset = dataset
+    run.dataset, run.heldout = dataset, heldout
     info = _say(lang, "trained", steps=len(run.losses), secs=run.seconds, loss=sum(run.losses[-100:]) / 100)
     figure = P.data_figure(data[:N_SHOW], None if labels is None else labels[:N_SHOW], "x₀ ~ p_data")
     yield pd.DataFrame(P.loss_rows(run.losses)), figure, info, run
@@ -176,8 +202,7 @@ def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
     t0 = time.perf_counter()
     x, paths = L.sample(run.diffusion, net, N_SHOW, sampler, steps, seed=seed, keep=5)
     secs = time.perf_counter() - t0
-    held, held_labels = L.make_points(run.dataset, N_SHOW, seed=10)
-    other, _ = L.make_points(run.dataset, N_SHOW, seed=11)
+    held, held_labels, other = run.heldout
     if cls is not None and held_labels is not None:
         held, other = held[held_labels == cls], other[: int((held_labels == cls).sum())]
     ed, floor = L.energy_distance(x, held), L.energy_distance(other, held)
@@ -208,6 +233,10 @@ def lab_field(state, t, lang="en"):
     return P.field_figure(grid, learned, true, title), info
 
 
+def _sketch_visibility(dataset):
+    return gr.update(visible=dataset == "drawn")
+
+
 # ---------------------------------------------------------------- layout
 def build(ctx) -> None:
     t_ = functools.partial(tr, TEXT)
@@ -219,6 +248,10 @@ def build(ctx) -> None:
             with gr.Column(scale=1, min_width=280):
                 dataset = add(gr.Radio(t_("dataset_choices"), value="moons", label=t_("dataset")), key="dataset")
                 add(dataset, key="dataset_choices", attr="choices")
+                sketch = add(
+                    gr.Sketchpad(label=t_("sketch"), height=280, visible=False, elem_id="lab-sketch"), key="sketch"
+                )
+                dataset.change(_sketch_visibility, dataset, sketch, api_visibility="private")
                 schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
                 prediction = add(
                     gr.Radio(t_("prediction_choices"), value="epsilon", label=t_("prediction")), key="prediction"
@@ -256,7 +289,7 @@ def build(ctx) -> None:
                 field_t = add(StrictSlider(0, 999, value=100, step=1, label=t_("field_t")), key="field_t")
                 field_plot = add(gr.Plot(label=t_("field_plot"), elem_id="lab-field"), key="field_plot")
                 field_info = gr.Markdown(elem_id="lab-field-info")
-    train_io = ([dataset, schedule, prediction], go, [loss, data_plot, trained])
+    train_io = ([dataset, schedule, prediction, sketch], go, [loss, data_plot, trained])
     reverse = (sampler, steps, label, scale, seed, sample_btn, rev_plot, sampled)
     _wire(ctx, run, train_io, (fwd_t, fwd_plot), reverse, (field_t, field_plot, field_info))
 
