@@ -338,6 +338,7 @@ def test_the_2d_lab_trains_then_draws_every_panel_in_one_session(client):
     # the ring is a Gaussian mixture: the true score is drawn beside the learned one, which is close to it
     assert _figure(figure).size[0] > 300 and err < 0.5, text
     assert _figure(client.predict(300, api_name="/lab_forward")).size[0] > 300
+    assert _figure(client.predict(api_name="/lab_quality")).size[0] > 300
 
 
 def test_the_2d_lab_learns_a_drawn_shape():

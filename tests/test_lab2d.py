@@ -82,6 +82,19 @@ def test_the_true_score_of_a_mixture_reproduces_the_mixture(sampler, steps):
     assert (share - 1 / 8).abs().max() < 0.04, share
 
 
+def test_quality_improves_with_steps_for_every_sampler():
+    d = _diffusion()
+    means, std = L.mixture("ring")
+    held, _ = L.make_points("ring", 1000, seed=2)
+    rows = L.quality_by_steps(d, L.true_epsilon(d, means.float(), std), held, n=1000, steps=(5, 100))
+    assert [(r["sampler"], r["steps"]) for r in rows] == [
+        (s, k) for s in ("ddpm", "ddim", "dpmsolver++") for k in (5, 100)
+    ]
+    ed = {(r["sampler"], r["steps"]): r["energy_distance"] for r in rows}
+    for sampler in ("ddpm", "ddim", "dpmsolver++"):
+        assert ed[sampler, 100] < ed[sampler, 5], ed
+
+
 def test_trajectories_start_at_x_T_and_end_at_the_samples():
     d = _diffusion(T=50)
     means, std = L.mixture("ring")

@@ -126,6 +126,22 @@ def field_figure(grid: torch.Tensor, learned: torch.Tensor, true, title: str):
     return fig
 
 
+def quality_figure(rows: list[dict], floor: float, names: dict, title: str):
+    """Energy distance to held-out data against steps (log scale), one line per sampler (``names``: registry name ->
+    shown name), the data-vs-data floor dashed."""
+    fig, ax = _axes(title)
+    ax.set(xlim=(3, 1500), xscale="log", aspect="auto")
+    for name in dict.fromkeys(r["sampler"] for r in rows):
+        pts = [r for r in rows if r["sampler"] == name]
+        ax.plot(
+            [r["steps"] for r in pts], [r["energy_distance"] for r in pts], "o-", ms=4, label=names.get(name, name)
+        )
+    ax.axhline(floor, color=DATA_COLOUR, ls="--", label="p_data vs p_data")
+    ax.set_ylim(0, max(r["energy_distance"] for r in rows) * 1.05)
+    ax.legend(fontsize=7)
+    return fig
+
+
 def loss_rows(losses: list[float], every: int = 25) -> list[dict]:
     """The loss curve as rows for a LinePlot: the mean of each ``every`` steps."""
     return [

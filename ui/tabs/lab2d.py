@@ -56,6 +56,8 @@ one where it is known (the ring and the clusters are Gaussian mixtures).""",
         "sample": "Sample",
         "reverse_plot": "Reverse process",
         "field_t": "Score field: t",
+        "quality": "Quality against steps (every sampler)",
+        "quality_plot": "Energy distance to held-out data (lower is better) against steps, one network evaluation each",
         "field_plot": "Score field",
         "dataset_choices": [(name, name) for name in (*L.DATASETS, "drawn")],
         "sketch": "Draw your own data (choose “drawn” above)",
@@ -95,6 +97,8 @@ one where it is known (the ring and the clusters are Gaussian mixtures).""",
         "sample": "采样",
         "reverse_plot": "逆向过程",
         "field_t": "分数场：t",
+        "quality": "质量随步数的变化（所有采样器）",
+        "quality_plot": "与留出数据的能量距离（越低越好）随步数的变化，每步一次网络计算",
         "field_plot": "分数场",
         "dataset_choices": [(zh, name) for name, zh in DATASET_ZH.items()],
         "sketch": "画出你自己的数据（在上面选“手绘”）",
@@ -213,6 +217,16 @@ def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
 
 
 @user_errors
+def lab_quality(state, lang="en"):
+    """Energy distance to held-out data against steps for every sampler, from one seed (seconds in 2D)."""
+    run = _run(state)
+    held, _, other = run.heldout
+    rows = L.quality_by_steps(run.diffusion, L.guided(run.model), held)
+    names = {name: s.label.split(" (")[0] for name, s in SAMPLERS.items()}
+    return P.quality_figure(rows, L.energy_distance(other, held), names, "ED(p_θ, p_data)")
+
+
+@user_errors
 def lab_field(state, t, lang="en"):
     """The network's score at t on a grid, beside the true score where the data is a Gaussian mixture."""
     run = _run(state)
@@ -285,12 +299,17 @@ def build(ctx) -> None:
                 sample_btn = add(gr.Button(t_("sample"), elem_id="lab-sample"), key="sample", attr="value")
                 rev_plot = add(gr.Plot(label=t_("reverse_plot"), elem_id="lab-reverse"), key="reverse_plot")
                 sampled = gr.Markdown(elem_id="lab-sampled")
+                quality_btn = add(gr.Button(t_("quality"), elem_id="lab-quality-btn"), key="quality", attr="value")
+                quality_plot = add(gr.Plot(label=t_("quality_plot"), elem_id="lab-quality"), key="quality_plot")
             with gr.Column(min_width=300):
                 field_t = add(StrictSlider(0, 999, value=100, step=1, label=t_("field_t")), key="field_t")
                 field_plot = add(gr.Plot(label=t_("field_plot"), elem_id="lab-field"), key="field_plot")
                 field_info = gr.Markdown(elem_id="lab-field-info")
     train_io = ([dataset, schedule, prediction, sketch], go, [loss, data_plot, trained])
     reverse = (sampler, steps, label, scale, seed, sample_btn, rev_plot, sampled)
+    quality_btn.click(
+        lab_quality, [run, ctx.lang], quality_plot, api_name="lab_quality", concurrency_id="lab", concurrency_limit=2
+    )
     _wire(ctx, run, train_io, (fwd_t, fwd_plot), reverse, (field_t, field_plot, field_info))
 
 
