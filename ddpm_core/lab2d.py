@@ -260,8 +260,7 @@ def train(diffusion: GaussianDiffusion, data: torch.Tensor, labels=None, **kwarg
     run = None
     for run in train_steps(diffusion, data, labels, **kwargs):
         pass
-    run.model.eval().requires_grad_(False)
-    return run
+    return run  # the generator ran to its end, which put the model in eval mode
 
 
 # ---------------------------------------------------------------- sampling and measuring

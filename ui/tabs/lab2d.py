@@ -5,6 +5,7 @@ visitor's session (a ``gr.State``), so an API client trains and then samples wit
 from __future__ import annotations
 
 import functools
+import time
 
 import gradio as gr
 import numpy as np
@@ -21,7 +22,8 @@ from ui.tabs.forward import SCHEDULE_CHOICES, schedule_name
 
 N_TRAIN, N_SHOW = 4000, 2000
 PREDICTIONS = ["epsilon", "sample", "v_prediction"]
-LAB_SAMPLERS = [(s.label.split(" (")[0], name) for name, s in SAMPLERS.items()]  # names, the same in Chinese
+#: registry name -> the sampler's short name (the same in Chinese)
+SAMPLER_NAMES = {name: s.label.split(" (")[0] for name, s in SAMPLERS.items()}
 
 DATASET_ZH = {
     "moons": "双月",
@@ -169,7 +171,6 @@ def lab_train(dataset, schedule, prediction, sketch=None, lang="en", progress=gr
             progress((k, L.TRAIN_STEPS), desc=_say(lang, "train"))
         if k % 250 == 0:
             yield pd.DataFrame(P.loss_rows(run.losses)), gr.skip(), gr.skip(), gr.skip()
-    run.model.eval().requires_grad_(False)
     run.dataset, run.heldout = dataset, heldout
     info = _say(lang, "trained", steps=len(run.losses), secs=run.seconds, loss=sum(run.losses[-100:]) / 100)
     figure = P.data_figure(data[:N_SHOW], None if labels is None else labels[:N_SHOW], "x₀ ~ p_data")
@@ -194,8 +195,6 @@ def lab_forward(state, t, lang="en"):
 @user_errors
 def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
     """Points from the trained model by the chosen sampler, their density, a few paths and the energy distance."""
-    import time
-
     run = _run(state)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -210,7 +209,7 @@ def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
     if cls is not None and held_labels is not None:
         held, other = held[held_labels == cls], other[: int((held_labels == cls).sum())]
     ed, floor = L.energy_distance(x, held), L.energy_distance(other, held)
-    name = SAMPLERS[sampler].label.split(" (")[0]
+    name = SAMPLER_NAMES[sampler]
     info = _say(lang, "sampled", n=N_SHOW, sampler=name, steps=steps, ed=ed, floor=floor, secs=secs)
     title = f"{name} · {steps}"  # as the Steps compared tab names a pair
     return P.reverse_figure(x, paths, run.data[:N_SHOW], title), info
@@ -222,8 +221,7 @@ def lab_quality(state, lang="en"):
     run = _run(state)
     held, _, other = run.heldout
     rows = L.quality_by_steps(run.diffusion, L.guided(run.model), held)
-    names = {name: s.label.split(" (")[0] for name, s in SAMPLERS.items()}
-    return P.quality_figure(rows, L.energy_distance(other, held), names, "ED(p_θ, p_data)")
+    return P.quality_figure(rows, L.energy_distance(other, held), SAMPLER_NAMES, "ED(p_θ, p_data)")
 
 
 @user_errors
@@ -287,7 +285,12 @@ def build(ctx) -> None:
                 fwd_plot = add(gr.Plot(label=t_("forward_plot"), elem_id="lab-forward"), key="forward_plot")
             with gr.Column(min_width=300):
                 with gr.Row():
-                    sampler = add(gr.Dropdown(LAB_SAMPLERS, value="ddpm", label=t_("sampler")), key="sampler")
+                    sampler = add(
+                        gr.Dropdown(
+                            [(shown, name) for name, shown in SAMPLER_NAMES.items()], value="ddpm", label=t_("sampler")
+                        ),
+                        key="sampler",
+                    )
                     steps = add(StrictSlider(1, 1000, value=100, step=1, label=t_("steps")), key="steps")
                 with gr.Row():
                     label = add(gr.Dropdown(t_("label_choices"), value=-1, label=t_("label")), key="label")
