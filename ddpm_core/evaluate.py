@@ -500,6 +500,41 @@ def _curve_row(net, model, runs, real, Xd, m: int, seed: int, sampler: str, step
     }
 
 
+def _weights_sha256(folder: Path) -> str:
+    """SHA-256 of the UNet's weights file of a pipeline folder: a curve belongs to these weights only."""
+    files = sorted((folder / "unet").glob("diffusion_pytorch_model*.safetensors")) or sorted(
+        (folder / "unet").glob("*.bin")
+    )
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _reusable_rows(path: Path, settings: dict) -> dict:
+    """The points of an earlier ``curve.json`` made with the same ``settings`` (weights, classifier, sizes, seeds),
+    by (sampler, steps): a long curve can be computed over several runs, and an interrupted one resumes."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if any(old.get(k) != v for k, v in settings.items()):
+        return {}
+    return {(p["sampler"], p["steps"]): {**p, "reference": old["reference"]} for p in old.get("points", [])}
+
+
+def _curve_result(settings: dict, acc, cls_info, classifier, device: str, rows: list[dict], command: str) -> dict:
+    return {
+        **_classifier_entries(acc, cls_info, classifier),
+        **settings,
+        "device": device,
+        "torch": torch.__version__,
+        "reference": rows[0]["reference"],
+        "points": [{k: v for k, v in r.items() if k != "reference"} for r in rows],
+        "command": command,
+    }
+
+
 def quality_curve(
     folder: Path,
     points: list[tuple[str, int]] | None = None,
@@ -513,7 +548,8 @@ def quality_curve(
     """Sample quality against network evaluations: for each (sampler, steps) of ``points`` (default
     :func:`curve_points`), ``num`` samples per seed drawn as :func:`evaluate` draws them, their confident-digit rate
     and their FD to the held-out digits, with the real digits' figures as the reference lines. Writes ``curve.json``
-    and ``curve.png`` in ``folder``; returns what ``curve.json`` holds."""
+    (after every point, cheapest first) and ``curve.png`` in ``folder``; returns what ``curve.json`` holds. Points
+    already in ``curve.json`` for the same weights, classifier, sizes and seeds are kept, not drawn again."""
     from .checkpoints import ModelCache
     from .data import to_model_range
 
@@ -528,28 +564,31 @@ def quality_curve(
     real = to_model_range(Xh)
     m = min(FD_SET, len(real), num)
     seed_list = list(range(seed, seed + seeds))
-    rows = []
-    for sampler, steps in points:
-        t0 = time.time()
-        runs = _draw_runs(model, seed_list, num, batch, sampler, steps)
-        rows.append(_curve_row(net, model, runs, real, Xd, m, seed, sampler, steps, time.time() - t0))
-        r = rows[-1]
-        log(
-            f"{sampler:>12} {steps:>5} steps: {r['confident']:.1%} confident, FD {r['fd']:.1f} ({r['evaluations']} evals)"
-        )
-    result = {
-        **_classifier_entries(acc, cls_info, classifier),
+    settings = {
+        "weights_sha256": _weights_sha256(folder),
+        "classifier_sha256": cls_info["sha256"],
         "num_samples": int(num),
+        "batch": int(batch),
         "sampling_seeds": seed_list,
         "fd_set_size": int(m),
-        "device": str(model.device),
-        "torch": torch.__version__,
-        "reference": rows[0]["reference"],
-        "points": [{k: v for k, v in r.items() if k != "reference"} for r in rows],
-        "command": f"python -m ddpm_core.evaluate {_shown(folder)} --curve --num {num} --batch {batch} "
-        f"--seeds {seeds} --seed {seed}" + (f" --classifier {classifier}" if classifier is not None else ""),
     }
-    (folder / "curve.json").write_text(json.dumps(result, indent=2) + "\n")
+    command = (
+        f"python -m ddpm_core.evaluate {_shown(folder)} --curve --num {num} --batch {batch} "
+        f"--seeds {seeds} --seed {seed}" + (f" --classifier {classifier}" if classifier is not None else "")
+    )
+    done = _reusable_rows(folder / "curve.json", settings)
+    for sampler, steps in sorted(points, key=lambda p: p[1]):
+        if (sampler, steps) not in done:
+            t0 = time.time()
+            runs = _draw_runs(model, seed_list, num, batch, sampler, steps)
+            r = _curve_row(net, model, runs, real, Xd, m, seed, sampler, steps, time.time() - t0)
+            done[(sampler, steps)] = r
+            log(
+                f"{sampler:>12} {steps:>5} steps: {r['confident']:.1%} confident, FD {r['fd']:.1f} ({r['evaluations']} evals)"
+            )
+        rows = [done[p] for p in points if p in done]
+        result = _curve_result(settings, acc, cls_info, classifier, str(model.device), rows, command)
+        (folder / "curve.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_curve(result, folder / "curve.png")
     return result
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from ddpm_core import evaluate as ev
 
@@ -242,6 +243,28 @@ def test_a_tiny_quality_curve_end_to_end(tmp_path, monkeypatch):
     assert r["sampling_seeds"] == [1, 2] and r["classifier_sha256"] == ev.CLASSIFIER_SHA256
     with Image.open(folder / "curve.png") as im:
         assert im.size == (1000, 380)
+
+
+def test_a_curve_resumes_from_its_points_for_the_same_weights_only(tmp_path, monkeypatch):
+    folder = tmp_path / "ddpm-mnist-28"
+    folder.mkdir()
+    for name in ("unet", "scheduler"):
+        shutil.copytree(CK / name, folder / name)
+    shutil.copy(CK / "model_index.json", folder / "model_index.json")
+    monkeypatch.chdir(tmp_path)
+    drawn = []
+    first = ev.quality_curve(folder, [("ddim", 2)], num=4, batch=4, log=drawn.append)
+    both = ev.quality_curve(folder, [("ddim", 2), ("ddpm", 1)], num=4, batch=4, log=drawn.append)
+    assert len(drawn) == 2 and "ddpm" in drawn[1]  # the DDIM point was kept, not drawn again
+    assert both["points"][0] == first["points"][0]
+    assert both["weights_sha256"] == first["weights_sha256"]
+    ev.quality_curve(folder, [("ddim", 2)], num=5, batch=5, log=drawn.append)  # other sizes: drawn again
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state["conv_out.bias"] = state["conv_out.bias"] + 1e-3
+    save_file(state, weights)  # other weights: drawn again
+    ev.quality_curve(folder, [("ddim", 2)], num=5, batch=5, log=drawn.append)
+    assert len(drawn) == 4
 
 
 def test_curve_points_respect_the_models_steps():
