@@ -326,3 +326,96 @@ def score_of(diffusion: GaussianDiffusion, net: Callable, x: torch.Tensor, t: in
     with torch.no_grad():
         pred = diffusion.model_predictions(net(x, tt), x, tt)
     return -pred.pred_noise / math.sqrt(1 - float(diffusion.schedule.alphas_cumprod[int(t)]))
+
+
+# ---------------------------------------------------------------- one reverse step, seen at one point
+@dataclass
+class ReverseStep:
+    """One reverse step (t to t - jump) at one point x_t, three ways (means ``[2]``, standard deviations isotropic):
+
+    - ``q_mean``, ``q_std``: the true posterior q(x_{t-1} | x_t, x_0) for one training point x_0 (eq. 6-7), exact
+      but only for someone who knows x_0;
+    - ``exact_mean``, ``exact_draws`` ``[M x 2]``: the reverse step of the training data itself, q(x_{t-1} | x_t) =
+      sum_i w_i q(x_{t-1} | x_t, x_0^i) with w_i = q(x_0^i | x_t) by Bayes over the training points (``weights``
+      ``[N]``); its mean is mu~(x_t, E[x_0 | x_t]) because mu~ is linear in x_0 (eq. 7);
+    - ``p_mean``, ``p_std``, ``model_draws`` ``[M x 2]``: the network's p_theta(x_{t-1} | x_t) (eq. 1), the
+      posterior at its own guess ``p_x0`` of x_0 (eq. 15). Trained with eq. 14, it aims at the second, not the first.
+    """
+
+    t: int
+    x_t: torch.Tensor
+    x0: torch.Tensor
+    x0_index: int
+    q_mean: torch.Tensor
+    q_std: float
+    weights: torch.Tensor
+    exact_x0: torch.Tensor
+    exact_mean: torch.Tensor
+    exact_draws: torch.Tensor
+    p_x0: torch.Tensor
+    p_mean: torch.Tensor
+    p_std: float
+    model_draws: torch.Tensor
+    jump: int = 1  # the step goes from t to t - jump
+
+    @property
+    def candidates(self) -> float:
+        """How many training points could have made x_t: the effective number 1 / sum w_i^2 of the weights."""
+        return float(1.0 / (self.weights**2).sum())
+
+
+def reverse_step(
+    diffusion: GaussianDiffusion,
+    net: Callable,
+    data: torch.Tensor,
+    x_t,
+    t: int,
+    x0=None,
+    jump: int = 1,
+    draws: int = 400,
+    seed: int = 0,
+) -> ReverseStep:
+    """The reverse step from timestep ``t`` to ``t - jump`` at ``x_t`` (two numbers) for the training points
+    ``data`` ``[N x 2]``: one step of the chain respaced to (t - jump, t), which is what a sampler with fewer steps
+    takes (its posterior is eq. 6-7 with the jump's beta). ``x0`` (two numbers) picks the training point nearest to
+    it for the true posterior; None picks the one most likely to have made x_t."""
+    if not 1 <= int(t) < diffusion.num_timesteps:
+        raise ValueError(f"t must be between 1 and {diffusion.num_timesteps - 1}, got {t}")
+    if not 1 <= int(jump) <= int(t):
+        raise ValueError(f"the jump must be between 1 and t = {t} steps, got {jump}")
+    d, data64 = diffusion.respace([int(t) - int(jump), int(t)]), data.double()
+    x_t = torch.as_tensor(x_t, dtype=torch.float64).reshape(2)
+    abar = float(d.schedule.alphas_cumprod[1])
+    logw = -((x_t - math.sqrt(abar) * data64) ** 2).sum(1) / (2 * (1 - abar))  # log q(x_t | x_0^i) + const
+    weights = torch.softmax(logw, 0)
+    if x0 is None:
+        i = int(weights.argmax())
+    else:
+        i = int(((data64 - torch.as_tensor(x0, dtype=torch.float64).reshape(1, 2)) ** 2).sum(1).argmin())
+    g = torch.Generator().manual_seed(seed)
+    q_mean, q_var, _ = d.q_posterior(data64[i : i + 1], x_t[None], 1)
+    q_std = math.sqrt(float(q_var.reshape(-1)[0]))
+    exact_x0 = weights @ data64
+    idx = torch.multinomial(weights, draws, replacement=True, generator=g)
+    means = d.q_posterior(data64[idx], x_t.expand(draws, 2), 1)[0]
+    exact_draws = means + q_std * torch.randn(draws, 2, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        p = d.p_mean_variance(net, x_t[None].float(), 1)
+    p_mean, p_std = p["mean"][0].double(), float(p["std"].reshape(-1)[0])
+    return ReverseStep(
+        t=int(t),
+        x_t=x_t,
+        x0=data64[i],
+        x0_index=i,
+        q_mean=q_mean[0],
+        q_std=q_std,
+        weights=weights,
+        exact_x0=exact_x0,
+        exact_mean=d.q_posterior(exact_x0[None], x_t[None], 1)[0][0],
+        exact_draws=exact_draws,
+        p_x0=p["pred_xstart"][0].double(),
+        p_mean=p_mean,
+        p_std=p_std,
+        model_draws=p_mean + p_std * torch.randn(draws, 2, generator=g, dtype=torch.float64),
+        jump=int(jump),
+    )

@@ -329,10 +329,28 @@ def test_the_2d_lab_trains_then_draws_every_panel_in_one_session(client):
     assert info.startswith("Trained 2500 steps") and _figure(data).size[0] > 300
     rows = loss["data"]
     assert len(rows) == 2500 // 25 and rows[-1][1] < rows[0][1]  # (step, loss): the loss went down
-    figure, text = client.predict("ddim", 50, -1, 1, 0, api_name="/lab_sample")
+    figure, text, gif = client.predict("ddim", 50, -1, 1, 0, api_name="/lab_sample")
     ed = float(re.search(r"\*\*([\d.]+)\*\*", text).group(1))
     floor = float(re.search(r"data: ([\d.]+)\)", text).group(1))
     assert _figure(figure).size[0] > 300 and ed < 3 * floor + 0.005, text
+    with Image.open(gif) as im:  # the moving cloud: x_T, evenly spaced steps, x_0
+        assert im.format == "GIF" and im.n_frames == 16 and im.size[0] > 300
+    overview, zoom, text = client.predict(300, 1, 1.9, 0.1, False, 0, 0, api_name="/lab_posterior")
+    with Image.open(overview) as im:
+        assert im.size == (420, 420)
+    assert _figure(zoom).size[0] > 300
+    # at t = 300 x_t says little about x_0: many of the 4,000 training points could have made it
+    cand = float(re.search(r"about \*\*([\d.]+)\*\*", text).group(1))
+    err = float(re.search(r"\*\*([\d.]+) σ\*\* from the data", text).group(1))
+    assert 100 < cand < 4000 and err < 0.5, text  # the network's step lands within 0.5 σ of the data's own
+    # x_0 chosen on the far side of the ring: its true posterior lies far from the step the network takes, which
+    # stays on the data's own reverse step (the average over every x_0 that could have made x_t)
+    *_, text = client.predict(300, 100, 1.9, 0.1, True, -2.0, 0.0, api_name="/lab_posterior")
+    err = float(re.search(r"\*\*([\d.]+) σ\*\* from the data", text).group(1))
+    gap = float(re.search(r"\*\*([\d.]+) σ\*\* from the true posterior", text).group(1))
+    assert err < 0.5 < 2 < gap, text
+    with pytest.raises(AppError, match="x_t must be between -3.2 and 3.2, got 7"):
+        client.predict(300, 1, 7, 0.1, False, 0, 0, api_name="/lab_posterior")
     figure, text = client.predict(50, api_name="/lab_field")
     err = float(re.search(r"\*\*([\d.]+)\*\*", text).group(1))
     # the ring is a Gaussian mixture: the true score is drawn beside the learned one, which is close to it
@@ -354,7 +372,34 @@ def test_the_2d_lab_learns_a_drawn_shape():
     assert run.dataset == "drawn" and info.startswith("Trained")
     radius = run.data.norm(dim=1) / 3.2 * 100  # back to canvas pixels
     assert ((radius > 48.5) & (radius < 61.5)).all()  # a point lies anywhere within its pixel
-    _, text = lab_sample(run, "ddim", 50, -1, 1, 0)
+    _, text, _ = lab_sample(run, "ddim", 50, -1, 1, 0)
     ed = float(re.search(r"\*\*([\d.]+)\*\*", text).group(1))
     floor = float(re.search(r"data: ([\d.]+)\)", text).group(1))
     assert ed < 3 * floor + 0.005, text
+
+
+def test_a_click_on_the_posterior_panel_picks_the_point_under_it():
+    """The clickable panel's fixed axes: a pixel maps back to the point matplotlib drew there (to a pixel's width),
+    and a click moves x_t or x_0 as the mode says, clamped to the panel."""
+    from types import SimpleNamespace
+
+    from matplotlib.figure import Figure
+
+    from ui import plots2d as P
+    from ui.tabs.lab2d import _clicked
+
+    fig = Figure(figsize=(P.CLICK_PIXELS / 100, P.CLICK_PIXELS / 100), dpi=100)
+    ax = fig.add_axes(P.CLICK_AXES)
+    ax.set(xlim=(-P.LIM, P.LIM), ylim=(-P.LIM, P.LIM))
+    pixel = 2 * P.LIM / (P.CLICK_AXES[2] * P.CLICK_PIXELS)  # one pixel in the data's units
+    for point in [(0.0, 0.0), (1.5, -2.0), (-3.0, 3.0)]:
+        px, py = ax.transData.transform(point)
+        back = P.pixel_to_point(px, P.CLICK_PIXELS - py)  # a click counts pixels from the top
+        assert np.allclose(back, point, atol=1e-9), (point, back)
+    centre = [P.CLICK_PIXELS * (P.CLICK_AXES[0] + P.CLICK_AXES[2] / 2), P.CLICK_PIXELS * (1 - P.CLICK_AXES[1])]
+    click = SimpleNamespace(index=[round(centre[0]), round(centre[1])])  # the bottom middle of the axes
+    x, y, own, x0x, x0y = _clicked("x_t", 9, 9, False, 0.5, 0.5, click)
+    assert abs(x) <= pixel and abs(y + P.LIM) <= pixel and (own, x0x, x0y) == (False, 0.5, 0.5)
+    x, y, own, x0x, x0y = _clicked("x0", 1.0, 2.0, False, 0.5, 0.5, click)
+    assert (x, y, own) == (1.0, 2.0, True) and abs(x0x) <= pixel and abs(x0y + P.LIM) <= pixel
+    assert _clicked("x_t", 0, 0, False, 0, 0, SimpleNamespace(index=[0, 0])) == (-P.LIM, P.LIM, False, 0, 0)

@@ -203,13 +203,28 @@ def test_steps_compared_from_one_noise(browser, served):
 
 
 def test_the_2d_lab_trains_with_defaults_and_draws_its_panels(browser, served):
-    """The lab's Train button with its defaults: the loss curve, then the data, forward, reverse and field panels."""
+    """The lab's Train button with its defaults: the loss curve, then the data, forward, reverse, animation, field
+    and posterior panels; a click on the posterior panel moves x_t there."""
     page = open_page(browser, served[1])
     page.get_by_role("tab", name="2D lab").click()
     page.locator("#lab-train").click()
     page.locator("#lab-trained", has_text="Trained").wait_for(timeout=180_000)
-    for panel in ("lab-data", "lab-forward", "lab-reverse", "lab-field"):
-        page.locator(f"#{panel} img").wait_for(timeout=120_000)
+    panels = ("data", "forward", "reverse", "anim", "field", "post-click", "post-zoom")
+    for panel in panels:
+        img = page.locator(f"#lab-{panel} img")
+        img.wait_for(state="attached", timeout=120_000)
+        img.scroll_into_view_if_needed()  # the lower panels' images load lazily, once on screen
+        img.wait_for(timeout=30_000)
     assert "energy distance" in page.locator("#lab-sampled").inner_text()
+    before = page.locator("#lab-post-info").inner_text()
+    assert "training points could have made x_t" in before
+    box = page.locator("#lab-post-click img").bounding_box()
+    page.locator("#lab-post-click img").click(
+        position={"x": 0.2 * box["width"], "y": 0.3 * box["height"]}
+    )  # upper left: x < 0 < y
+    page.wait_for_function("b => document.querySelector('#lab-post-info').innerText !== b", arg=before, timeout=60_000)
+    x = float(page.locator("#lab-post-x input").input_value())
+    y = float(page.locator("#lab-post-y input").input_value())
+    assert x < -1 and y > 0.5, (x, y)
     page.screenshot(path=str(ARTIFACTS / "lab2d-tab.png"), full_page=True)
     page.close()

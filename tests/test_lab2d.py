@@ -160,3 +160,61 @@ def test_classifier_free_guidance_pulls_samples_to_their_class():
     assert shares[1.0] > 0.9 and shares[3.0] >= shares[1.0], shares
     with pytest.raises(ValueError, match="label must be in"):
         L.guided(run.model, 3)
+
+
+def _empirical_epsilon(d, data):
+    """The optimal epsilon-predictor for the finite point set ``data`` [N x 2] itself: eps = (x_t - sqrt(abar)
+    E[x_0 | x_t]) / sqrt(1 - abar), E by Bayes over the points (computed here independently, in numpy)."""
+    pts = data.double().numpy()
+
+    def eps(x, t):
+        out = []
+        for xi, ti in zip(x.double().numpy(), t.tolist()):
+            abar = float(d.schedule.alphas_cumprod[ti])
+            logw = -((xi - math.sqrt(abar) * pts) ** 2).sum(1) / (2 * (1 - abar))
+            w = np.exp(logw - logw.max())
+            x0 = (w / w.sum()) @ pts
+            out.append((xi - math.sqrt(abar) * x0) / math.sqrt(1 - abar))
+        return torch.tensor(np.array(out), dtype=x.dtype)
+
+    return eps
+
+
+@pytest.mark.parametrize("t, jump", [(1, 1), (30, 1), (300, 1), (999, 1), (300, 100), (500, 500)])
+def test_one_reverse_step_three_ways(t, jump):
+    """At one x_t, from t to s = t - jump: the true posterior for one x_0 is eq. 6-7 written out with the jump's
+    beta = 1 - abar_t / abar_s; the data's own reverse step has the mean mu~(x_t, E[x_0 | x_t]); and a network that
+    predicts the optimal epsilon for the data has exactly that mean."""
+    d = _diffusion()
+    data, _ = L.make_points("moons", 300, seed=0)
+    x_t = torch.tensor([0.4, -0.3])
+    s = L.reverse_step(d, _empirical_epsilon(d, data), data, x_t, t, x0=data[7] + 0.01, jump=jump, draws=4000)
+    a = d.schedule
+    abar, abar_prev = float(a.alphas_cumprod[t]), float(a.alphas_cumprod[t - jump])
+    beta = 1 - abar / abar_prev
+    if jump == 1:
+        assert beta == pytest.approx(float(a.betas[t]), rel=1e-5)
+    c0, ct = math.sqrt(abar_prev) * beta / (1 - abar), math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar)
+    assert s.x0_index == 7  # the training point nearest to the given x_0
+    torch.testing.assert_close(s.q_mean, c0 * data[7].double() + ct * x_t.double(), rtol=1e-6, atol=1e-7)
+    assert s.q_std == pytest.approx(math.sqrt(beta * (1 - abar_prev) / (1 - abar)), rel=1e-6)
+    assert float(s.weights.sum()) == pytest.approx(1.0, abs=1e-12) and 1 <= s.candidates <= len(data)
+    torch.testing.assert_close(s.exact_mean, c0 * s.exact_x0 + ct * x_t.double(), rtol=1e-6, atol=1e-7)
+    # float32 network arithmetic: the mean is matched to float32 precision of its inputs' size
+    torch.testing.assert_close(s.p_mean, s.exact_mean, rtol=0, atol=2e-5 * (1 + float(s.p_x0.abs().max())))
+    # the draws of the data's reverse step: their mean is exact_mean within 5 standard errors
+    se = s.exact_draws.std(0) / math.sqrt(len(s.exact_draws))
+    assert ((s.exact_draws.mean(0) - s.exact_mean).abs() < 5 * se + 1e-9).all()
+
+
+def test_a_reverse_step_picks_the_likeliest_x0_by_default_and_refuses_t_0():
+    d = _diffusion()
+    data = torch.tensor([[2.0, 0.0], [-2.0, 0.0]])
+    s = L.reverse_step(d, _empirical_epsilon(d, data), data, [1.0, 0.2], 50)
+    assert s.x0_index == 0 and s.weights[0] > 0.99 and s.candidates == pytest.approx(1.0, abs=0.02)
+    # at t = 999 x_t says almost nothing about x_0: both points are nearly equally likely
+    assert L.reverse_step(d, _empirical_epsilon(d, data), data, [1.0, 0.2], 999).candidates > 1.9
+    with pytest.raises(ValueError, match="t must be between 1 and 999, got 0"):
+        L.reverse_step(d, _empirical_epsilon(d, data), data, [0.0, 0.0], 0)
+    with pytest.raises(ValueError, match="the jump must be between 1 and t = 50 steps, got 51"):
+        L.reverse_step(d, _empirical_epsilon(d, data), data, [0.0, 0.0], 50, jump=51)

@@ -148,6 +148,19 @@ def int_arg(value, name: str, lo: int, hi: int) -> int:
     return int(value)
 
 
+def float_arg(value, name: str, lo: float, hi: float) -> float:
+    """``value`` as a float in [lo, hi], or a ``ValueError`` naming ``name`` (the messages of :func:`int_arg`)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        int_arg(value, name, math.floor(lo), math.ceil(hi))  # says how many digits, without a float overflow
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {short_repr(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
+    return float(value)
+
+
 def seed_arg(value) -> int:
     return int_arg(value, "seed", 0, 2**32 - 1)
 

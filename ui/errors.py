@@ -18,6 +18,9 @@ ARG_NAMES_ZH = {
     "steps": "步数",
     "batch size": "批量大小",
     "number of seeds": "种子数",
+    "x_t": "x_t",
+    "x₀": "x₀",
+    "jump": "一次后退的步数",
 }
 
 #: (English pattern, Chinese template): the template's ``{name}`` fields are the pattern's named groups.

@@ -27,7 +27,17 @@ LEGEND = {
     "paths": "x_T → x₀",
     "true": "∇ log q_t(x)",
     "learned": "s_θ(x, t)",
+    "x_t": r"$x_t$",
+    "x0": r"$x_0$",
+    "exact_x0": r"$E[x_0 \mid x_t]$",
+    "p_x0": r"$\hat x_0 = f_\theta(x_t)$",
+    "q": r"$q(x_s \mid x_t, x_0) \pm 2\sigma$",
+    "exact": r"$q(x_s \mid x_t)$",
+    "p": r"$p_\theta(x_s \mid x_t) \pm 2\sigma$",
 }
+#: The clickable panel: its size in pixels and its axes' place in it (fractions, left/bottom/width/height), fixed
+#: so that a click's pixel maps to a point without asking matplotlib (:func:`pixel_to_point`).
+CLICK_PIXELS, CLICK_AXES = 420, (0.1, 0.08, 0.86, 0.86)
 
 
 def _axes(title: str, size: float = 4.2):
@@ -83,12 +93,7 @@ def reverse_figure(samples: torch.Tensor, paths, data: torch.Tensor, title: str)
     fig, ax = _axes(title)
     _points(ax, data, DATA_COLOUR, size=1.5, alpha=0.4, label=LEGEND["data"])
     _points(ax, samples, MODEL_COLOUR, size=2.0, alpha=0.5, label=LEGEND["samples"])
-    h, xe, ye = np.histogram2d(*samples.detach().numpy().T, bins=60, range=[[-LIM, LIM], [-LIM, LIM]], density=True)
-    kernel = np.outer(*(2 * [np.exp(-0.5 * (np.arange(-3, 4) / 1.2) ** 2)]))
-    smooth = _convolve(h, kernel / kernel.sum())
-    centres = (xe[:-1] + xe[1:]) / 2, (ye[:-1] + ye[1:]) / 2
-    if smooth.max() > 0:
-        ax.contour(*centres, smooth.T, levels=5, colors=MODEL_COLOUR, linewidths=0.7, alpha=0.8)
+    _contour(ax, samples)
     if paths is not None:
         p = paths.detach().numpy()
         for k in range(p.shape[1]):
@@ -98,6 +103,96 @@ def reverse_figure(samples: torch.Tensor, paths, data: torch.Tensor, title: str)
             ax.plot(*p[0, k], "o", mfc="none", color=TRUE_COLOUR, ms=4)
             ax.plot(*p[-1, k], "o", color=TRUE_COLOUR, ms=3)
     ax.legend(fontsize=7, loc="upper right", markerscale=3)
+    return fig
+
+
+def _contour(ax, x: torch.Tensor, levels: int = 5) -> None:
+    """Density contours of the points ``[N x 2]``: a 60 x 60 histogram smoothed by a small Gaussian kernel."""
+    h, xe, ye = np.histogram2d(*x.detach().numpy().T, bins=60, range=[[-LIM, LIM], [-LIM, LIM]], density=True)
+    kernel = np.outer(*(2 * [np.exp(-0.5 * (np.arange(-3, 4) / 1.2) ** 2)]))
+    smooth = _convolve(h, kernel / kernel.sum())
+    centres = (xe[:-1] + xe[1:]) / 2, (ye[:-1] + ye[1:]) / 2
+    if smooth.max() > 0:
+        ax.contour(*centres, smooth.T, levels=levels, colors=MODEL_COLOUR, linewidths=0.7, alpha=0.8)
+
+
+def reverse_frames(frames: list[tuple[int, torch.Tensor]], data: torch.Tensor) -> list:
+    """The moving cloud as PIL images, one per (t, points ``[N x 2]``) of ``frames``: points and their density
+    contours over the data (grey), titled with t."""
+    from PIL import Image
+
+    images = []
+    for t, x in frames:
+        fig, ax = _axes(f"x_t, t = {t}", size=3.6)
+        _points(ax, data, DATA_COLOUR, size=1.2, alpha=0.3)
+        _points(ax, x, MODEL_COLOUR, size=1.6, alpha=0.6)
+        _contour(ax, x.float())
+        images.append(Image.fromarray(_pixels(fig)))
+    return images
+
+
+def _pixels(fig) -> np.ndarray:
+    """The figure rendered, as ``[H x W x 3]`` uint8."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def pixel_to_point(px: float, py: float) -> tuple[float, float]:
+    """The point under pixel (px, py) of the clickable panel (pixels from its top left, as a click reports them)."""
+    left, bottom, width, height = CLICK_AXES
+    u, v = px / CLICK_PIXELS, 1 - py / CLICK_PIXELS
+    return -LIM + 2 * LIM * (u - left) / width, -LIM + 2 * LIM * (v - bottom) / height
+
+
+def posterior_overview(step, data: torch.Tensor, title: str) -> np.ndarray:
+    """The clickable panel ``[H x W x 3]``: the training points (those that could have made x_t darker, by their
+    weight q(x_0 | x_t)), x_t, the chosen x_0, E[x_0 | x_t] and the network's guess of x_0 (``step``: a
+    :class:`ddpm_core.lab2d.ReverseStep`)."""
+    fig = Figure(figsize=(CLICK_PIXELS / 100, CLICK_PIXELS / 100), dpi=100)
+    ax = fig.add_axes(CLICK_AXES)
+    ax.set(xlim=(-LIM, LIM), ylim=(-LIM, LIM))
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.2)
+    w = (step.weights / step.weights.max()).float().numpy()
+    pts = data.float().numpy()
+    ax.scatter(pts[:, 0], pts[:, 1], s=3, c=w, cmap="Greys", vmin=-0.15, vmax=1, linewidths=0)
+    xt = step.x_t.numpy()
+    for target, colour, marker, key in (
+        (step.x0, TRUE_COLOUR, "D", "x0"),
+        (step.exact_x0, TRUE_COLOUR, "X", "exact_x0"),
+        (step.p_x0, MODEL_COLOUR, "X", "p_x0"),
+    ):
+        x0 = target.numpy()
+        ax.plot([xt[0], x0[0]], [xt[1], x0[1]], color=colour, lw=0.8, alpha=0.6)
+        ax.plot(*x0, marker, color=colour, ms=7, mfc="none" if key == "x0" else colour, label=LEGEND[key])
+    ax.plot(*xt, "*", color="black", ms=12, label=LEGEND["x_t"])
+    ax.legend(fontsize=7, loc="upper right")
+    return _pixels(fig)
+
+
+def posterior_zoom(step, title: str):
+    """Around x_t: draws of the data's reverse step q(x_{t-1} | x_t) (pink dots) and of the network's
+    p_theta(x_{t-1} | x_t) (blue dots), the 2-sigma circles of the latter and of q(x_{t-1} | x_t, x_0)."""
+    fig, ax = _axes(title)
+    xt = step.x_t.numpy()
+    spread = [float((m - step.x_t).norm()) for m in (step.q_mean, step.p_mean, step.exact_mean)]
+    half = 1.3 * max(*spread, 2.5 * step.q_std, 2.5 * step.p_std, 1e-3)
+    ax.set(xlim=(xt[0] - half, xt[0] + half), ylim=(xt[1] - half, xt[1] + half))
+    _points(ax, step.exact_draws.float(), TRUE_COLOUR, size=3, alpha=0.35, label=LEGEND["exact"])
+    _points(ax, step.model_draws.float(), MODEL_COLOUR, size=3, alpha=0.35)
+    for mean, std, colour, ls, key in (
+        (step.q_mean, step.q_std, TRUE_COLOUR, "--", "q"),
+        (step.p_mean, step.p_std, MODEL_COLOUR, "-", "p"),
+    ):
+        ax.add_patch(Circle(mean.tolist(), 2 * std, fill=False, color=colour, lw=1.4, ls=ls, label=LEGEND[key]))
+        ax.plot(*mean.numpy(), "+", color=colour, ms=9)
+    ax.plot(*step.exact_mean.numpy(), "x", color=TRUE_COLOUR, ms=8)
+    ax.plot(*xt, "*", color="black", ms=12, label=LEGEND["x_t"])
+    ax.legend(fontsize=7, loc="upper right", markerscale=2)
     return fig
 
 

@@ -13,14 +13,17 @@ import pandas as pd
 import torch
 
 from ddpm_core import lab2d as L
+from ddpm_core.imaging import save_animation
 from ddpm_core.samplers import SAMPLERS
 from ui import plots2d as P
-from ui.common import LATEX, int_arg, seed_arg, user_errors
+from ui.common import LATEX, float_arg, int_arg, seed_arg, user_errors
 from ui.components import StrictNumber, StrictSlider
+from ui.files import out_path
 from ui.i18n import tr
 from ui.tabs.forward import SCHEDULE_CHOICES, schedule_name
 
 N_TRAIN, N_SHOW = 4000, 2000
+N_FRAMES, N_PATHS = 16, 5  # the animation's frames (x_0 held last) and the whole paths drawn
 PREDICTIONS = ["epsilon", "sample", "v_prediction"]
 #: registry name -> the sampler's short name (the same in Chinese)
 SAMPLER_NAMES = {name: s.label.split(" (")[0] for name, s in SAMPLERS.items()}
@@ -76,6 +79,28 @@ one where it is known (the ring and the clusters are Gaussian mixtures).""",
         "(two draws of the data: {floor:.4f}) · {secs:.2f} s",
         "field_error": "mean |learned − true| / mean |true| at t = {t}: **{err:.2f}**",
         "field_unknown": "The true score of this dataset has no closed form; only the learned one is drawn.",
+        "anim_plot": "**The reverse process, animated**: the cloud and its density from x_T to x₀",
+        "post_intro": r"""#### One reverse step, at one point
+Click the panel below to place $x_t$ (or type it) and choose how far back the step goes: to $x_s$, $s = t - $ jump
+(1 is one step of the chain; a sampler with fewer steps jumps further). The **true posterior** $q(x_s \mid x_t, x_0)$
+(pink circle) is exact, but only for someone who knows which $x_0$ made $x_t$. The network never knows: trained to
+predict the noise, its step $p_\theta(x_s \mid x_t)$ (blue) aims at the average over every training point that could
+have made $x_t$, the data's own reverse step $q(x_s \mid x_t)$ (pink dots). At large $t$ many points could have, and
+the network heads for their mean, not for your $x_0$: sampling generates, it does not restore.""",
+        "post_t": "Reverse step at t",
+        "post_jump": "Steps back at once (a sampler with fewer steps jumps like this)",
+        "post_x": "x_t: first coordinate",
+        "post_y": "x_t: second coordinate",
+        "post_own": "Choose x₀ myself (otherwise: the training point likeliest to have made x_t)",
+        "post_x0x": "x₀: first coordinate",
+        "post_x0y": "x₀: second coordinate",
+        "post_mode": "A click sets",
+        "post_mode_choices": [("x_t", "x_t"), ("x₀ (nearest training point)", "x0")],
+        "post_overview": "**Click** to place x_t (or x₀). The darker a training point, the likelier it made x_t.",
+        "post_zoom": "Around x_t: where the step from t to s = t − jump lands",
+        "post_info": "At t = {t}, about **{cand:.1f}** training points could have made x_t; the chosen x₀ had "
+        "probability {w}. The network's step is centred **{err:.2f} σ** from the data's own reverse step and "
+        "**{gap:.2f} σ** from the true posterior for this x₀ (σ = {std:.4f}, the step's standard deviation).",
     },
     "zh": {
         "tab": "二维实验室",
@@ -113,6 +138,27 @@ one where it is known (the ring and the clusters are Gaussian mixtures).""",
         "（两次独立抽取数据之间：{floor:.4f}）· {secs:.2f} 秒",
         "field_error": "t = {t} 时 平均 |学到的 − 真实的| / 平均 |真实的|：**{err:.2f}**",
         "field_unknown": "这个数据集的真实分数没有闭式解，只画出学到的分数场。",
+        "anim_plot": "**逆向过程动画**：点云及其密度从 x_T 到 x₀",
+        "post_intro": r"""#### 在一个点上看一步逆向
+点击下面的图放置 $x_t$（或直接输入坐标），并选择这一步后退多远：到 $x_s$，$s = t - $ 步数（1 就是链上的一步；
+步数更少的采样器跳得更远）。**真实后验** $q(x_s \mid x_t, x_0)$（粉色圆）是精确的，但只对知道 $x_t$ 来自哪个
+$x_0$ 的人成立。网络永远不知道：它被训练去预测噪声，它的一步 $p_\theta(x_s \mid x_t)$（蓝色）瞄准的是所有可能
+产生 $x_t$ 的训练点的平均，也就是数据本身的逆向一步 $q(x_s \mid x_t)$（粉色点）。$t$ 越大，可能的点越多，网络
+走向它们的均值，而不是你选的 $x_0$：采样是生成，不是复原。""",
+        "post_t": "逆向一步：t",
+        "post_jump": "一次后退的步数（步数更少的采样器就是这样跳的）",
+        "post_x": "x_t：第一个坐标",
+        "post_y": "x_t：第二个坐标",
+        "post_own": "自己选 x₀（否则：最可能产生 x_t 的训练点）",
+        "post_x0x": "x₀：第一个坐标",
+        "post_x0y": "x₀：第二个坐标",
+        "post_mode": "点击设置",
+        "post_mode_choices": [("x_t", "x_t"), ("x₀（最近的训练点）", "x0")],
+        "post_overview": "**点击**放置 x_t（或 x₀）。训练点越深，越可能是它产生了 x_t。",
+        "post_zoom": "x_t 附近：从 t 到 s = t − 步数 的这一步落在哪里",
+        "post_info": "在 t = {t} 时，大约有 **{cand:.1f}** 个训练点可能产生了 x_t；所选 x₀ 的概率是 {w}。"
+        "网络这一步的中心离数据本身的逆向一步 **{err:.2f} σ**，离这个 x₀ 的真实后验 **{gap:.2f} σ**"
+        "（σ = {std:.4f}，这一步的标准差）。",
     },
 }
 
@@ -203,7 +249,7 @@ def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
     cls = None if label in (None, "", -1) else int_arg(label, "label", 0, 2)
     net = L.guided(run.model, cls, float(scale)) if cls is not None else L.guided(run.model)
     t0 = time.perf_counter()
-    x, paths = L.sample(run.diffusion, net, N_SHOW, sampler, steps, seed=seed, keep=5)
+    x, every = L.sample(run.diffusion, net, N_SHOW, sampler, steps, seed=seed, keep=N_SHOW)
     secs = time.perf_counter() - t0
     held, held_labels, other = run.heldout
     if cls is not None and held_labels is not None:
@@ -212,7 +258,16 @@ def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
     name = SAMPLER_NAMES[sampler]
     info = _say(lang, "sampled", n=N_SHOW, sampler=name, steps=steps, ed=ed, floor=floor, secs=secs)
     title = f"{name} · {steps}"  # as the Steps compared tab names a pair
-    return P.reverse_figure(x, paths, run.data[:N_SHOW], title), info
+    figure = P.reverse_figure(x, every[:, :N_PATHS], run.data[:N_SHOW], title)
+    return figure, info, _animation(run, every, steps)
+
+
+def _animation(run: L.LabRun, every: torch.Tensor, steps: int) -> str:
+    """The cloud at ``N_FRAMES`` evenly spaced steps of its path ``every`` ``[S + 1 x N x 2]`` as a GIF's path."""
+    timesteps = run.diffusion.inference_timesteps(steps).tolist() + [0]
+    picks = sorted(set(np.linspace(0, len(every) - 1, N_FRAMES).round().astype(int).tolist()))
+    frames = P.reverse_frames([(timesteps[k], every[k]) for k in picks], run.data[:N_SHOW])
+    return str(save_animation(frames, out_path("reverse-2d.gif"), duration_ms=180, last_hold_ms=1500))
 
 
 @user_errors
@@ -245,6 +300,35 @@ def lab_field(state, t, lang="en"):
     return P.field_figure(grid, learned, true, title), info
 
 
+@user_errors
+def lab_posterior(state, t, jump, x, y, own_x0=False, x0x=0.0, x0y=0.0, lang="en"):
+    """One reverse step, t to t - jump, at x_t = (x, y): the true posterior for one training point x_0 (with
+    ``own_x0`` the one nearest to (x0x, x0y), else the likeliest), the data's own reverse step and the network's,
+    with what separates them."""
+    run = _run(state)
+    t = int_arg(t, "t", 1, run.diffusion.num_timesteps - 1)
+    jump = int_arg(jump, "jump", 1, t)
+    x_t = [float_arg(x, "x_t", -P.LIM, P.LIM), float_arg(y, "x_t", -P.LIM, P.LIM)]
+    x0 = None
+    if own_x0:
+        x0 = [float_arg(x0x, "x₀", -P.LIM, P.LIM), float_arg(x0y, "x₀", -P.LIM, P.LIM)]
+    step = L.reverse_step(run.diffusion, L.guided(run.model), run.data, x_t, t, x0, jump)
+    err = float((step.p_mean - step.exact_mean).norm()) / step.q_std
+    gap = float((step.p_mean - step.q_mean).norm()) / step.q_std
+    w = float(step.weights[step.x0_index])
+    share = f"{w:.1%}" if w >= 0.001 else "< 0.1%"
+    info = _say(lang, "post_info", t=t, cand=step.candidates, w=share, err=err, gap=gap, std=step.q_std)
+    title = f"t = {t}, x_t = ({x_t[0]:.2f}, {x_t[1]:.2f})"
+    return P.posterior_overview(step, run.data, title), P.posterior_zoom(step, f"t = {t} → s = {t - jump}"), info
+
+
+def _clicked(mode, x, y, own_x0, x0x, x0y, evt: gr.SelectData):
+    """A click on the overview: its point becomes x_t or (choosing it) x_0, as the mode says; the rest is kept."""
+    px, py = P.pixel_to_point(*evt.index)
+    px, py = (round(min(max(v, -P.LIM), P.LIM), 2) for v in (px, py))
+    return (x, y, True, px, py) if mode == "x0" else (px, py, own_x0, x0x, x0y)
+
+
 def _sketch_visibility(dataset):
     return gr.update(visible=dataset == "drawn")
 
@@ -256,29 +340,7 @@ def build(ctx) -> None:
     with add(gr.Tab(t_("tab"), id="lab2d"), key="tab"):
         add(gr.Markdown(t_("intro"), latex_delimiters=LATEX), key="intro", attr="value")
         run = gr.State(None)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=280):
-                dataset = add(gr.Radio(t_("dataset_choices"), value="moons", label=t_("dataset")), key="dataset")
-                add(dataset, key="dataset_choices", attr="choices")
-                sketch = add(
-                    gr.Sketchpad(label=t_("sketch"), height=280, visible=False, elem_id="lab-sketch"), key="sketch"
-                )
-                dataset.change(_sketch_visibility, dataset, sketch, api_visibility="private")
-                schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
-                prediction = add(
-                    gr.Radio(t_("prediction_choices"), value="epsilon", label=t_("prediction")), key="prediction"
-                )
-                add(prediction, key="prediction_choices", attr="choices")
-                go = add(gr.Button(t_("train"), variant="primary", elem_id="lab-train"), key="train", attr="value")
-                trained = gr.Markdown(elem_id="lab-trained")
-            with gr.Column(scale=1, min_width=280):
-                loss = gr.LinePlot(
-                    x="step", y="loss", title=t_("loss"), x_title=t_("loss_x"), y_title=t_("loss_y"), height=240
-                )
-                add(loss, key="loss", attr="title"), add(loss, key="loss_x", attr="x_title")
-                add(loss, key="loss_y", attr="y_title")
-            with gr.Column(scale=1, min_width=280):
-                data_plot = add(gr.Plot(label=t_("data_plot"), elem_id="lab-data"), key="data_plot")
+        train_io = _train_panel(t_, add)
         with gr.Row():
             with gr.Column(min_width=300):
                 fwd_t = add(StrictSlider(0, 999, value=200, step=1, label=t_("forward_t")), key="forward_t")
@@ -308,19 +370,95 @@ def build(ctx) -> None:
                 field_t = add(StrictSlider(0, 999, value=100, step=1, label=t_("field_t")), key="field_t")
                 field_plot = add(gr.Plot(label=t_("field_plot"), elem_id="lab-field"), key="field_plot")
                 field_info = gr.Markdown(elem_id="lab-field-info")
-    train_io = ([dataset, schedule, prediction, sketch], go, [loss, data_plot, trained])
-    reverse = (sampler, steps, label, scale, seed, sample_btn, rev_plot, sampled)
+        with gr.Row():
+            with gr.Column(min_width=300):
+                # captions above, not gradio's label: an image's label sits over the figure's title
+                add(gr.Markdown(t_("anim_plot")), key="anim_plot", attr="value")
+                anim = add(
+                    gr.Image(
+                        label=t_("anim_plot"),
+                        show_label=False,
+                        type="filepath",
+                        format="gif",
+                        interactive=False,
+                        elem_id="lab-anim",
+                    ),
+                    key="anim_plot",
+                )
+            posterior = _posterior_panel(t_, add)
+    reverse = (sampler, steps, label, scale, seed, sample_btn, [rev_plot, sampled, anim])
     quality_btn.click(
         lab_quality, [run, ctx.lang], quality_plot, api_name="lab_quality", concurrency_id="lab", concurrency_limit=2
     )
-    _wire(ctx, run, train_io, (fwd_t, fwd_plot), reverse, (field_t, field_plot, field_info))
+    _wire(ctx, run, train_io, (fwd_t, fwd_plot), reverse, (field_t, field_plot, field_info), posterior)
 
 
-def _wire(ctx, run, train_io, forward, reverse, field) -> None:
-    """The lab's events: training (one at a time: seconds of CPU each), then the three panels it refreshes, each
+def _train_panel(t_, add) -> tuple:
+    """The data and training controls, the loss curve and the data plot (one row); returns (inputs, button,
+    outputs) of the training event."""
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            dataset = add(gr.Radio(t_("dataset_choices"), value="moons", label=t_("dataset")), key="dataset")
+            add(dataset, key="dataset_choices", attr="choices")
+            sketch = add(
+                gr.Sketchpad(label=t_("sketch"), height=280, visible=False, elem_id="lab-sketch"), key="sketch"
+            )
+            dataset.change(_sketch_visibility, dataset, sketch, api_visibility="private")
+            schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
+            prediction = add(
+                gr.Radio(t_("prediction_choices"), value="epsilon", label=t_("prediction")), key="prediction"
+            )
+            add(prediction, key="prediction_choices", attr="choices")
+            go = add(gr.Button(t_("train"), variant="primary", elem_id="lab-train"), key="train", attr="value")
+            trained = gr.Markdown(elem_id="lab-trained")
+        with gr.Column(scale=1, min_width=280):
+            loss = gr.LinePlot(
+                x="step", y="loss", title=t_("loss"), x_title=t_("loss_x"), y_title=t_("loss_y"), height=240
+            )
+            add(loss, key="loss", attr="title"), add(loss, key="loss_x", attr="x_title")
+            add(loss, key="loss_y", attr="y_title")
+        with gr.Column(scale=1, min_width=280):
+            data_plot = add(gr.Plot(label=t_("data_plot"), elem_id="lab-data"), key="data_plot")
+    return [dataset, schedule, prediction, sketch], go, [loss, data_plot, trained]
+
+
+def _posterior_panel(t_, add) -> dict:
+    """The controls and panels of one reverse step at a clicked point (two columns); returns them by name."""
+    with gr.Column(min_width=300):
+        add(gr.Markdown(t_("post_intro"), latex_delimiters=LATEX), key="post_intro", attr="value")
+        with gr.Row():
+            c = {"t": add(StrictSlider(1, 999, value=300, step=1, label=t_("post_t")), key="post_t")}
+            c["jump"] = add(StrictSlider(1, 999, value=100, step=1, label=t_("post_jump")), key="post_jump")
+        with gr.Row():
+            c["x"] = add(StrictNumber(value=0.5, label=t_("post_x"), elem_id="lab-post-x"), key="post_x")
+            c["y"] = add(StrictNumber(value=0.25, label=t_("post_y"), elem_id="lab-post-y"), key="post_y")
+        c["own"] = add(gr.Checkbox(False, label=t_("post_own"), elem_id="lab-post-own"), key="post_own")
+        with gr.Row():
+            c["x0x"] = add(StrictNumber(value=0.0, label=t_("post_x0x")), key="post_x0x")
+            c["x0y"] = add(StrictNumber(value=0.0, label=t_("post_x0y")), key="post_x0y")
+        c["mode"] = add(
+            gr.Radio(t_("post_mode_choices"), value="x_t", label=t_("post_mode"), elem_id="lab-post-mode"),
+            key="post_mode",
+        )
+        add(c["mode"], key="post_mode_choices", attr="choices")
+        add(gr.Markdown(t_("post_overview")), key="post_overview", attr="value")
+        c["overview"] = add(
+            gr.Image(
+                label=t_("post_overview"), show_label=False, interactive=False, format="png", elem_id="lab-post-click"
+            ),
+            key="post_overview",
+        )
+    with gr.Column(min_width=300):
+        c["zoom"] = add(gr.Plot(label=t_("post_zoom"), elem_id="lab-post-zoom"), key="post_zoom")
+        c["info"] = gr.Markdown(elem_id="lab-post-info")
+    return c
+
+
+def _wire(ctx, run, train_io, forward, reverse, field, post: dict) -> None:
+    """The lab's events: training (one at a time: seconds of CPU each), then the four panels it refreshes, each
     also on its own control."""
     (settings, go, train_out), (fwd_t, fwd_plot), (field_t, field_plot, field_info) = train_io, forward, field
-    sampler, steps, label, scale, seed, sample_btn, rev_plot, sampled = reverse
+    sampler, steps, label, scale, seed, sample_btn, rev_out = reverse
     lab = dict(concurrency_id="lab", concurrency_limit=2)
     trained_ev = go.click(
         lab_train,
@@ -331,13 +469,23 @@ def _wire(ctx, run, train_io, forward, reverse, field) -> None:
         concurrency_limit=1,
     )
     fwd = dict(fn=lab_forward, inputs=[run, fwd_t, ctx.lang], outputs=fwd_plot, **lab)
-    rev = dict(
-        fn=lab_sample, inputs=[run, sampler, steps, label, scale, seed, ctx.lang], outputs=[rev_plot, sampled], **lab
+    rev = dict(fn=lab_sample, inputs=[run, sampler, steps, label, scale, seed, ctx.lang], outputs=rev_out, **lab)
+    where = [post[k] for k in ("x", "y", "own", "x0x", "x0y")]
+    pst = dict(
+        fn=lab_posterior,
+        inputs=[run, post["t"], post["jump"], *where, ctx.lang],
+        outputs=[post["overview"], post["zoom"], post["info"]],
+        **lab,
     )
     fld = dict(fn=lab_field, inputs=[run, field_t, ctx.lang], outputs=[field_plot, field_info], **lab)
     fwd_t.release(api_name="lab_forward", **fwd)
     sample_btn.click(api_name="lab_sample", **rev)
     field_t.release(api_name="lab_field", **fld)
+    triggers = [post["t"].release, post["jump"].release, post["own"].input]
+    gr.on(triggers + [post[k].submit for k in ("x", "y", "x0x", "x0y")], api_name="lab_posterior", **pst)
+    post["overview"].select(_clicked, [post["mode"], *where], where, api_visibility="private").then(
+        api_visibility="private", **pst
+    )
     trained_ev.success(api_visibility="private", **fwd).then(api_visibility="private", **rev).then(
         api_visibility="private", **fld
-    )
+    ).then(api_visibility="private", **pst)
