@@ -91,7 +91,7 @@ def _argument_messages() -> list:
         lambda: a(10**400, "seed", 0, 2**32 - 1),
         lambda: a(2.5, "steps", 1, 1000),
         lambda: a(5000, "number of seeds", 1, 8),
-        lambda: a(500, "jump", 1, 300),
+        lambda: a(5000, "jump", 1, 999),
         lambda: common.float_arg(9.5, "x_t", -3.2, 3.2),
         lambda: common.float_arg(float("inf"), "x₀", -3.2, 3.2),
         lambda: common.float_arg(None, "x₀", -3.2, 3.2),

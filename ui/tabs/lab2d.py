@@ -88,7 +88,7 @@ predict the noise, its step $p_\theta(x_s \mid x_t)$ (blue) aims at the average 
 have made $x_t$, the data's own reverse step $q(x_s \mid x_t)$ (pink dots). At large $t$ many points could have, and
 the network heads for their mean, not for your $x_0$: sampling generates, it does not restore.""",
         "post_t": "Reverse step at t",
-        "post_jump": "Steps back at once (a sampler with fewer steps jumps like this)",
+        "post_jump": "Steps back at once, at most t (a sampler with fewer steps jumps like this)",
         "post_x": "x_t: first coordinate",
         "post_y": "x_t: second coordinate",
         "post_own": "Choose x₀ myself (otherwise: the training point likeliest to have made x_t)",
@@ -146,7 +146,7 @@ $x_0$ 的人成立。网络永远不知道：它被训练去预测噪声，它�
 产生 $x_t$ 的训练点的平均，也就是数据本身的逆向一步 $q(x_s \mid x_t)$（粉色点）。$t$ 越大，可能的点越多，网络
 走向它们的均值，而不是你选的 $x_0$：采样是生成，不是复原。""",
         "post_t": "逆向一步：t",
-        "post_jump": "一次后退的步数（步数更少的采样器就是这样跳的）",
+        "post_jump": "一次后退的步数，最多 t 步（步数更少的采样器就是这样跳的）",
         "post_x": "x_t：第一个坐标",
         "post_y": "x_t：第二个坐标",
         "post_own": "自己选 x₀（否则：最可能产生 x_t 的训练点）",
@@ -307,7 +307,7 @@ def lab_posterior(state, t, jump, x, y, own_x0=False, x0x=0.0, x0y=0.0, lang="en
     with what separates them."""
     run = _run(state)
     t = int_arg(t, "t", 1, run.diffusion.num_timesteps - 1)
-    jump = int_arg(jump, "jump", 1, t)
+    jump = min(int_arg(jump, "jump", 1, run.diffusion.num_timesteps - 1), t)  # at most back to s = 0
     x_t = [float_arg(x, "x_t", -P.LIM, P.LIM), float_arg(y, "x_t", -P.LIM, P.LIM)]
     x0 = None
     if own_x0:
