@@ -30,6 +30,7 @@ import argparse
 import functools
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -590,6 +591,7 @@ def quality_curve(
         result = _curve_result(settings, acc, cls_info, classifier, str(model.device), rows, command)
         (folder / "curve.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_curve(result, folder / "curve.png")
+    _update_card_curve(folder, result)
     return result
 
 
@@ -601,19 +603,40 @@ def _shown(folder: Path) -> str:
         return folder.as_posix()
 
 
-def plot_curve(curve: dict, path: Path) -> None:
-    """The curve as two panels (confident-digit rate, FD) against network evaluations, one line per sampler, the real
-    digits' figures dashed. Needs matplotlib (a training and evaluation dependency, not the Space's)."""
-    import matplotlib
+#: The curve figure's words, in English (the model card's); a caller may pass the same keys in another language.
+CURVE_TEXT = {
+    "confident": "classified with confidence >= 0.9 (higher is better)",
+    "fd": "Fréchet distance to held-out digits (lower is better)",
+    "real": "real held-out digits",
+    "x": "network evaluations",
+}
+#: How near the lowest FD a setting must be to be the Space's default (:func:`cheapest_within`): FDs of sets of 500
+#: spread by about 6% over sampling seeds (the model card's evaluation), so 1.1 x is within two such spreads.
+DEFAULT_FD_RATIO = 1.1
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+def rate_margin(curve: dict) -> float:
+    """The standard error of the difference between two confident-digit rates measured as the curve's points are
+    (``num_samples`` x seeds samples each), at the best point's rate: sqrt(2 p (1 - p) / n). Two settings closer
+    than this cannot be told apart by the curve."""
+    n = curve["num_samples"] * len(curve["sampling_seeds"])
+    p = max(pt["confident"] for pt in curve["points"])
+    return math.sqrt(2 * p * (1 - p) / n)
+
+
+def curve_figure(curve: dict, text: dict | None = None):
+    """The curve as two panels (confident-digit rate, FD) against network evaluations, one line per sampler with its
+    spread, the real digits' figures dashed: a ``matplotlib.figure.Figure`` (no pyplot, so a server may draw it)."""
+    import matplotlib.ticker
+    from matplotlib.figure import Figure
+
+    text = {**CURVE_TEXT, **(text or {})}
+    fig = Figure(figsize=(10, 3.8), dpi=100)
+    axes = fig.subplots(1, 2)
     ref = curve["reference"]
-    for ax, key, real, title in (
-        (axes[0], "confident", ref["confident_real_heldout"], "classified with confidence >= 0.9 (higher is better)"),
-        (axes[1], "fd", ref["fd_real_vs_heldout"], "Fréchet distance to held-out digits (lower is better)"),
+    for ax, key, real in (
+        (axes[0], "confident", ref["confident_real_heldout"]),
+        (axes[1], "fd", ref["fd_real_vs_heldout"]),
     ):
         for sampler in dict.fromkeys(p["sampler"] for p in curve["points"]):
             pts = [p for p in curve["points"] if p["sampler"] == sampler]
@@ -625,24 +648,92 @@ def plot_curve(curve: dict, path: Path) -> None:
                 capsize=3,
                 label=SAMPLERS[sampler].label if sampler in SAMPLERS else sampler,
             )
-        ax.axhline(real, color="grey", linestyle="--", label="real held-out digits")
-        ax.set(xscale="log", xlabel="network evaluations", title=title)
+        ax.axhline(real, color="grey", linestyle="--", label=text["real"])
+        ax.set(xscale="log", xlabel=text["x"], title=text[key])
         ax.title.set_fontsize(9)
+        ax.grid(alpha=0.2)
     axes[0].yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
-def cheapest_within(curve: dict, margin: float = 0.01, fd_ratio: float = 1.1) -> dict:
+def plot_curve(curve: dict, path: Path) -> None:
+    """:func:`curve_figure` written to ``path`` (PNG)."""
+    curve_figure(curve).savefig(path)
+
+
+def load_curve(folder: Path) -> dict | None:
+    """The ``curve.json`` of a pipeline folder, or None where it has none (or an unreadable one)."""
+    try:
+        curve = json.loads((Path(folder) / "curve.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return curve if isinstance(curve, dict) and curve.get("points") else None
+
+
+def cheapest_within(curve: dict, margin: float | None = None, fd_ratio: float = DEFAULT_FD_RATIO) -> dict:
     """The point of ``curve`` with the fewest network evaluations whose confident-digit rate is within ``margin``
-    of the best point's and whose FD is within ``fd_ratio`` times the lowest (ties: the higher rate)."""
+    (default: :func:`rate_margin`, the curve's own noise) of the best point's and whose FD is within ``fd_ratio``
+    times the lowest (ties: the higher rate)."""
+    margin = rate_margin(curve) if margin is None else margin
     points = curve["points"]
     best_rate = max(p["confident"] for p in points)
     best_fd = min(p["fd"] for p in points)
     good = [p for p in points if p["confident"] >= best_rate - margin and p["fd"] <= fd_ratio * best_fd]
     return min(good, key=lambda p: (p["evaluations"], -p["confident"]))
+
+
+def _curve_card_section(curve: dict) -> str:
+    """The model card's "Quality against steps" section: the plot, every point, the command and the default."""
+    best = cheapest_within(curve)
+    ref = curve["reference"]
+    rows = "".join(
+        f"| {SAMPLERS[p['sampler']].label if p['sampler'] in SAMPLERS else p['sampler']} | {p['steps']} | "
+        f"{p['evaluations']} | {p['confident']:.1%} | {p['fd']:.1f} | {1000 * p['seconds_per_image']:.1f} |\n"
+        for p in curve["points"]
+    )
+    name = SAMPLERS[best["sampler"]].label if best["sampler"] in SAMPLERS else best["sampler"]
+    return f"""## Quality against steps
+
+Reproduce: `{curve["command"]}` (results in `curve.json`; {curve["num_samples"]} samples per point and seed, seeds
+{curve["sampling_seeds"]}, on {curve["device"]}; a run keeps the points already in `curve.json` for the same weights).
+The same classifier and FD as the evaluation below; real held-out digits: {ref["confident_real_heldout"]:.1%} confident,
+FD real vs held-out {ref["fd_real_vs_heldout"]:.1f}.
+
+![quality against steps](curve.png)
+
+| sampler | steps | network evaluations | confident | FD | ms per image |
+|---|---|---|---|---|---|
+{rows}
+ms per image: the run's wall time per sample, batches of {curve["batch"]}, as the machine gave it (shared or not); the
+network evaluations are the cost that carries over to another device.
+
+The Space's default setting is the cheapest point whose confident-digit rate is within {100 * rate_margin(curve):.1f}
+points of the best (the standard error of a difference of two rates measured on {curve["num_samples"]} samples: the
+curve cannot tell such points apart) and whose FD is within {DEFAULT_FD_RATIO}x the lowest:
+**{name}, {best["steps"]} steps**.
+
+"""
+
+
+def _update_card_curve(folder: Path, curve: dict) -> None:
+    """Put :func:`_curve_card_section` in the model card, replacing an earlier one, before its "## Evaluation"."""
+    card_path = Path(folder) / "README.md"
+    if not card_path.is_file():
+        return
+    card = card_path.read_text()
+    section = _curve_card_section(curve)
+    if "## Quality against steps" in card:
+        head, rest = card.split("## Quality against steps", 1)
+        tail = rest[rest.index("\n## ") + 1 :] if "\n## " in rest else ""
+        card = head + section + tail
+    elif "## Evaluation" in card:
+        head, rest = card.split("## Evaluation", 1)
+        card = head + section + "## Evaluation" + rest
+    else:
+        card = card.rstrip() + "\n\n" + section
+    card_path.write_text(card)
 
 
 def _pm(mean: float, std: float, pct: bool) -> str:

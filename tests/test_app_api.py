@@ -254,6 +254,21 @@ def test_python_app_py_serves_on_the_configured_port(tmp_path):
         proc.wait(timeout=30)
 
 
+def test_the_default_setting_is_read_from_the_bundled_models_measured_curve():
+    """The Sample tab's default (sampler, steps) is the cheapest point within the stated margin of the best on the
+    shipped curve, and the Sampler radio shows it."""
+    from ddpm_core import evaluate as ev
+    from ddpm_core.checkpoints import BUNDLED_DEFAULT, CHECKPOINT_DIR
+    from ui.common import DEFAULT_SAMPLER, DEFAULT_STEPS
+    from ui.tabs.sample import SAMPLER_CHOICES, default_choice
+
+    curve = ev.load_curve(CHECKPOINT_DIR / BUNDLED_DEFAULT)
+    assert curve is not None, "the bundled model ships its curve.json"
+    best = ev.cheapest_within(curve)
+    assert (DEFAULT_SAMPLER, DEFAULT_STEPS) == (best["sampler"], best["steps"])
+    assert default_choice() in SAMPLER_CHOICES and default_choice().split(" ")[0] in ev.SAMPLERS[best["sampler"]].label
+
+
 def test_warm_up_prepares_the_default_request_and_skips_zero_gpu(monkeypatch):
     import app
     from ddpm_core.sampling import generate
@@ -264,6 +279,7 @@ def test_warm_up_prepares_the_default_request_and_skips_zero_gpu(monkeypatch):
         app.model(app.BUNDLED_DEFAULT),
         batch_size=app.DEFAULT_BATCH,
         num_inference_steps=app.DEFAULT_STEPS,
+        sampler=app.DEFAULT_SAMPLER,
         n_snapshots=0,
         n_frames=0,
     )
@@ -349,6 +365,8 @@ def test_the_2d_lab_trains_then_draws_every_panel_in_one_session(client):
     err = float(re.search(r"\*\*([\d.]+) σ\*\* from the data", text).group(1))
     gap = float(re.search(r"\*\*([\d.]+) σ\*\* from the true posterior", text).group(1))
     assert err < 0.5 < 2 < gap, text
+    *_, text = client.predict(20, 500, 1.9, 0.1, False, 0, 0, api_name="/lab_posterior")  # a jump past s = 0
+    assert text.startswith("At t = 20")
     with pytest.raises(AppError, match="x_t must be between -3.2 and 3.2, got 7"):
         client.predict(300, 1, 7, 0.1, False, 0, 0, api_name="/lab_posterior")
     figure, text = client.predict(50, api_name="/lab_field")

@@ -198,6 +198,10 @@ def test_steps_compared_from_one_noise(browser, served):
     page.locator("#compare-table", has_text="network evaluations").wait_for(timeout=180_000)
     assert page.locator("#compare-gallery img").count() == 6
     assert page.locator("#compare-table tr").count() == 1 + 6
+    # the measured quality against steps, with the default it chose
+    page.locator("#compare-curve img").scroll_into_view_if_needed()
+    page.locator("#compare-curve img").wait_for(timeout=30_000)
+    assert "Sample tab's default" in page.locator("#compare-curve-text").inner_text()
     page.screenshot(path=str(ARTIFACTS / "compare-tab.png"), full_page=True)
     page.close()
 

@@ -267,6 +267,43 @@ def test_a_curve_resumes_from_its_points_for_the_same_weights_only(tmp_path, mon
     assert len(drawn) == 4
 
 
+def test_the_curve_goes_into_the_model_card_once_before_the_evaluation(tmp_path):
+    def point(sampler, steps, confident, fd):
+        return dict(
+            sampler=sampler,
+            steps=steps,
+            evaluations=steps,
+            confident=confident,
+            confident_std=0.01,
+            fd=fd,
+            fd_std=1.0,
+            seconds_per_image=0.01,
+        )
+
+    curve = {
+        "command": "python -m ddpm_core.evaluate x --curve",
+        "num_samples": 500,
+        "batch": 250,
+        "sampling_seeds": [0],
+        "device": "cpu",
+        "reference": {"confident_real_heldout": 0.95, "fd_real_vs_heldout": 40.0},
+        "points": [point("ddpm", 10, 0.80, 90.0), point("ddpm", 100, 0.88, 47.0), point("ddim", 50, 0.84, 68.0)],
+    }
+    card = tmp_path / "README.md"
+    card.write_text("# model\n\n## Training\n\ntext\n\n## Evaluation\n\nfigures\n")
+    ev._update_card_curve(tmp_path, curve)
+    ev._update_card_curve(tmp_path, curve)  # a second run replaces the section
+    text = card.read_text()
+    assert text.count("## Quality against steps") == 1
+    assert text.index("## Training") < text.index("## Quality against steps") < text.index("## Evaluation")
+    assert "| DDIM" in text and "![quality against steps](curve.png)" in text and text.endswith("figures\n")
+    assert "**DDPM (fewer steps), 100 steps**" in text  # the cheapest within the margin of the best
+    fig = ev.curve_figure(curve, {"x": "NFE"})
+    assert fig.axes[0].get_xlabel() == "NFE" and fig.axes[1].get_title() == ev.CURVE_TEXT["fd"]
+    (tmp_path / "curve.json").write_text(json.dumps(curve))
+    assert ev.load_curve(tmp_path) == curve and ev.load_curve(tmp_path / "nowhere") is None
+
+
 def test_curve_points_respect_the_models_steps():
     assert ev.curve_points(1000) == [(s, n) for s in ev.CURVE_SAMPLERS for n in ev.CURVE_STEPS]
     assert ev.curve_points(100, samplers=("ddim",)) == [
@@ -283,6 +320,8 @@ def test_the_cheapest_setting_within_a_margin_of_the_best():
         return {"sampler": sampler, "steps": evals, "evaluations": evals, "confident": confident, "fd": fd}
 
     curve = {
+        "num_samples": 10_000,
+        "sampling_seeds": [0],
         "points": [
             point("ddpm", 10, 0.50, 300.0),
             point("ddpm", 100, 0.88, 60.0),
@@ -290,9 +329,14 @@ def test_the_cheapest_setting_within_a_margin_of_the_best():
             point("ddim", 20, 0.895, 54.0),
             point("ddim", 50, 0.90, 52.0),
             point("dpmsolver++", 10, 0.895, 80.0),  # within the rate's margin, but its FD is not
-        ]
+        ],
     }
-    assert ev.cheapest_within(curve) == curve["points"][3]
+    # the default margin is the noise of a rate difference: sqrt(2 * 0.9 * 0.1 / 10,000) = 0.0042 < 0.005
+    assert ev.rate_margin(curve) == pytest.approx(0.0042426, rel=1e-4)
+    assert ev.cheapest_within(curve) == curve["points"][4]
+    assert ev.cheapest_within(curve, margin=0.01) == curve["points"][3]
     assert ev.cheapest_within(curve, margin=0.0) == curve["points"][4]
+    curve["num_samples"] = 500  # fewer samples, a wider margin: 0.019
+    assert ev.cheapest_within(curve) == curve["points"][3]
     # with loose margins both 10-evaluation points qualify: the higher rate wins the tie
     assert ev.cheapest_within(curve, margin=0.5, fd_ratio=10) == curve["points"][5]

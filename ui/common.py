@@ -14,7 +14,8 @@ import time
 import gradio as gr
 import torch
 
-from ddpm_core.checkpoints import BUNDLED_DEFAULT, HUB_MODELS, bundled_models, load_checkpoint
+from ddpm_core.checkpoints import BUNDLED_DEFAULT, CHECKPOINT_DIR, HUB_MODELS, bundled_models, load_checkpoint
+from ddpm_core.evaluate import cheapest_within, load_curve
 from ddpm_core.imaging import MAX_SIDE_DEFAULT, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
 from ddpm_core.sampling import SampleResult, SamplingCancelled, pick_device
 from ui.components import short_repr
@@ -37,7 +38,20 @@ DEFAULT_BATCH = 8
 MAX_SEEDS = 8
 DEVICE, DTYPE = pick_device()
 ON_CPU = DEVICE.type == "cpu"
-DEFAULT_STEPS = 100 if ON_CPU else 1000
+
+
+def default_setting() -> tuple[str, int]:
+    """The default (sampler, steps) of the Sample tab: the cheapest setting within a stated margin of the best on
+    the bundled model's measured quality-against-steps curve (its ``curve.json``; the margin is
+    ``ddpm_core.evaluate.cheapest_within``'s). Without a curve: DDPM, 100 steps on a CPU, all T on a GPU."""
+    curve = load_curve(CHECKPOINT_DIR / BUNDLED_DEFAULT)
+    if curve is None:
+        return "ddpm", (100 if ON_CPU else 1000)
+    best = cheapest_within(curve)
+    return best["sampler"], int(best["steps"])
+
+
+DEFAULT_SAMPLER, DEFAULT_STEPS = default_setting()
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 
 #: Queue limits (README, security section): the jobs one visitor may hold per group (at most half of the group's

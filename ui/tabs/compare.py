@@ -8,6 +8,8 @@ import functools
 import gradio as gr
 import torch
 
+from ddpm_core import evaluate
+from ddpm_core.checkpoints import BUNDLED_DEFAULT, CHECKPOINT_DIR
 from ddpm_core.imaging import tensor_to_pil
 from ddpm_core.samplers import SAMPLERS
 from ddpm_core.sampling import compare_steps
@@ -44,6 +46,9 @@ PAIRS = {
 }
 DEFAULT_PAIRS = ["DDPM · 100", "DDIM · 200", "DDIM · 50", "DDIM · 10", "DPM-Solver++ · 20", "DPM-Solver++ · 10"]
 DETERMINISTIC = {"ddim", "dpmsolver++"}  # DDIM here runs with eta = 0
+#: The measured curve's figure text: mathematics and acronyms only (the same in both languages; the fonts a server
+#: has draw no Chinese), the words are in the caption above it.
+CURVE_TEXT = {"confident": r"$\Pr[\max_k\ p(k \mid x) \geq 0.9]$  ↑", "fd": "FD  ↓", "real": "real", "x": "NFE"}
 
 TEXT = {
     "en": {
@@ -62,6 +67,14 @@ to one image, and the distance column (root-mean-square pixel difference in $[0,
 with the most steps) shrinks. DPM-Solver++ gets there in far fewer steps: it is a second-order solver.
 DDPM is *stochastic*: it adds fresh noise at every step, so it ends at another sample of the same distribution,
 not at a worse copy of the same image. Each step calls the network once: the evaluations column is the cost.""",
+        "curve": """### Quality against steps, measured
+The bundled model, {num} samples per point, each sampler at 5 to 1000 steps. Left: the share of samples the
+evaluation classifier reads as a digit with confidence at least 0.9 (higher is better). Right: the Fréchet distance
+(FD) of their classifier features to those of held-out real digits (lower is better). Dashed: real held-out digits
+("real"). Across: network function evaluations (NFE), the cost. Computed once by
+`{command}` (too slow to measure live on a CPU) and shipped with the checkpoint, whose card lists every point.
+The Sample tab's default, **{default}**, is the cheapest point whose confident rate is within {margin} points of the
+best (closer than that, {num} samples cannot tell two settings apart) and whose FD is within {ratio}× the lowest.""",
     },
     "zh": {
         "tab": "步数对比",
@@ -77,6 +90,12 @@ not at a worse copy of the same image. Each step calls the network once: the eva
 从 $x_T$ 出发，步数越多，图像越收敛到同一张图，距离一列（与步数最多的确定性组合在 $[0, 1]$ 像素上的均方根差）随之变小。
 DPM-Solver++ 是二阶求解器，所需步数少得多。DDPM 是*随机*的：每一步都加入新的噪声，因此它得到的是同一分布中的另一个样本，
 而不是同一张图的较差版本。每一步调用一次网络：网络调用次数一列就是代价。""",
+        "curve": """### 质量随步数的变化（实测）
+内置模型，每个点 {num} 个样本，每个采样器从 5 步到 1000 步。左：评估分类器以至少 0.9 的置信度认作数字的样本比例（越高越好）。
+右：样本在分类器特征空间中与留出真实数字的 Fréchet 距离（FD，越低越好）。虚线（"real"）：留出的真实数字。横轴：网络调用次数
+（NFE），即代价。由 `{command}` 一次算出（在 CPU 上实时计算太慢），随检查点一起发布，模型卡列出了每个点。
+“采样”页的默认设置 **{default}**，是置信比例与最好的点相差不超过 {margin} 个百分点（差得更少时，{num} 个样本分不出两个设置的高下）、FD 不超过最低值
+{ratio} 倍的点中最便宜的一个。""",
     },
 }
 
@@ -126,6 +145,23 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean().sqrt())
 
 
+def _curve_section(t_, add) -> None:
+    """The bundled model's measured quality against steps (its ``curve.json``), where it ships one."""
+    curve = evaluate.load_curve(CHECKPOINT_DIR / BUNDLED_DEFAULT)
+    if curve is None:
+        return
+    best = evaluate.cheapest_within(curve)
+    fmt = dict(
+        num=curve["num_samples"] * len(curve["sampling_seeds"]),
+        command=curve["command"],
+        default=f"{SAMPLERS[best['sampler']].label.split(' (')[0]} · {best['steps']}",
+        margin=f"{100 * evaluate.rate_margin(curve):.1f}",
+        ratio=f"{evaluate.DEFAULT_FD_RATIO:g}",
+    )
+    add(gr.Markdown(t_("curve").format(**fmt), elem_id="compare-curve-text"), key="curve", attr="value", **fmt)
+    gr.Plot(evaluate.curve_figure(curve, CURVE_TEXT), show_label=False, elem_id="compare-curve")
+
+
 def build(ctx) -> None:
     t_ = functools.partial(tr, TEXT)
     add = functools.partial(ctx.i18n.add, text=TEXT)
@@ -145,6 +181,7 @@ def build(ctx) -> None:
                 )
                 table = gr.Markdown(elem_id="compare-table")
         add(gr.Markdown(t_("compare"), latex_delimiters=LATEX), key="compare", attr="value")
+        _curve_section(t_, add)
     go.click(check_model, [model_in, ctx.lang], None, api_visibility="private", concurrency_id="sampler").success(
         compare,
         [model_in, seed, pairs, ctx.lang],

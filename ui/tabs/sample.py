@@ -17,6 +17,7 @@ from ddpm_core.samplers import SAMPLERS
 from ddpm_core.sampling import generate_steps, reverse_timesteps
 from ui.common import (
     DEFAULT_BATCH,
+    DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     DEVICE,
     LATEX,
@@ -280,6 +281,13 @@ def steps_visibility(choice):
     return steps, gr.update(visible=chosen.uses_eta)
 
 
+def default_choice() -> str:
+    """The Sampler radio's default: the measured default setting (``ui.common.default_setting``) as a choice."""
+    if DEFAULT_SAMPLER == "ddpm" and DEFAULT_STEPS >= T_MAX:
+        return ALL_STEPS
+    return SAMPLERS[DEFAULT_SAMPLER].label
+
+
 def device_note_args() -> dict:
     return {} if ON_CPU else {"device": torch.cuda.get_device_name(DEVICE), "dtype": "float16"}
 
@@ -288,10 +296,13 @@ def device_note_args() -> dict:
 def _controls(ctx, t_, add) -> tuple:
     """The left column: model, sampler, steps, eta, variance, batch, seed (with its dice) and the button."""
     model_in = add(model_dropdown(ctx, t_("model"), "model"), key="model")
-    sampler = add(gr.Radio(t_("sampler_choices"), value=SAMPLER_CHOICES[1], label=t_("sampler")), key="sampler")
+    sampler = add(gr.Radio(t_("sampler_choices"), value=default_choice(), label=t_("sampler")), key="sampler")
     add(sampler, key="sampler_choices", attr="choices")
     steps = add(StrictSlider(1, T_MAX, value=DEFAULT_STEPS, step=1, label=t_("steps")), key="steps")
-    eta = add(StrictSlider(0, 1, value=0.0, step=0.05, label=t_("eta"), visible=False), key="eta")
+    eta = add(
+        StrictSlider(0, 1, value=0.0, step=0.05, label=t_("eta"), visible=SAMPLERS[DEFAULT_SAMPLER].uses_eta),
+        key="eta",
+    )
     variance = add(gr.Dropdown(t_("variance_choices"), value="model default", label=t_("variance")), key="variance")
     add(variance, key="variance_choices", attr="choices")
     batch = add(StrictSlider(1, MAX_BATCH, value=DEFAULT_BATCH, step=1, label=t_("batch")), key="batch")
