@@ -230,5 +230,9 @@ def test_the_2d_lab_trains_with_defaults_and_draws_its_panels(browser, served):
     x = float(page.locator("#lab-post-x input").input_value())
     y = float(page.locator("#lab-post-y input").input_value())
     assert x < -1 and y > 0.5, (x, y)
+    page.locator("#lab-post-click img").wait_for(timeout=60_000)  # redrawn for the new x_t
+    page.locator("#lab-post-zoom img").wait_for(timeout=60_000)
+    assert "training points could have made x_t" in page.locator("#lab-post-info").inner_text()
+    page.wait_for_timeout(1500)  # the panels fade in after an update: let the screenshot show them whole
     page.screenshot(path=str(ARTIFACTS / "lab2d-tab.png"), full_page=True)
     page.close()
