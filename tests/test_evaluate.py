@@ -221,13 +221,20 @@ def test_the_recorded_evaluation_uses_the_shipped_ruler_and_reports_spreads():
     assert f"python -m ddpm_core.evaluate checkpoints/ddpm-mnist-28 --num {r['num_samples']}" in card
 
 
-def test_a_tiny_quality_curve_end_to_end(tmp_path, monkeypatch):
+@pytest.fixture
+def pipeline_copy(tmp_path, monkeypatch):
+    """A copy of the bundled pipeline folder (without its card and results), the working directory beside it."""
     folder = tmp_path / "ddpm-mnist-28"
     folder.mkdir()
     for name in ("unet", "scheduler"):
         shutil.copytree(CK / name, folder / name)
     shutil.copy(CK / "model_index.json", folder / "model_index.json")
     monkeypatch.chdir(tmp_path)
+    return folder
+
+
+def test_a_tiny_quality_curve_end_to_end(pipeline_copy):
+    folder = pipeline_copy
     points = [("ddpm", 3), ("ddim", 2), ("dpmsolver++", 2)]
     r = ev.quality_curve(folder, points, num=6, batch=3, seed=1, seeds=2, log=lambda line: None)
     assert r == json.loads((folder / "curve.json").read_text())
@@ -245,13 +252,8 @@ def test_a_tiny_quality_curve_end_to_end(tmp_path, monkeypatch):
         assert im.size == (1000, 380)
 
 
-def test_a_curve_resumes_from_its_points_for_the_same_weights_only(tmp_path, monkeypatch):
-    folder = tmp_path / "ddpm-mnist-28"
-    folder.mkdir()
-    for name in ("unet", "scheduler"):
-        shutil.copytree(CK / name, folder / name)
-    shutil.copy(CK / "model_index.json", folder / "model_index.json")
-    monkeypatch.chdir(tmp_path)
+def test_a_curve_resumes_from_its_points_for_the_same_weights_only(pipeline_copy):
+    folder = pipeline_copy
     drawn = []
     first = ev.quality_curve(folder, [("ddim", 2)], num=4, batch=4, log=drawn.append)
     both = ev.quality_curve(folder, [("ddim", 2), ("ddpm", 1)], num=4, batch=4, log=drawn.append)

@@ -14,6 +14,8 @@ from ddpm_core.imaging import tensor_to_pil
 from ddpm_core.samplers import SAMPLERS
 from ddpm_core.sampling import compare_steps
 from ui.common import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
     LATEX,
     check_model,
     display,
@@ -94,8 +96,7 @@ DPM-Solver++ 是二阶求解器，所需步数少得多。DDPM 是*随机*的：
 内置模型，每个点 {num} 个样本，每个采样器从 5 步到 1000 步。左：评估分类器以至少 0.9 的置信度认作数字的样本比例（越高越好）。
 右：样本在分类器特征空间中与留出真实数字的 Fréchet 距离（FD，越低越好）。虚线（"real"）：留出的真实数字。横轴：网络调用次数
 （NFE），即代价。由 `{command}` 一次算出（在 CPU 上实时计算太慢），随检查点一起发布，模型卡列出了每个点。
-“采样”页的默认设置 **{default}**，是置信比例与最好的点相差不超过 {margin} 个百分点（差得更少时，{num} 个样本分不出两个设置的高下）、FD 不超过最低值
-{ratio} 倍的点中最便宜的一个。""",
+“采样”页的默认设置 **{default}**，是置信比例与最好的点相差不超过 {margin} 个百分点（差得更少时，{num} 个样本分不出两个设置的高下）、FD 不超过最低值 {ratio} 倍的点中最便宜的一个。""",
     },
 }
 
@@ -150,11 +151,10 @@ def _curve_section(t_, add) -> None:
     curve = evaluate.load_curve(CHECKPOINT_DIR / BUNDLED_DEFAULT)
     if curve is None:
         return
-    best = evaluate.cheapest_within(curve)
     fmt = dict(
         num=curve["num_samples"] * len(curve["sampling_seeds"]),
         command=curve["command"],
-        default=f"{SAMPLERS[best['sampler']].label.split(' (')[0]} · {best['steps']}",
+        default=f"{SAMPLERS[DEFAULT_SAMPLER].label.split(' (')[0]} · {DEFAULT_STEPS}",  # read from this curve
         margin=f"{100 * evaluate.rate_margin(curve):.1f}",
         ratio=f"{evaluate.DEFAULT_FD_RATIO:g}",
     )
