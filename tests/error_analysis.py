@@ -272,15 +272,20 @@ def ddpm_step_bound(diffusion, co, cd, x, m, v, z, u_o, u_d, Bm=0.0, Bv=0.0):
     return By, B
 
 
-def ddim_step_bound(diffusion, co, cd, x, m, z, u_o, u_d, Bm=0.0):
+def ddim_step_bound(diffusion, co, cd, x, m, z, u_o, u_d, Bm=0.0, clipped_eps=False):
     """As :func:`ddpm_step_bound` for one DDIM step (Song et al. 2021, eq. 12): x_prev = sqrt(abar_prev) x0_hat +
-    sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z."""
+    sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z; with ``clipped_eps``, eps_hat = (x_t - sqrt(abar_t) y) /
+    sqrt(1 - abar_t) from the clipped x0_hat y (diffusers' ``use_clipped_model_output``)."""
     x, m = x.double(), m.double()
     X = {k: co[k].v for k in co}
     E = {k: co[k].E + cd[k].E for k in co}
     r = 3 * (u_o + u_d)
     x0, Bx0, eps, Beps = pred_x0_and_eps(diffusion.prediction_type, X, E, x, m, r, Bm)
     y, By = clip_or_threshold(diffusion, x0, Bx0, u_o + u_d)
+    if clipped_eps:
+        sa, sb = X["sa"], X["sb"]
+        eps = (x - sa * y) / sb
+        Beps = (y.abs() * E["sa"] + sa * By + eps.abs() * E["sb"] + (x.abs() + (sa * y).abs()) * r) / sb
     sap, d = X["sap"], X["dir"]
     B = (
         sap.abs() * By

@@ -340,9 +340,10 @@ def test_full_1000_step_loop_reproduces_ddpm_pipeline(schedule, var, unet3):
     compare_ddpm_loop(GaussianDiffusion.from_config(cfg), sched, steps, x_T, 5, torch.float32)
 
 
-def compare_ddim_loop(diffusion, sched, model, x_T, N, eta, seed, dtype):
+def compare_ddim_loop(diffusion, sched, model, x_T, N, eta, seed, dtype, clipped_eps=False):
     """Our DDIM loop from ``x_T`` vs DDIMScheduler.step teacher-forced (as :func:`compare_ddpm_loop`); ``model``
-    is called by our loop and its outputs are handed to the reference."""
+    is called by our loop and its outputs are handed to the reference. ``clipped_eps``: both with
+    ``use_clipped_model_output``."""
     u = UNIT_ROUNDOFF[dtype]
     sched.set_timesteps(N)
     ts = sched.timesteps.tolist()
@@ -357,7 +358,12 @@ def compare_ddim_loop(diffusion, sched, model, x_T, N, eta, seed, dtype):
     g_ours, g_ref = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
     rec = {key: [] for key in ("x", "x0", "prev", "x0_ref", "prev_ref", "z")}
     outs = diffusion.ddim_sample_loop_progressive(
-        recording, noise=x_T.clone(), num_inference_steps=N, eta=eta, generator=g_ours
+        recording,
+        noise=x_T.clone(),
+        num_inference_steps=N,
+        eta=eta,
+        generator=g_ours,
+        use_clipped_model_output=clipped_eps,
     )
     for k, out in enumerate(outs):
         t = ts[k]
@@ -367,7 +373,7 @@ def compare_ddim_loop(diffusion, sched, model, x_T, N, eta, seed, dtype):
             if eta > 0
             else torch.zeros_like(x_T)
         )
-        ref = sched.step(seen[k], t, out.x_t, eta=eta, generator=g_ref)
+        ref = sched.step(seen[k], t, out.x_t, eta=eta, generator=g_ref, use_clipped_model_output=clipped_eps)
         assert torch.equal(g_ours.get_state(), g_ref.get_state()), f"random stream out of step after t={t}"
         for key, value in zip(
             rec, (out.x_t, out.pred_original_sample, out.prev_sample, ref.pred_original_sample, ref.prev_sample, z)
@@ -393,7 +399,9 @@ def compare_ddim_loop(diffusion, sched, model, x_T, N, eta, seed, dtype):
             eta=eta,
         )
     )
-    Bx0, Bprev = ddim_step_bound(diffusion, co, cd, rec["x"], torch.stack(seen), rec["z"], u, u)
+    Bx0, Bprev = ddim_step_bound(
+        diffusion, co, cd, rec["x"], torch.stack(seen), rec["z"], u, u, clipped_eps=clipped_eps
+    )
     assert_within(rec["x0"], rec["x0_ref"], Bx0, f"{dtype} DDIM N={N} pred x0 (index 0 = loop step)")
     assert_within(rec["prev"], rec["prev_ref"], Bprev, f"{dtype} DDIM N={N} prev sample (index 0 = loop step)")
 
@@ -446,6 +454,28 @@ def test_ddim_loop_reproduces_ddim_scheduler_on_unet(eta, spacing, N, dtype, une
             return unet(x, t).sample
 
     compare_ddim_loop(GaussianDiffusion.from_config(cfg), sched, model, x_T, N, eta, 12, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eta,N", [(0.0, 50), (1.0, 7)])
+def test_ddim_with_eps_from_the_clipped_x0_reproduces_ddim_scheduler(eta, N, dtype, unet3):
+    """``use_clipped_model_output``: eps_hat recomputed from the clipped x0_hat, as diffusers' step does with it.
+    The model's outputs are scaled up so that the clip acts on many elements at every step."""
+    unet = copy.deepcopy(unet3).to(dtype)
+    cfg = dict(beta_schedule="linear", clip_sample=True)
+    sched = DDIMScheduler(**cfg) if dtype == torch.float32 else _float64_reference(DDIMScheduler(**cfg))
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(13), dtype=dtype)
+    clipped = []
+
+    def model(x, t):
+        with torch.no_grad():
+            out = 3 * unet(x, t).sample
+        a = sched.alphas_cumprod[t].to(dtype).view(-1, 1, 1, 1)
+        clipped.append(((x - (1 - a).sqrt() * out) / a.sqrt()).abs().gt(1).float().mean().item())
+        return out
+
+    compare_ddim_loop(GaussianDiffusion.from_config(cfg), sched, model, x_T, N, eta, 12, dtype, clipped_eps=True)
+    assert min(clipped) > 0.05, f"the clip acted on too few elements to test anything: {min(clipped):.3f}"
 
 
 # ---------------------------------------------------------------- config round trips
