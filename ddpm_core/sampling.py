@@ -183,7 +183,9 @@ def compare_steps(model: LoadedModel, pairs, seed: int = 0, mode: str | None = N
     draw, as :func:`generate_steps` draws it), in order; yields ``(sampler, steps, SampleResult)`` as each ends.
 
     Deterministic samplers (DDIM with eta = 0, DPM-Solver++) integrate the same probability-flow ODE from x_T, so
-    their images converge to one image as steps grow; DDPM draws fresh noise at every step and ends elsewhere.
+    their images converge to one image as steps grow (for DDIM only while x0_hat is not clipped, or with eps_hat
+    recomputed from the clipped x0_hat: ``bench/ddim_clipping.py``); DDPM draws fresh noise at every step and ends
+    elsewhere.
     Every sampler here calls the network once per step: ``len(result.timesteps)`` is its number of evaluations."""
     for sampler, steps in pairs:
         result = generate(

@@ -67,6 +67,11 @@ Every pair starts from **the same initial noise** $x_T$. DDIM (with $\eta = 0$) 
 *deterministic*: both follow the same probability-flow ODE from $x_T$, so as their steps grow their images converge
 to one image, and the distance column (root-mean-square pixel difference in $[0, 1]$ to the deterministic pair
 with the most steps) shrinks. DPM-Solver++ gets there in far fewer steps: it is a second-order solver.
+
+One catch: a model that clips $\hat x_0$ to $[-1, 1]$ (the bundled one and `google/ddpm-cifar10-32` do) bends
+DDIM off that path. DDIM, as diffusers runs it, builds $x_{t-1}$ from the clipped $\hat x_0$ and the network's
+unclipped $\hat\epsilon$, which no longer agree; the more steps, the further it drifts (on digits: grey, speckled
+backgrounds). DPM-Solver++ uses the clipped $\hat x_0$ alone and still converges.
 DDPM is *stochastic*: it adds fresh noise at every step, so it ends at another sample of the same distribution,
 not at a worse copy of the same image. Each step calls the network once: the evaluations column is the cost.""",
         "curve": """### Quality against steps, measured
@@ -90,7 +95,12 @@ best (closer than that, {num} samples cannot tell two settings apart) and whose 
         "compare": r"""### 需要多少步？
 所有组合都从**同一个初始噪声** $x_T$ 出发。DDIM（$\eta = 0$）与 DPM-Solver++ 是*确定性*的：二者沿同一条概率流常微分方程
 从 $x_T$ 出发，步数越多，图像越收敛到同一张图，距离一列（与步数最多的确定性组合在 $[0, 1]$ 像素上的均方根差）随之变小。
-DPM-Solver++ 是二阶求解器，所需步数少得多。DDPM 是*随机*的：每一步都加入新的噪声，因此它得到的是同一分布中的另一个样本，
+DPM-Solver++ 是二阶求解器，所需步数少得多。
+
+但有一个例外：若模型把 $\hat x_0$ 截断到 $[-1, 1]$（内置模型和 `google/ddpm-cifar10-32` 都如此），DDIM 会偏离这条路径。
+DDIM（按 diffusers 的做法）用截断后的 $\hat x_0$ 和网络未截断的 $\hat\epsilon$ 构造 $x_{t-1}$，二者不再一致；步数越多，偏得越远
+（在数字上表现为灰色、带斑点的背景）。DPM-Solver++ 只用截断后的 $\hat x_0$，仍会收敛。
+DDPM 是*随机*的：每一步都加入新的噪声，因此它得到的是同一分布中的另一个样本，
 而不是同一张图的较差版本。每一步调用一次网络：网络调用次数一列就是代价。""",
         "curve": """### 质量随步数的变化（实测）
 内置模型，每个点 {num} 个样本，每个采样器从 5 步到 1000 步。左：评估分类器以至少 0.9 的置信度认作数字的样本比例（越高越好）。
