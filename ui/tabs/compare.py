@@ -72,6 +72,7 @@ One catch: a model that clips $\hat x_0$ to $[-1, 1]$ (the bundled one and `goog
 DDIM off that path. DDIM, as diffusers runs it, builds $x_{t-1}$ from the clipped $\hat x_0$ and the network's
 unclipped $\hat\epsilon$, which no longer agree; the more steps, the further it drifts (on digits: grey, speckled
 backgrounds). DPM-Solver++ uses the clipped $\hat x_0$ alone and still converges.
+
 DDPM is *stochastic*: it adds fresh noise at every step, so it ends at another sample of the same distribution,
 not at a worse copy of the same image. Each step calls the network once: the evaluations column is the cost.""",
         "curve": """### Quality against steps, measured
@@ -100,6 +101,7 @@ DPM-Solver++ 是二阶求解器，所需步数少得多。
 但有一个例外：若模型把 $\hat x_0$ 截断到 $[-1, 1]$（内置模型和 `google/ddpm-cifar10-32` 都如此），DDIM 会偏离这条路径。
 DDIM（按 diffusers 的做法）用截断后的 $\hat x_0$ 和网络未截断的 $\hat\epsilon$ 构造 $x_{t-1}$，二者不再一致；步数越多，偏得越远
 （在数字上表现为灰色、带斑点的背景）。DPM-Solver++ 只用截断后的 $\hat x_0$，仍会收敛。
+
 DDPM 是*随机*的：每一步都加入新的噪声，因此它得到的是同一分布中的另一个样本，
 而不是同一张图的较差版本。每一步调用一次网络：网络调用次数一列就是代价。""",
         "curve": """### 质量随步数的变化（实测）
