@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,6 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 ROOT = Path(__file__).resolve().parents[1]
+TMP = Path(tempfile.gettempdir())  # scratch files of the benches
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

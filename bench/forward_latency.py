@@ -11,7 +11,6 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -19,13 +18,14 @@ from PIL import Image  # noqa: E402
 
 import app  # noqa: E402
 import common  # noqa: F401 - offline environment, the repo on the import path
+from common import TMP  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=40)
     args = p.parse_args()
-    img = Path("/tmp/ddpm-bench-512.png")
+    img = TMP / "ddpm-bench-512.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (384, 512, 3), dtype=np.uint8)).save(img)
     app.forward(str(img), 10, "linear", 1000, 0)  # warm: decode cache, schedule cache
@@ -40,7 +40,7 @@ def main():
         rows.append((schedule, statistics.median(times), float(np.percentile(times, 90)), max(times)))
     cold = []
     for k in range(5):  # a new upload each time: decode + resize included
-        fresh = Path(f"/tmp/ddpm-bench-512-{k}.png")
+        fresh = TMP / f"ddpm-bench-512-{k}.png"
         Image.fromarray(rng.integers(0, 256, (384, 512, 3), dtype=np.uint8)).save(fresh)
         t0 = time.perf_counter()
         app.forward(str(fresh), 500, "linear", 1000, 0)

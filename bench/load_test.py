@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import ROOT  # offline environment, the repo on the import path
+from common import ROOT, TMP  # offline environment, the repo on the import path
 
 
 def user_address(k: int) -> str:
@@ -39,14 +39,14 @@ def user_address(k: int) -> str:
 
 
 def client_for(url: str, folder: str, address: str):
-    """A gradio client downloading into ``/tmp/ddpm-load-dl/<folder>``, seen by the app as coming from ``address``."""
+    """A gradio client downloading into ``<temp>/ddpm-load-dl/<folder>``, seen by the app as coming from ``address``."""
     from gradio_client import Client
 
     return Client(
         url,
         verbose=False,
         analytics_enabled=False,
-        download_files=f"/tmp/ddpm-load-dl/{folder}",
+        download_files=str(TMP / "ddpm-load-dl" / folder),
         headers={"X-Forwarded-For": address},
     )
 
@@ -205,7 +205,7 @@ def run_load(
     latencies per endpoint, the server's peak RSS and how many distinct results identical requests got."""
     peaks = PeakWatch(pid, period=0.05)  # the server (this process when it serves in-process)
     if image is None:
-        image = noise_png("/tmp/ddpm-load.png", 0, (256, 320, 3))
+        image = noise_png(str(TMP / "ddpm-load.png"), 0, (256, 320, 3))
     tally = Tally()
     t_end = time.monotonic() + deadline_s
     threads = [threading.Thread(target=load_user, args=(url, k, calls, image, t_end, tally)) for k in range(users)]
@@ -235,7 +235,7 @@ def huge_tiff(k: int) -> str:
     import numpy as np
     from PIL import Image
 
-    path = f"/tmp/ddpm-huge-{k}.tif"
+    path = str(TMP / f"ddpm-huge-{k}.tif")
     if not Path(path).exists():
         ramp = (np.arange(8000, dtype=np.uint16)[None, :] * 255 // 7999 + 40 * k) % 256
         Image.fromarray(
@@ -275,7 +275,7 @@ def polite_user(url: str, t_end: float, tally: Tally) -> None:
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    image = noise_png("/tmp/ddpm-hostile.png", 1, (384, 512, 3))
+    image = noise_png(str(TMP / "ddpm-hostile.png"), 1, (384, 512, 3))
     client = client_for(url, "polite", "192.0.2.10")
     c = 0
     while time.monotonic() < t_end:

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -9,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-os.environ.setdefault("MPLCONFIGDIR", "/tmp/ddpm-explorer-mpl")
+os.environ.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "ddpm-explorer-mpl"))
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
