@@ -217,7 +217,9 @@ class FastLoop:
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         self.k.zero_()
-        with torch.no_grad(), torch.cuda.graph(graph, pool=pool):
+        # thread_local: on a Space two requests run at once, and the other one's host copies and allocations
+        # during this capture are legal (the default, global, fails them or this capture); inductor does the same
+        with torch.no_grad(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             self._body()
         self.graph = graph
 

@@ -280,6 +280,36 @@ def test_cuda_graph_loop_equals_the_plain_loop(mode, sampler, eta):
     assert torch.equal(_fast(loop, x_T, 5, "cuda"), steps[-1].prev_sample)
 
 
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_graph_capture_while_another_thread_samples():
+    """Two requests at once: one captures its step while another launches kernels, allocates new sizes and copies
+    to the host (as a running request does). Neither fails and every capture gives a graph (CUDA's default capture
+    mode, global, forbids those calls in every thread while any thread captures)."""
+    diffusion = GaussianDiffusion.from_config({"beta_schedule": "linear"})
+    ts = diffusion.inference_timesteps(10)
+    unet = tiny_unet(3).cuda()
+    stop, errors = threading.Event(), []
+
+    def other_request():
+        n = 1000
+        try:
+            while not stop.is_set():
+                n += 4099  # ever larger: now and then the allocator must ask the driver for more memory
+                torch.randn(n, device="cuda").sum().item()  # the host waits on the device, as a result copy does
+        except Exception as e:  # noqa: BLE001 - any failure is what this test reports
+            errors.append(e)
+
+    th = threading.Thread(target=other_request)
+    th.start()
+    try:
+        loops = [FastLoop(diffusion, unet, (b, 3, 8, 8), ts, "ddpm", 0.0, "graph") for b in range(1, 7)]
+    finally:
+        stop.set()
+        th.join()
+    assert errors == []
+    assert all(loop.graph is not None for loop in loops), [loop.path for loop in loops]
+
+
 def test_generate_on_a_non_square_model_uses_the_fast_path():
     """diffusers allows sample_size = (H, W): the fast path traces and samples it, equal to the plain loop."""
     from ddpm_core.checkpoints import LoadedModel
