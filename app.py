@@ -18,7 +18,7 @@ import gradio as gr
 
 from ddpm_core.checkpoints import BUNDLED_DEFAULT
 from ddpm_core.sampling import warm_up
-from ui.common import DEFAULT_BATCH, DEFAULT_SAMPLER, DEFAULT_STEPS, GUARD, LATEX, STATS, model, on_zero_gpu  # noqa: F401 - STATS: read by tests
+from ui.common import DEFAULT_BATCH, DEFAULT_SAMPLER, DEFAULT_STEPS, GUARD, LATEX, STATS, fast_path, model, on_zero_gpu  # noqa: F401 - STATS: read by tests
 from ui.components import EXAMPLES_DIR, clear_request_errors
 from ui.i18n import LANGS
 from ui.tabs import Context, tabs
@@ -95,11 +95,13 @@ def warm_up_default() -> None:
         return
     WARM["status"] = "running"
     try:
+        m = model(BUNDLED_DEFAULT)
         seconds = warm_up(
-            model(BUNDLED_DEFAULT),
+            m,
             batch_size=DEFAULT_BATCH,
             num_inference_steps=DEFAULT_STEPS,
             sampler=DEFAULT_SAMPLER,
+            upgrade=fast_path(m)["upgrade"],  # on a GPU: compiled in the background while the Space serves
         )
         WARM["status"] = f"ready ({seconds:.1f} s of set-up paid at start-up)"
     except Exception as e:  # not fatal: each request prepares what it needs

@@ -274,6 +274,41 @@ class FastLoop:
             self.busy = False
 
 
+def _loop_key(diffusion: GaussianDiffusion, shape, timesteps, sampler, eta, mode) -> tuple:
+    return (
+        json.dumps(diffusion.to_config(), sort_keys=True, default=str),
+        tuple(int(s) for s in shape),
+        tuple(int(t) for t in timesteps),
+        sampler,
+        float(eta),
+        mode,
+    )
+
+
+def _take_cached(model_unet: torch.nn.Module, key: tuple) -> FastLoop | None:
+    """The cached loop under ``key`` reserved for the caller, or None when there is none or it is running."""
+    with _lock:
+        loops: OrderedDict = _store(model_unet)["loops"]
+        loop = loops.get(key)
+        if loop is None or loop.busy:
+            return None
+        loops.move_to_end(key)
+        loop.busy = True  # reserved for this caller; run() keeps it so and frees it at the end
+        loop.reserved = True
+        return loop
+
+
+def _cache(model_unet: torch.nn.Module, key: tuple, loop: FastLoop, keep: int, reserve: bool) -> None:
+    with _lock:
+        loops: OrderedDict = _store(model_unet)["loops"]
+        if key not in loops or loops[key].busy is False and loops[key] is not loop:
+            loops[key] = loop  # the newest build is cached; a busy twin serves its own caller to the end
+            while len(loops) > keep:
+                loops.popitem(last=False)
+        if reserve:
+            loop.busy, loop.reserved = True, True
+
+
 def fast_loop(
     model_unet: torch.nn.Module,
     diffusion: GaussianDiffusion,
@@ -283,34 +318,89 @@ def fast_loop(
     eta: float = 0.0,
     mode: str | None = None,
     keep: int = 4,
+    upgrade: str | None = None,
 ) -> FastLoop:
     """A :class:`FastLoop` from the model's cache (built, and on CUDA captured, on first use); ``keep`` per model.
 
     The loop comes reserved for the caller, who runs it (:meth:`FastLoop.run` frees it at the end) or calls
     :meth:`FastLoop.release`; a concurrent caller with the same settings gets a loop of its own.
+
+    ``upgrade``: a slower-to-build, faster-to-run mode (``compile+graph`` on a GPU). Its loop is built by
+    :data:`UPGRADES` in the background, never on the caller's time: callers get it once it is built and free, and
+    the ``mode`` loop until then.
     """
-    key = (
-        json.dumps(diffusion.to_config(), sort_keys=True, default=str),
-        tuple(int(s) for s in shape),
-        tuple(int(t) for t in timesteps),
-        sampler,
-        float(eta),
-        mode,
-    )
-    with _lock:
-        loops: OrderedDict = _store(model_unet)["loops"]
-        loop = loops.get(key)
-        if loop is not None and not loop.busy:
-            loops.move_to_end(key)
-            loop.busy = True  # reserved for this caller; run() keeps it so and frees it at the end
-            loop.reserved = True
+    if upgrade is not None and upgrade != mode:
+        if upgrade not in MODES:
+            raise ValueError(f"unknown fast mode {upgrade!r}; choose one of {MODES}")
+        up_key = _loop_key(diffusion, shape, timesteps, sampler, eta, upgrade)
+        loop = _take_cached(model_unet, up_key)
+        if loop is not None:
             return loop
+        with _lock:
+            built = up_key in _store(model_unet)["loops"]  # built but running: no twin; this caller goes quick
+        if not built:
+            UPGRADES.submit(model_unet, up_key, (diffusion, model_unet, shape, timesteps, sampler, eta, upgrade), keep)
+    key = _loop_key(diffusion, shape, timesteps, sampler, eta, mode)
+    loop = _take_cached(model_unet, key)
+    if loop is not None:
+        return loop
     # built outside the lock: a capture or compilation takes seconds and must not hold up other models' users
     loop = FastLoop(diffusion, model_unet, shape, timesteps, sampler, eta, mode)
-    with _lock:
-        if key not in loops or loops[key].busy is False and loops[key] is not loop:
-            loops[key] = loop  # the newest build is cached; a busy twin serves its own caller to the end
-            while len(loops) > keep:
-                loops.popitem(last=False)
-        loop.busy, loop.reserved = True, True
+    _cache(model_unet, key, loop, keep, reserve=True)
     return loop
+
+
+class Upgrades:
+    """One background thread that builds upgraded loops (see :func:`fast_loop`), one at a time, in the order asked.
+
+    A key is queued once while pending; a loop later evicted from the cache is built again when asked again. A build
+    that fails is logged and not tried again for that model and key; requests keep their quick loop."""
+
+    def __init__(self):
+        self._jobs: list = []
+        self._cond = threading.Condition(_lock)
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, model_unet: torch.nn.Module, key: tuple, args: tuple, keep: int) -> None:
+        with self._cond:
+            store = _store(model_unet)
+            pending, failed = store.setdefault("upgrades_pending", set()), store.setdefault("upgrades_failed", set())
+            if key in pending or key in failed:
+                return
+            pending.add(key)
+            self._jobs.append((model_unet, key, args, keep))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="ddpm-fast-upgrades", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._busy = False
+                    self._cond.notify_all()
+                    self._cond.wait()
+                model_unet, key, args, keep = self._jobs.pop(0)
+                self._busy = True
+            store = _store(model_unet)
+            try:
+                loop = FastLoop(*args)
+                _cache(model_unet, key, loop, keep, reserve=False)
+                log.info("fast path upgraded in the background: %s (%.1f s)", loop.path, loop.setup_seconds)
+            except Exception as e:  # noqa: BLE001 - the quick loop keeps serving; say why once
+                store["upgrades_failed"].add(key)
+                log.warning("background fast-path upgrade failed (%s: %s)", type(e).__name__, e)
+            finally:
+                with self._cond:
+                    store["upgrades_pending"].discard(key)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no build is queued or running (warm-up, tests); False if ``timeout`` passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._jobs and not self._busy, timeout)
+
+
+#: The process's background builder of upgraded loops.
+UPGRADES = Upgrades()

@@ -102,6 +102,7 @@ def generate_steps(
     fast: bool = True,
     compile: bool = False,
     mode: str | None = None,
+    upgrade: str | None = None,
 ):
     """Sample ``batch_size`` images from ``model`` with any registered sampler, as a generator.
 
@@ -114,7 +115,8 @@ def generate_steps(
     CUDA graph cannot wait on host-drawn noise) and on the CPU for ``fast=False``: the same seed gives the same
     images on the same kind of device, and fast and plain loops agree on the CPU. ``fast=True`` runs
     :mod:`ddpm_core.fast` in ``mode`` (one of its ``MODES``; None: its default for the device; ``compile=True``:
-    the torch.compile mode). ``progress(step, total)`` is called after each step; ``should_stop()`` returning
+    the torch.compile mode; ``upgrade``: a mode built in the background for later calls, see
+    :func:`ddpm_core.fast.fast_loop`). ``progress(step, total)`` is called after each step; ``should_stop()`` returning
     True raises :class:`SamplingCancelled`.
     """
     sampler_ = get_sampler(sampler)
@@ -127,7 +129,7 @@ def generate_steps(
     shape, noise = _first_sample(model, batch_size, start, generator, fast)
     if compile and mode is None:
         mode = "compile+graph" if device.type == "cuda" else "compile"
-    loop = fast_loop(model.unet, diffusion, shape, timesteps, sampler, eta, mode) if fast else None
+    loop = fast_loop(model.unet, diffusion, shape, timesteps, sampler, eta, mode, upgrade=upgrade) if fast else None
     result = SampleResult(
         samples=torch.empty(0),
         timesteps=[int(t) for t in timesteps],
@@ -178,7 +180,7 @@ def _recorded(steps, result: SampleResult, n_snapshots: int, n_frames: int, prog
     yield result
 
 
-def compare_steps(model: LoadedModel, pairs, seed: int = 0, mode: str | None = None):
+def compare_steps(model: LoadedModel, pairs, seed: int = 0, mode: str | None = None, upgrade: str | None = None):
     """Each ``(sampler, steps)`` pair (``steps`` None: all T) run on one sample from the same x_T (the seed's first
     draw, as :func:`generate_steps` draws it), in order; yields ``(sampler, steps, SampleResult)`` as each ends.
 
@@ -197,6 +199,7 @@ def compare_steps(model: LoadedModel, pairs, seed: int = 0, mode: str | None = N
             n_snapshots=0,
             n_frames=0,
             mode=mode,
+            upgrade=upgrade,
         )
         yield sampler, steps, result
 
@@ -207,10 +210,12 @@ def warm_up(
     num_inference_steps: int | None = None,
     sampler: str = "ddpm",
     compile: bool = False,
+    upgrade: str | None = None,
 ) -> float:
     """Pay the fast path's one-off costs for these settings now (TorchScript trace on a CPU, CUDA graph capture,
     compilation) by sampling once; the cached loop then serves the first real request. Returns the seconds that
-    request would otherwise have waited on set-up."""
+    request would otherwise have waited on set-up. ``upgrade``: also start building that mode's loop in the
+    background (:func:`ddpm_core.fast.fast_loop`)."""
     return generate(
         model,
         batch_size=batch_size,
@@ -219,6 +224,7 @@ def warm_up(
         n_snapshots=0,
         n_frames=0,
         compile=compile,
+        upgrade=upgrade,
     ).setup_seconds
 
 

@@ -288,13 +288,15 @@ def test_warm_up_prepares_the_default_request_and_skips_zero_gpu(monkeypatch):
     app.warm_up_default()
     assert app.WARM["status"].startswith("skipped")
     # a GPU attached per request: the tabs ask the fast path for the eager step, no graph kept across requests
-    from ui.common import fast_mode
+    from ui.common import fast_path
 
-    assert fast_mode() == "eager"
-    zero = generate(app.model(app.BUNDLED_DEFAULT), batch_size=2, num_inference_steps=3, mode=fast_mode())
+    bundled = app.model(app.BUNDLED_DEFAULT)
+    assert fast_path(bundled) == {"mode": "eager", "upgrade": None}
+    zero = generate(bundled, batch_size=2, num_inference_steps=3, **fast_path(bundled))
     assert zero.path == "eager channels_last"
     monkeypatch.delenv("SPACES_ZERO_GPU")
-    assert fast_mode() is None
+    # a CPU: the frozen trace, nothing to build in the background
+    assert fast_path(bundled) == {"mode": None, "upgrade": None}
 
 
 def test_the_sample_summary_speaks_the_visitors_language():

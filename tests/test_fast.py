@@ -7,6 +7,7 @@ the fast run's x_t, within the float32 rounding of the network carried through t
 """
 
 import copy
+import functools
 import threading
 
 import pytest
@@ -15,7 +16,7 @@ from teacher_forcing import compare_with_plain_steps, record
 
 from conftest import tiny_unet
 from ddpm_core.diffusion import GaussianDiffusion
-from ddpm_core.fast import FastLoop, fast_loop, frozen_unet
+from ddpm_core.fast import UPGRADES, FastLoop, _store, fast_loop, frozen_unet
 from helpers import HostSyncs, run_in_own_process
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
@@ -219,6 +220,30 @@ def test_a_cancelled_run_frees_its_loop():
     assert not loop.busy
 
 
+def test_an_upgrade_is_built_in_the_background_and_serves_later_requests():
+    """``upgrade``: a request gets its quick loop at once and the upgraded one is built off its time, then serves
+    the later requests with the same settings; while it runs, another request goes quick and no twin is built.
+    On a CPU here: eager, then the frozen trace; on a GPU Space: the captured eager step, then the compiled one."""
+    diffusion = GaussianDiffusion.from_config({"beta_schedule": "linear"})
+    ts = diffusion.inference_timesteps(6)
+    unet = tiny_unet(3)
+    ask = functools.partial(fast_loop, unet, diffusion, (2, 3, 8, 8), ts, mode="eager", upgrade="frozen")
+    first = ask()
+    assert first.mode == "eager"  # never the build's wait
+    first.release()
+    assert UPGRADES.wait(timeout=300)
+    second = ask()
+    assert second.mode == "frozen" and second.path == "frozen TorchScript"
+    third = ask()  # the upgraded loop is reserved by the second request
+    assert third is first
+    assert UPGRADES.wait(timeout=0) and sum(loop.mode == "frozen" for loop in _store(unet)["loops"].values()) == 1
+    third.release()
+    steps, _ = record(second.run(torch.randn(2, 3, 8, 8), torch.Generator().manual_seed(3)))
+    compare_with_plain_steps(diffusion, steps, tiny_unet(3), "ddpm", 0.0, torch.Generator().manual_seed(3))
+    with pytest.raises(ValueError, match="unknown fast mode"):
+        fast_loop(unet, diffusion, (2, 3, 8, 8), ts, mode="eager", upgrade="turbo")
+
+
 def test_default_modes(monkeypatch):
     from ddpm_core.fast import default_mode
 
@@ -226,7 +251,7 @@ def test_default_modes(monkeypatch):
     assert default_mode(torch.device("cuda")) == "graph"
     monkeypatch.setenv(
         "SPACES_ZERO_GPU", "true"
-    )  # deployment policy is the app's (ui.common.fast_mode), not the core's
+    )  # deployment policy is the app's (ui.common.fast_path), not the core's
     assert default_mode(torch.device("cuda")) == "graph"
 
 
@@ -308,6 +333,25 @@ def test_cuda_graph_capture_while_another_thread_samples():
         th.join()
     assert errors == []
     assert all(loop.graph is not None for loop in loops), [loop.path for loop in loops]
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_graph_upgraded_to_the_compiled_graph_in_the_background():
+    """A GPU Space's policy: the captured eager step now, the compiled step captured by the background thread next,
+    equal to the plain loop on the same CUDA generator."""
+    diffusion = GaussianDiffusion.from_config({"beta_schedule": "linear"})
+    ts = diffusion.inference_timesteps(10)
+    unet = tiny_unet(3).cuda()
+    ask = functools.partial(fast_loop, unet, diffusion, (2, 3, 8, 8), ts, mode="graph", upgrade="compile+graph")
+    first = ask()
+    assert first.mode == "graph" and first.graph is not None, first.path
+    first.release()
+    assert UPGRADES.wait(timeout=300)
+    second = ask()
+    assert second.path == "torch.compile, one CUDA graph per step"
+    steps, _ = record(second.run(torch.randn(2, 3, 8, 8, device="cuda"), torch.Generator("cuda").manual_seed(3)))
+    ref = tiny_unet(3).cuda()
+    compare_with_plain_steps(diffusion, steps, ref, "ddpm", 0.0, torch.Generator("cuda").manual_seed(3))
 
 
 def test_generate_on_a_non_square_model_uses_the_fast_path():

@@ -69,11 +69,17 @@ def on_zero_gpu() -> bool:
     return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
 
 
-def fast_mode() -> str | None:
-    """The fast path's mode for this deployment: ``eager`` on ZeroGPU, which attaches a GPU for the length of one
-    request only (a CUDA graph captured in one request would be replayed in another, on memory that may have
-    moved); elsewhere None, the fast path's own default for the device (ddpm_core.fast.default_mode)."""
-    return "eager" if on_zero_gpu() else None
+def fast_path(m) -> dict:
+    """The fast path's settings for model ``m`` in this deployment, as ``generate_steps`` keywords.
+
+    ``mode``: ``eager`` on ZeroGPU, which attaches a GPU for the length of one request only (a CUDA graph captured
+    in one request would be replayed in another, on memory that may have moved); elsewhere None, the fast path's own
+    default for the device (ddpm_core.fast.default_mode). ``upgrade``: on a dedicated GPU, the compiled step, about
+    twice as fast on the cifar10-32 architecture (bench/RESULTS.md), is built in the background after a request
+    and serves the later ones with the same settings: no visitor waits on a compilation."""
+    if on_zero_gpu():
+        return {"mode": "eager", "upgrade": None}
+    return {"mode": None, "upgrade": "compile+graph" if m.device.type == "cuda" else None}
 
 
 def gpu(duration: int):

@@ -19,7 +19,7 @@ from ui.common import (
     LATEX,
     check_model,
     display,
-    fast_mode,
+    fast_path,
     gpu,
     model,
     model_dropdown,
@@ -139,7 +139,7 @@ def compare(model_name, seed, chosen, lang="en", progress=gr.Progress()):
     ref = _reference(chosen)
     say = functools.partial(tr, TEXT, lang=lang if lang in TEXT else "en")
     runs, gallery = {}, []
-    for k, (sampler, steps, result) in enumerate(compare_steps(m, [PAIRS[c] for c in chosen], seed, fast_mode())):
+    for k, (sampler, steps, result) in enumerate(compare_steps(m, [PAIRS[c] for c in chosen], seed, **fast_path(m))):
         label = chosen[k]
         runs[label] = result
         img = tensor_to_pil(result.samples.clamp(-1, 1))[0]

@@ -27,7 +27,7 @@ from ui.common import (
     check_model,
     display,
     drive,
-    fast_mode,
+    fast_path,
     gpu,
     int_arg,
     model,
@@ -237,7 +237,7 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, lang="en
         num_inference_steps=n_steps,
         eta=eta,
         variance_type=None if variance == "model default" else variance,
-        mode=fast_mode(),
+        **fast_path(m),
     )
     for kind, item in drive(steps, total, progress, _said(lang, "sampling"), lang):
         if kind == "done":
