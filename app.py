@@ -101,7 +101,7 @@ def warm_up_default() -> None:
             batch_size=DEFAULT_BATCH,
             num_inference_steps=DEFAULT_STEPS,
             sampler=DEFAULT_SAMPLER,
-            upgrade=fast_path(m)["upgrade"],  # on a GPU: compiled in the background while the Space serves
+            upgrade=fast_path(m)["upgrade"],  # on a GPU: the compiled step too, before the Space serves
         )
         WARM["status"] = f"ready ({seconds:.1f} s of set-up paid at start-up)"
     except Exception as e:  # not fatal: each request prepares what it needs

@@ -180,6 +180,7 @@ class FastLoop:
         self.busy = False  # a run (or a fast_loop() caller about to run) holds the buffers
         self.reserved = False
         self.runs = 0
+        self.built_ahead = False  # built in the background (UPGRADES): no request waited on its set-up
         self.mode = mode
         self.path = self._prepare(unet, mode)
         self.setup_seconds = time.perf_counter() - t0  # trace / compile / capture: what the first run waited for
@@ -387,6 +388,7 @@ class Upgrades:
             store = _store(model_unet)
             try:
                 loop = FastLoop(*args)
+                loop.built_ahead = True
                 _cache(model_unet, key, loop, keep, reserve=False)
                 log.info("fast path upgraded in the background: %s (%.1f s)", loop.path, loop.setup_seconds)
             except Exception as e:  # noqa: BLE001 - the quick loop keeps serving; say why once

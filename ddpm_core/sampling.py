@@ -16,7 +16,7 @@ import torch
 
 from .checkpoints import LoadedModel
 from .diffusion import GaussianDiffusion
-from .fast import fast_loop
+from .fast import UPGRADES, fast_loop
 from .samplers import get_sampler, sample_loop_progressive
 
 
@@ -136,7 +136,7 @@ def generate_steps(
         device=str(device),
         dtype=str(dtype).replace("torch.", ""),
         path=loop.path if loop else "plain loop",
-        setup_seconds=loop.setup_seconds if loop and loop.runs == 0 else 0.0,
+        setup_seconds=loop.setup_seconds if loop and loop.runs == 0 and not loop.built_ahead else 0.0,
     )
     if noise is not None:
         result.frames.append(_copy(noise))
@@ -214,9 +214,10 @@ def warm_up(
 ) -> float:
     """Pay the fast path's one-off costs for these settings now (TorchScript trace on a CPU, CUDA graph capture,
     compilation) by sampling once; the cached loop then serves the first real request. Returns the seconds that
-    request would otherwise have waited on set-up. ``upgrade``: also start building that mode's loop in the
-    background (:func:`ddpm_core.fast.fast_loop`)."""
-    return generate(
+    request would otherwise have waited on set-up. ``upgrade``: also build that mode's loop (in the background
+    thread of :func:`ddpm_core.fast.fast_loop`) and wait for it, so that the first request gets it and does not
+    share the machine with its compilation; its time is included."""
+    seconds = generate(
         model,
         batch_size=batch_size,
         num_inference_steps=num_inference_steps,
@@ -226,6 +227,11 @@ def warm_up(
         compile=compile,
         upgrade=upgrade,
     ).setup_seconds
+    if upgrade is not None:
+        t0 = time.perf_counter()
+        UPGRADES.wait()
+        seconds += time.perf_counter() - t0
+    return seconds
 
 
 def _copy(x: torch.Tensor) -> torch.Tensor:

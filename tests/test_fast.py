@@ -244,6 +244,20 @@ def test_an_upgrade_is_built_in_the_background_and_serves_later_requests():
         fast_loop(unet, diffusion, (2, 3, 8, 8), ts, mode="eager", upgrade="turbo")
 
 
+def test_warm_up_pays_for_the_upgrade_before_the_first_request():
+    """The Space's start-up: the default request's upgraded loop is built before it serves, so the first request
+    runs it with nothing left to prepare (here the CPU's default, frozen, upgraded to eager: any two modes)."""
+    from ddpm_core.checkpoints import LoadedModel
+    from ddpm_core.sampling import generate, warm_up
+
+    cfg = {"beta_schedule": "linear"}
+    model = LoadedModel("tiny", tiny_unet(3), GaussianDiffusion.from_config(cfg), "test", cfg)
+    settings = {"batch_size": 2, "num_inference_steps": 5, "upgrade": "eager"}
+    assert warm_up(model, **settings) > 0
+    first = generate(model, n_snapshots=0, n_frames=0, **settings)
+    assert first.path == "eager channels_last" and first.setup_seconds == 0.0
+
+
 def test_default_modes(monkeypatch):
     from ddpm_core.fast import default_mode
 
