@@ -181,20 +181,29 @@ class FastLoop:
         self.reserved = False
         self.runs = 0
         self.built_ahead = False  # built in the background (UPGRADES): no request waited on its set-up
+        self.fallback: str | None = None  # why a stage of ``mode`` did not run (None: all did)
         self.mode = mode
         self.path = self._prepare(unet, mode)
         self.setup_seconds = time.perf_counter() - t0  # trace / compile / capture: what the first run waited for
 
     # ------------------------------------------------------------------ preparation
     def _prepare(self, unet: torch.nn.Module, mode: str) -> str:
+        """Prepare ``mode``'s stages, each falling back to the one below when it cannot run; returns the path that
+        runs (``self.fallback`` says why a stage did not, None when all did)."""
         if mode == "frozen":
             self.unet = frozen_unet(unet, self.shape[1:])
-            return _store(unet)["frozen_reason"]
-        self.unet = compiled(unet) if mode.startswith("compile") else channels_last(unet)
-        path = "torch.compile" if mode.startswith("compile") else "eager channels_last"
+            path = _store(unet)["frozen_reason"]
+            self.fallback = None if path == "frozen TorchScript" else path
+            return path
+        if mode.startswith("compile"):
+            self.unet = self._compiled(unet, graph=mode.endswith("graph"))
+        else:
+            self.unet = channels_last(unet)
+        path = self.fallback or ("torch.compile" if mode.startswith("compile") else "eager channels_last")
         if not mode.endswith("graph"):
             return path
         if self.device.type != "cuda":
+            self.fallback = self.fallback or "no CUDA graph: not a CUDA device"
             return f"{path} (no CUDA graph: not a CUDA device)"
         try:
             self._capture(_store(unet))
@@ -203,7 +212,23 @@ class FastLoop:
             log.warning("CUDA graph capture failed (%s: %s); running the step eagerly", type(e).__name__, e)
             self.graph = None
             torch.cuda.synchronize(self.device)
-            return f"{path} (CUDA graph capture failed: {type(e).__name__})"
+            self.fallback = f"CUDA graph capture failed: {type(e).__name__}"
+            return f"{path} ({self.fallback})"
+
+    def _compiled(self, unet: torch.nn.Module, graph: bool) -> Callable:
+        """The compiled UNet after one trial step, so that compilation is set-up and a compiler error (no C
+        compiler, an unsupported op) falls back here instead of failing a request's first step; the trial runs in
+        the grad mode of the later calls (the capture's, or run()'s) so as not to compile twice."""
+        self.unet = compiled(unet)
+        try:
+            with torch.no_grad() if graph else torch.inference_mode():
+                self._body()
+            self.k.zero_()
+            return self.unet
+        except Exception as e:  # the eager UNet computes the same step
+            log.warning("torch.compile failed (%s: %s); running the eager UNet", type(e).__name__, e)
+            self.fallback = f"eager channels_last (torch.compile failed: {type(e).__name__})"
+            return channels_last(unet)
 
     def _capture(self, store: dict) -> None:
         pool = store.get("graph_pool")
@@ -388,6 +413,8 @@ class Upgrades:
             store = _store(model_unet)
             try:
                 loop = FastLoop(*args)
+                if loop.fallback:  # no better than the quick loop, or worse
+                    raise RuntimeError(f"{args[-1]} fell back: {loop.path}")
                 loop.built_ahead = True
                 _cache(model_unet, key, loop, keep, reserve=False)
                 log.info("fast path upgraded in the background: %s (%.1f s)", loop.path, loop.setup_seconds)

@@ -302,6 +302,25 @@ def test_compiled_fast_loop_equals_the_plain_loop(request):
     )
 
 
+@pytest.mark.slow
+def test_a_compiler_that_fails_falls_back_to_the_eager_unet_at_set_up(request):
+    """A machine whose C++ compiler does not work (inductor's CPU kernels need one): the compile mode says so at
+    set-up and samples with the eager UNet, instead of failing the first step of a request."""
+    if not run_in_own_process(request):
+        return
+    import torch._inductor.config as inductor_config
+
+    inductor_config.cpp.cxx = ("false",)  # /bin/false: every compilation fails
+    inductor_config.compile_threads = 1
+    diffusion = GaussianDiffusion.from_config({"beta_schedule": "linear"})
+    ts = diffusion.inference_timesteps(5)
+    x_T = torch.randn(2, 3, 8, 8)
+    loop = FastLoop(diffusion, tiny_unet(3), x_T.shape, ts, mode="compile")
+    assert loop.path.startswith("eager channels_last (torch.compile failed") and loop.fallback, loop.path
+    steps, _ = record(loop.run(x_T, torch.Generator().manual_seed(4)))
+    compare_with_plain_steps(diffusion, steps, tiny_unet(3), "ddpm", 0.0, torch.Generator().manual_seed(4))
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("mode", ["graph", "compile+graph"])
 @pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.5)])
