@@ -244,6 +244,24 @@ def test_an_upgrade_is_built_in_the_background_and_serves_later_requests():
         fast_loop(unet, diffusion, (2, 3, 8, 8), ts, mode="eager", upgrade="turbo")
 
 
+def test_an_upgrade_that_falls_back_is_dropped_and_not_built_again(caplog):
+    """An upgrade whose stages cannot run here (a CUDA graph on a CPU) is no better than the quick loop: it is not
+    cached, the log says why once, and later requests do not queue it again."""
+    diffusion = GaussianDiffusion.from_config({"beta_schedule": "linear"})
+    unet = tiny_unet(3)
+    ask = functools.partial(
+        fast_loop, unet, diffusion, (1, 3, 8, 8), diffusion.inference_timesteps(4), mode="eager", upgrade="graph"
+    )
+    for _ in range(3):
+        loop = ask()
+        assert loop.mode == "eager"
+        loop.release()
+        assert UPGRADES.wait(timeout=120)
+    assert [loop.mode for loop in _store(unet)["loops"].values()] == ["eager"]
+    failures = [r for r in caplog.records if "upgrade failed" in r.getMessage()]
+    assert len(failures) == 1 and "not a CUDA device" in failures[0].getMessage()
+
+
 def test_warm_up_pays_for_the_upgrade_before_the_first_request():
     """The Space's start-up: the default request's upgraded loop is built before it serves, so the first request
     runs it with nothing left to prepare (here the CPU's default, frozen, upgraded to eager: any two modes)."""
