@@ -10,6 +10,10 @@ on the bundled model.
 The step itself is the sampler's own ``step`` (:mod:`ddpm_core.samplers`), the very code of the plain loop: the fast
 loop differs only in where tensors live. Every stage falls back to the one below when it cannot run (no CUDA, no
 compiler, a trace that does not match, a capture that fails), and says why in ``FastLoop.path``.
+
+A loop is built on its first use, and its set-up (trace, compilation, capture) is paid by that caller, unless the
+caller asks ``fast_loop`` for an ``upgrade``: then it runs its quick mode and the upgraded loop is built by a
+background thread (:data:`UPGRADES`) for the callers after it: how a GPU Space compiles without a visitor waiting.
 """
 
 from __future__ import annotations
