@@ -102,7 +102,9 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, lang="en", progre
         (png(display(noisy), f"x_t-t{t}.png"), f"x_t, t={t}"),
     ]
     total = len(reverse_timesteps(m.diffusion, n_steps, start_t=t))
-    steps = generate_steps(m, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2, **fast_path(m))
+    # no background upgrade: the slider's t makes nearly every request's schedule a new one
+    mode = fast_path(m)["mode"]
+    steps = generate_steps(m, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2, mode=mode)
     for kind, item in drive(steps, total, progress, said("denoising"), lang):
         if kind == "done":
             result = item
