@@ -412,22 +412,26 @@ class Upgrades:
                     self._busy = False
                     self._cond.notify_all()
                     self._cond.wait()
-                model_unet, key, args, keep = self._jobs.pop(0)
+                job = self._jobs.pop(0)
                 self._busy = True
-            store = _store(model_unet)
-            try:
-                loop = FastLoop(*args)
-                if loop.fallback:  # no better than the quick loop, or worse
-                    raise RuntimeError(f"{args[-1]} fell back: {loop.path}")
-                loop.built_ahead = True
-                _cache(model_unet, key, loop, keep, reserve=False)
-                log.info("fast path upgraded in the background: %s (%.1f s)", loop.path, loop.setup_seconds)
-            except Exception as e:  # noqa: BLE001 - the quick loop keeps serving; say why once
-                store["upgrades_failed"].add(key)
-                log.warning("background fast-path upgrade failed (%s: %s)", type(e).__name__, e)
-            finally:
-                with self._cond:
-                    store["upgrades_pending"].discard(key)
+            self._build(*job)
+            del job  # the model's weights are not held here until the next job
+
+    def _build(self, model_unet: torch.nn.Module, key: tuple, args: tuple, keep: int) -> None:
+        store = _store(model_unet)
+        try:
+            loop = FastLoop(*args)
+            if loop.fallback:  # no better than the quick loop, or worse
+                raise RuntimeError(f"{args[-1]} fell back: {loop.path}")
+            loop.built_ahead = True
+            _cache(model_unet, key, loop, keep, reserve=False)
+            log.info("fast path upgraded in the background: %s (%.1f s)", loop.path, loop.setup_seconds)
+        except Exception as e:  # noqa: BLE001 - the quick loop keeps serving; say why once
+            store["upgrades_failed"].add(key)
+            log.warning("background fast-path upgrade failed (%s: %s)", type(e).__name__, e)
+        finally:
+            with self._cond:
+                store["upgrades_pending"].discard(key)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no build is queued or running (warm-up, tests); False if ``timeout`` passed first."""

@@ -8,7 +8,9 @@ the fast run's x_t, within the float32 rounding of the network carried through t
 
 import copy
 import functools
+import gc
 import threading
+import weakref
 
 import pytest
 import torch
@@ -260,6 +262,21 @@ def test_an_upgrade_that_falls_back_is_dropped_and_not_built_again(caplog):
     assert [loop.mode for loop in _store(unet)["loops"].values()] == ["eager"]
     failures = [r for r in caplog.records if "upgrade failed" in r.getMessage()]
     assert len(failures) == 1 and "not a CUDA device" in failures[0].getMessage()
+
+
+def test_the_background_builder_does_not_keep_a_model_alive():
+    """A model the app's cache drops (a Hub model, its weights on the GPU) is freed once nothing else holds it:
+    the builder thread keeps no reference to the last model it built for."""
+    diffusion = GaussianDiffusion.from_config({"beta_schedule": "linear"})
+    unet = tiny_unet(3)
+    fast_loop(
+        unet, diffusion, (1, 3, 8, 8), diffusion.inference_timesteps(4), mode="eager", upgrade="frozen"
+    ).release()
+    assert UPGRADES.wait(timeout=120)
+    gone = weakref.ref(unet)
+    del unet
+    gc.collect()
+    assert gone() is None
 
 
 def test_warm_up_pays_for_the_upgrade_before_the_first_request():
