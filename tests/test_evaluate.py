@@ -221,6 +221,14 @@ def test_the_recorded_evaluation_uses_the_shipped_ruler_and_reports_spreads():
     assert f"python -m ddpm_core.evaluate checkpoints/ddpm-mnist-28 --num {r['num_samples']}" in card
 
 
+def test_the_shipped_curve_belongs_to_the_shipped_weights():
+    """The Space picks its default from curve.json: a curve measured on other weights would mislead it."""
+    curve = json.loads((CK / "curve.json").read_text())
+    assert curve["weights_sha256"] == ev._weights_sha256(CK)
+    assert curve["classifier_sha256"] == ev.CLASSIFIER_SHA256
+    assert {(p["sampler"], p["steps"]) for p in curve["points"]} == set(ev.curve_points(1000))
+
+
 @pytest.fixture
 def pipeline_copy(tmp_path, monkeypatch):
     """A copy of the bundled pipeline folder (without its card and results), the working directory beside it."""
