@@ -207,6 +207,45 @@ def test_a_tiny_evaluation_end_to_end(tmp_path):
     assert "--num 6 --steps 3 --sampler ddpm --seeds 2 --seed 5" in card and ev.CLASSIFIER_SHA256 in card
     assert f"{r['confident_fraction_0.9']:.1%}" in card and f"{r['fd_samples_vs_heldout']:.2f}" in card
     assert (folder / "samples.png").is_file()
+    goal = r["as_real"]
+    assert goal["met"] == all(goal["checks"].values()) and set(goal["checks"]) == {
+        "confident",
+        "classes",
+        "fd",
+        "not_memorised",
+    }
+    assert goal["confident_ratio"] == pytest.approx(
+        r["confident_fraction_0.9"] / r["confident_fraction_0.9_real_heldout"], abs=1e-4
+    )
+    assert f"All four measures of digits as convincing as real ones: **{'met' if goal['met'] else 'not met'}**" in card
+
+
+def _result(conf: float, fd: float, near: float) -> dict:
+    """The figures :func:`ddpm_core.evaluate._as_real` reads, against the shipped ruler's real digits."""
+    return {
+        "confident_fraction_0.9": conf,
+        "confident_fraction_0.9_real_heldout": 0.952,
+        "fd_samples_vs_heldout": fd,
+        "fd_real_vs_heldout": 42.307,
+        "nearest_training_digit": {"share_samples_below_heldout_q01": near},
+    }
+
+
+@pytest.mark.parametrize(
+    "conf, fd, near, hist_max, failed",
+    [
+        (0.924, 48.0, 0.012, 0.12, set()),
+        (0.923, 48.0, 0.012, 0.12, {"confident"}),  # 0.9695x real
+        (0.93, 48.7, 0.012, 0.12, {"fd"}),  # 1.151x real-vs-real
+        (0.93, 40.0, 0.012, 0.1333, {"classes"}),
+        (0.93, 40.0, 0.021, 0.12, {"not_memorised"}),
+    ],
+)
+def test_digits_as_convincing_as_real_ones_is_judged_on_each_figure(conf, fd, near, hist_max, failed):
+    hist = np.array([hist_max] + [(1 - hist_max) / 9] * 9)
+    goal = ev._as_real(_result(conf, fd, near), hist)
+    assert {k for k, ok in goal["checks"].items() if not ok} == failed
+    assert goal["met"] == (not failed)
 
 
 def test_the_recorded_evaluation_uses_the_shipped_ruler_and_reports_spreads():
