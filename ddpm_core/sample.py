@@ -210,6 +210,10 @@ def main(argv=None) -> int:
     ranks = gather_object([record])  # also waits for every process
     if state.is_main_process:
         _write_summary(out, args.num, run, ranks, world)
+    # Leave the process group together before exiting: a process that exits with its gloo group alive can abort
+    # ("terminate called without an active exception") after its images are written, failing the launcher.
+    state.wait_for_everyone()
+    state.destroy_process_group()
     return written
 
 
