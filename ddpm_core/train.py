@@ -410,6 +410,7 @@ def main(argv=None) -> Path:
     if accelerator.is_main_process:
         _save_result(tr, args, out, n_params, step, t0, losses)
     accelerator.wait_for_everyone()  # no process exits (ending the group) while rank 0 still writes
+    accelerator.end_training()  # leaves the process group: one alive at exit can abort a finished process
     return out
 
 
