@@ -28,15 +28,17 @@ SCHEDULER = {"beta_schedule": "linear", "variance_type": "fixed_small", "clip_sa
 
 def unets(sizes: list[str], extra: list[str]) -> dict:
     """name -> a fresh seeded 28x28 one-channel UNet; ``extra`` entries are channel triples on small's layout."""
+    from diffusers import UNet2DModel
+
     out = {}
     for size in sizes:
         torch.manual_seed(0)
         out[size] = build_unet(size, 28, 1)
     for widths in extra:
         channels = tuple(int(c) for c in widths.split(","))
-        MODEL_SIZES[f"small{channels}"] = {**MODEL_SIZES["small"], "block_out_channels": channels}
         torch.manual_seed(0)
-        out[f"small{channels}"] = build_unet(f"small{channels}", 28, 1)
+        kwargs = {**MODEL_SIZES["small"], "block_out_channels": channels}
+        out[f"small{channels}"] = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, **kwargs)
     return out
 
 

@@ -445,8 +445,6 @@ def _as_real(result: dict, hist: np.ndarray) -> dict:
         **AS_REAL,
         "confident_ratio": _r4(conf),
         "fd_ratio": _r4(fd),
-        "class_share_min_max": [_r4(min(hist)), _r4(max(hist))],
-        "near_share": near,
         "checks": {k: bool(v) for k, v in checks.items()},
         "met": all(checks.values()),
     }
