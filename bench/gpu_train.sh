@@ -13,6 +13,8 @@
 # curve.json, curve.png and samples.png; about 11 MB). Shipping it is then: untar into checkpoints/ddpm-mnist-28,
 # rerun the curve command there (every point is reused), rewrite the card's history and the README's figures.
 #
+# A run cut short: untar what came back and go on from the stage after it, e.g.
+#   FIRST=3 INIT=ddpm-mnist-28-stage2 bash bench/gpu_train.sh
 # A quick run of the whole chain on a CPU (minutes; the figures mean nothing):
 #   STEPS="20 10 10" T=20 RULER_STEPS=0 NUM=20 FINAL_NUM=20 bash bench/gpu_train.sh
 # On a machine without mlxtend (or diffusers) and no package index, bring the wheels in .whl/ as gpu_check.sh says:
@@ -27,6 +29,7 @@ RULER_STEPS=${RULER_STEPS:-100}
 NUM=${NUM:-500}
 FINAL_NUM=${FINAL_NUM:-1000}
 RUN=${RUN:-$(mktemp -d)/ddpm-mnist-28}
+FIRST=${FIRST:-1}  # the first stage to train (2 or 3: from INIT, the folder of the stage before it)
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -61,7 +64,10 @@ print(f\"figures: {e['confident_fraction_0.9']:.1%} ± {e['confident_fraction_0.
 # the stage's pipeline folder into $OUT (replacing the previous stage's)
 keep() { tar -cf "$OUT/ddpm-mnist-28-medium.tar" -C "$(dirname "$1")" "$(basename "$1")"; }
 init=()
-for i in 0 1 2; do
+if [ "$FIRST" -gt 1 ]; then
+  init=(--init-from "${INIT:?INIT: the folder of stage $((FIRST - 1))}")
+fi
+for ((i = FIRST - 1; i < 3; i++)); do
   stage="$RUN-stage$((i + 1))"
   step python3 -m ddpm_core.train --data mnist --resolution 28 --channels 1 --model-size medium \
     --steps "${STEPS[i]}" --batch-size 64 --lr "${LRS[i]}" --warmup "${WARMUPS[i]}" --grad-clip 1.0 --ema-decay 0.999 \
