@@ -2,7 +2,7 @@
 # The bundled MNIST model's medium recipe as one run, for a GPU: the training CLI's three stages, each on the fixed
 # ruler, then the last stage's quality-per-step curve (the Space's default comes from it) and its evaluation at that
 # default, 1000 samples per seed. Every command is the one a CPU runs (there they take 6 to 14 hours, as the shared
-# machine's speed varies: a batch-64 step of the medium UNet costs 0.7 to 1.7 s); only the device differs, and the
+# machine's speed varies: a batch-64 step of the medium UNet costs 0.7 to 1.8 s); only the device differs, and the
 # model card records it.
 #
 #   bash bench/gpu_train.sh            # where torch, diffusers, accelerate and mlxtend are installed
