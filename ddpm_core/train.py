@@ -241,7 +241,12 @@ def _set_up(args, accelerator):
     unet = build_unet(args.model_size, args.resolution, args.channels)
     if args.init_from:
         load_initial_weights(unet, Path(args.init_from))
-    ema = EMAModel(unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
+    # foreach: two batched operators per update instead of three per parameter tensor. With AdamW batched too, as
+    # on a GPU by default, a `medium` step dispatches 1,631 operators instead of 2,181 (counted on a CPU); on a GPU
+    # each is a kernel launch, and launches, not arithmetic, bound a step of a UNet this small
+    ema = EMAModel(
+        unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4, foreach=True
+    )
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(args.warmup, args.steps))
     unet, optimizer, lr_sched = accelerator.prepare(unet, optimizer, lr_sched)

@@ -160,6 +160,18 @@ class HostSyncs(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class OpCount(TorchDispatchMode):
+    """Counts the operators dispatched inside it: on a GPU each is (at least) one kernel launch."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
 OWN_PROCESS = "DDPM_TEST_OWN_PROCESS"  # set to a test's node id in the process that runs it alone
 
 

@@ -1,5 +1,6 @@
 """Training CLI smoke test on the CPU: a few real steps on real digits, saved, reloaded, sampled both ways."""
 
+import copy
 import json
 
 import pytest
@@ -10,7 +11,7 @@ import ddpm_core.checkpoints as ck
 from ddpm_core.data import MNIST_SPLIT, mnist_split
 from ddpm_core.sampling import generate
 from ddpm_core.train import main as train_main
-from helpers import PIPELINE_FILES
+from helpers import PIPELINE_FILES, OpCount
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -96,3 +97,32 @@ def test_init_from_starts_a_run_from_a_saved_pipeline(tmp_path):
     after = load_file(str(second / "unet" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(after[k], v) for k, v in saved.items())
     assert f"--init-from {first}" in (second / "README.md").read_text()
+
+
+def test_the_ema_update_is_a_few_batched_ops_and_equals_the_per_tensor_one():
+    """The training run's EMA steps with a fixed handful of operators, however many parameter tensors the UNet has
+    (on a GPU each operator is a kernel launch), and averages as the per-tensor update does, to float32 rounding."""
+    from pathlib import Path
+
+    from ddpm_core.train import _make_accelerator, _set_up, parse_args
+
+    args = parse_args(["--data", "mnist", "--model-size", "tiny", "--steps", "1", "--out", "unused"])
+    tr, _ = _set_up(args, _make_accelerator("no", Path("unused")))
+    params = list(tr.unet.parameters())
+    assert len(params) > 100
+    reference = copy.deepcopy(tr.ema)
+    reference.foreach = False
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn(p.shape, generator=g))
+        with OpCount() as ops:
+            tr.ema.step(params)
+        reference.step(params)
+        assert ops.n <= 4
+    # each update may round once differently (a fused multiply-subtract), by at most one ulp <= eps |value|; the
+    # average shrinks earlier differences, so 20 updates stay within 20 such ulps
+    bound = 20 * torch.finfo(torch.float32).eps * max(r.abs().max().item() for r in reference.shadow_params)
+    for ours, ref in zip(tr.ema.shadow_params, reference.shadow_params):
+        torch.testing.assert_close(ours, ref, rtol=0, atol=bound)
