@@ -180,9 +180,17 @@ def _recorded(steps, result: SampleResult, n_snapshots: int, n_frames: int, prog
     yield result
 
 
-def compare_steps(model: LoadedModel, pairs, seed: int = 0, mode: str | None = None, upgrade: str | None = None):
+def compare_steps(
+    model: LoadedModel,
+    pairs,
+    seed: int = 0,
+    mode: str | None = None,
+    upgrade: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):
     """Each ``(sampler, steps)`` pair (``steps`` None: all T) run on one sample from the same x_T (the seed's first
     draw, as :func:`generate_steps` draws it), in order; yields ``(sampler, steps, SampleResult)`` as each ends.
+    ``should_stop`` is called before every step of every pair, as by :func:`generate_steps`.
 
     Deterministic samplers (DDIM with eta = 0, DPM-Solver++) integrate the same probability-flow ODE from x_T, so
     their images converge to one image as steps grow (for DDIM only while x0_hat is not clipped, or with eps_hat
@@ -200,6 +208,7 @@ def compare_steps(model: LoadedModel, pairs, seed: int = 0, mode: str | None = N
             n_frames=0,
             mode=mode,
             upgrade=upgrade,
+            should_stop=should_stop,
         )
         yield sampler, steps, result
 

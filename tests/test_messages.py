@@ -26,6 +26,7 @@ from ddpm_core.sampling import SamplingCancelled
 from helpers import prefill_hub_cache, save_flat_folder, save_pipeline_folder
 from ui import common
 from ui.errors import FALLBACK_ZH, ZH, say, zh_pattern
+from ui.fair import check_cost
 from ui.tabs import compare, forward, lab2d, sample, schedules
 
 #: Patterns only a reachable Hub produces (a network error, a missing or gated repo, a repo with no UNet anywhere).
@@ -46,7 +47,7 @@ ONLINE_ONLY = {
 TECHNICAL = set(
     "PNG JPEG WebP GIF BMP TIFF PPM PGM PBM SVG PDF PostScript HTML Hub Hugging Face UNet UNet2DModel DDPM config "
     "json safetensors bin owner name Space learned_range out_channels diffusion_pytorch_model eta end id MB GB MP "
-    "DDPM's _end".split()
+    "DDPM's _end GFLOP CPU".split()
 )
 
 
@@ -112,7 +113,18 @@ def _argument_messages() -> list:
         lambda: next(lab2d.lab_train("drawn", "linear", "epsilon", {"composite": np.zeros((64, 64, 4), np.uint8)})),
         lambda: _raise(common._user_message(MemoryError(), "en")),
         lambda: _raise(common._user_message(SamplingCancelled(), "en")),
+        lambda: check_cost(tiny_unet(3), 10**5, 16),  # a few images would fit
+        lambda: check_cost(tiny_unet(3), 10**9, 1),  # not even one image
+        lambda: lab2d.lab_sample(_unlabelled_run(), "ddpm", 5, 1, 1.0, 0),
     ]
+
+
+def _unlabelled_run():
+    from ddpm_core import lab2d as L
+
+    run = L.train(L.make_diffusion("linear", 100), L.make_points("moons", 64)[0], steps=1)
+    run.dataset, run.heldout = "moons", (run.data, None, run.data)
+    return run
 
 
 def _upload_messages(tmp_path) -> list:

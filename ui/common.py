@@ -20,6 +20,7 @@ from ddpm_core.imaging import MAX_SIDE_DEFAULT, center_crop_resize, load_image, 
 from ddpm_core.sampling import SampleResult, SamplingCancelled, pick_device
 from ui.components import short_repr
 from ui.errors import say
+from ui.fair import CPU, Cancelled, Job, check_cost
 from ui.files import png
 from ui.guard import QueueGuard
 from ui.i18n import tr
@@ -55,13 +56,28 @@ DEFAULT_SAMPLER, DEFAULT_STEPS = default_setting()
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 
 #: Queue limits (README, security section): the jobs one visitor may hold per group (at most half of the group's
-#: workers, so that a visitor who never listens can hold up the others for at most the listener grace of 3 s), and
-#: the length of each group's queue.
+#: workers, so that one visitor never holds every worker), and the length of each group's queue.
 GUARD = QueueGuard(
-    per_client={"sampler": 2, "forward": 2, "schedules": 2},
-    per_group={"sampler": 16, "forward": 32, "schedules": 32},
+    per_client={"sampler": 2, "forward": 2, "schedules": 2, "lab": 2, "lab_run": 2, "lab_train": 1},
+    per_group={"sampler": 16, "forward": 32, "schedules": 32, "lab": 32, "lab_run": 16, "lab_train": 16},
     grace_s=3.0,
 )
+#: Workers of the sampling group. Its jobs compute in turns of the CPU (ui.fair), so on a CPU several run at once
+#: and a new visitor's request starts at once, sharing the CPU, instead of waiting for whole requests: with one
+#: visitor holding its share (2), six more start at once. On a GPU one at a time (its captured graphs and compiled
+#: steps are built for one request at a time).
+SAMPLER_WORKERS = 8 if ON_CPU else 1
+
+
+def fair_job() -> Job:
+    """This request's turns of the CPU (``ui.fair.CPU``), as its visitor's; cancelled once the visitor hangs up."""
+    return CPU.job(GUARD.visitor(), stop=lambda: not GUARD.still_listening())
+
+
+def check_request_cost(m, evaluations: int, batch: int = 1) -> None:
+    """A ``ValueError`` if ``evaluations`` network evaluations of ``batch`` images of model ``m`` cost more than one
+    request may on this device (``ui.fair.check_cost``: on a CPU only)."""
+    check_cost(m.unet, evaluations, batch, on_cpu=ON_CPU)
 
 
 def on_zero_gpu() -> bool:
@@ -93,7 +109,7 @@ def _user_message(err: BaseException, lang: str = "en") -> gr.Error | None:
     Expected failures are logged in one line, in English, not with a traceback: the log is for the operator."""
     if isinstance(err, ValueError):
         message = str(err)
-    elif isinstance(err, SamplingCancelled):
+    elif isinstance(err, (SamplingCancelled, Cancelled)):
         message = "Sampling was cancelled."
     elif isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or (
         isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
@@ -267,22 +283,23 @@ def run_text(lang: str, key: str, **fmt) -> str:
 
 
 def drive(steps, total: int, progress, label: str, lang: str = "en"):
-    """Run ddpm_core's sampler generator for a handler: yields ("preview", StepOutput) about PREVIEWS times,
-    ("beat", None) at least every YIELD_EVERY_S (a no-op update that lets gradio stop a cancelled run), and
-    finally ("done", SampleResult)."""
+    """Run ddpm_core's sampler generator for a handler, each step in a turn of the CPU (``fair_job``): yields
+    ("preview", StepOutput) about PREVIEWS times, ("beat", None) at least every YIELD_EVERY_S (a no-op update that
+    lets gradio stop a cancelled run), and finally ("done", SampleResult)."""
     last = time.monotonic()
-    for item in steps:
-        if isinstance(item, SampleResult):
-            yield "done", item
-            return
-        STATS["steps"] += 1
-        progress((item.index + 1, total), desc=label, unit=run_text(lang, "steps"))
-        if (item.index + 1) % max(1, total // PREVIEWS) == 0 and item.index + 1 < total:
-            last = time.monotonic()
-            yield "preview", item
-        elif time.monotonic() - last >= YIELD_EVERY_S:
-            last = time.monotonic()
-            yield "beat", None
+    with fair_job() as job:
+        for item in job.steps(steps):
+            if isinstance(item, SampleResult):
+                yield "done", item
+                return
+            STATS["steps"] += 1
+            progress((item.index + 1, total), desc=label, unit=run_text(lang, "steps"))
+            if (item.index + 1) % max(1, total // PREVIEWS) == 0 and item.index + 1 < total:
+                last = time.monotonic()
+                yield "preview", item
+            elif time.monotonic() - last >= YIELD_EVERY_S:
+                last = time.monotonic()
+                yield "beat", None
 
 
 def previews(step, label: str) -> list:

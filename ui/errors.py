@@ -161,6 +161,21 @@ ZH: list[tuple[str, str]] = [
     ),
     (r"the UNet outputs 2C channels: using learned_range variance", "UNet 输出 2C 个通道：使用 learned_range 方差"),
     (r"Draw a shape on the canvas first: it is \(nearly\) empty\.", "请先在画布上画一个形状：画布（几乎）是空的。"),
+    (
+        r"This data set has no classes: choose “none \(unconditional\)” as the class\.",
+        "这个数据集没有类别：类别请选“无（无条件）”。",
+    ),
+    (
+        r"This request would cost (?P<cost>[\d,]+) GFLOP \((?P<n>\d+) network evaluations x (?P<b>\d+) image\(s\)\); "
+        r"on this CPU one request may cost at most (?P<cap>[\d,]+): choose at most (?P<k>\d+) image\(s\) at this step count",
+        "这个请求的计算量是 {cost} GFLOP（{n} 次网络计算 × {b} 张图）；在这台 CPU 上一个请求最多 {cap} GFLOP："
+        "在这个步数下最多选 {k} 张图",
+    ),
+    (
+        r"This request would cost (?P<cost>[\d,]+) GFLOP \((?P<n>\d+) network evaluations x (?P<b>\d+) image\(s\)\); "
+        r"on this CPU one request may cost at most (?P<cap>[\d,]+): choose fewer steps",
+        "这个请求的计算量是 {cost} GFLOP（{n} 次网络计算 × {b} 张图）；在这台 CPU 上一个请求最多 {cap} GFLOP：请减少步数",
+    ),
     (r"Train a model first \(the Train button above\)\.", "请先训练模型（上面的“训练”按钮）。"),
     # runs (ui.common); the title of every error message
     (r"Error", "出错了"),

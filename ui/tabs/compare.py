@@ -12,13 +12,16 @@ from ddpm_core import evaluate
 from ddpm_core.checkpoints import BUNDLED_DEFAULT, CHECKPOINT_DIR
 from ddpm_core.imaging import tensor_to_pil
 from ddpm_core.samplers import SAMPLERS
-from ddpm_core.sampling import compare_steps
+from ddpm_core.sampling import compare_steps, reverse_timesteps
 from ui.common import (
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     LATEX,
+    SAMPLER_WORKERS,
     check_model,
+    check_request_cost,
     display,
+    fair_job,
     fast_path,
     gpu,
     model,
@@ -138,14 +141,18 @@ def compare(model_name, seed, chosen, lang="en", progress=gr.Progress()):
     m = model(model_name)
     ref = _reference(chosen)
     say = functools.partial(tr, TEXT, lang=lang if lang in TEXT else "en")
+    check_request_cost(m, sum(len(reverse_timesteps(m.diffusion, PAIRS[c][1])) for c in chosen))
     runs, gallery = {}, []
-    for k, (sampler, steps, result) in enumerate(compare_steps(m, [PAIRS[c] for c in chosen], seed, **fast_path(m))):
-        label = chosen[k]
-        runs[label] = result
-        img = tensor_to_pil(result.samples.clamp(-1, 1))[0]
-        gallery.append((png(display(img)), f"{label} · {result.seconds:.1f} s"))
-        progress((k + 1, len(chosen)), desc=label)
-        yield gallery, gr.skip()
+    with fair_job() as job:  # each step in a turn of the CPU: a False from should_stop, a raise if the visitor left
+        pairs = compare_steps(m, [PAIRS[c] for c in chosen], seed, should_stop=job.should_stop, **fast_path(m))
+        for k, (sampler, steps, result) in enumerate(pairs):
+            job.pause()
+            label = chosen[k]
+            runs[label] = result
+            img = tensor_to_pil(result.samples.clamp(-1, 1))[0]
+            gallery.append((png(display(img)), f"{label} · {result.seconds:.1f} s"))
+            progress((k + 1, len(chosen)), desc=label)
+            yield gallery, gr.skip()
     table = say("table").format(ref=ref or say("no_ref"))
     for label, result in runs.items():
         dist = "" if ref is None else f"{_rms(result.samples, runs[ref].samples):.4f}"
@@ -199,7 +206,7 @@ def build(ctx) -> None:
         [model_in, seed, pairs, ctx.lang],
         [gallery, table],
         api_name="compare",
-        concurrency_limit=1,
+        concurrency_limit=SAMPLER_WORKERS,
         concurrency_id="sampler",
         time_limit=600,
     )

@@ -14,8 +14,10 @@ from ui.common import (
     DEFAULT_STEPS,
     LATEX,
     MAX_SEEDS,
+    SAMPLER_WORKERS,
     T_MAX,
     check_model,
+    check_request_cost,
     display,
     drive,
     fast_path,
@@ -102,6 +104,7 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, lang="en", progre
         (png(display(noisy), f"x_t-t{t}.png"), f"x_t, t={t}"),
     ]
     total = len(reverse_timesteps(m.diffusion, n_steps, start_t=t))
+    check_request_cost(m, total, n_seeds)
     # no background upgrade: the slider's t makes nearly every request's schedule a new one
     mode = fast_path(m)["mode"]
     steps = generate_steps(m, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2, mode=mode)
@@ -154,7 +157,7 @@ def build(ctx) -> None:
         [image, model_in, t, seeds, steps, seed, ctx.lang],
         [gallery, info],
         api_name="denoise_from_t",
-        concurrency_limit=1,
+        concurrency_limit=SAMPLER_WORKERS,
         concurrency_id="sampler",
         time_limit=600,
     )

@@ -23,8 +23,10 @@ from ui.common import (
     LATEX,
     MAX_BATCH,
     ON_CPU,
+    SAMPLER_WORKERS,
     T_MAX,
     check_model,
+    check_request_cost,
     display,
     drive,
     fast_path,
@@ -228,6 +230,7 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, lang="en
     progress(0, desc=run_text(lang, "loading", name=model_name))
     m = model(model_name)
     total = len(reverse_timesteps(m.diffusion, n_steps))
+    check_request_cost(m, total, batch_size)
     yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), _said(lang, "starting", total=total)  # the last summary goes
     steps = generate_steps(
         m,
@@ -356,7 +359,7 @@ def build(ctx) -> None:
         [model_in, sampler, steps, eta, variance, batch, seed, ctx.lang],
         [gallery, trajectory, animation, downloads, info],
         api_name="sample",
-        concurrency_limit=1,
+        concurrency_limit=SAMPLER_WORKERS,
         concurrency_id="sampler",
         time_limit=600,
     )
