@@ -83,6 +83,10 @@ def build_demo() -> gr.Blocks:
     return GUARD.install(clear_request_errors(demo))
 
 
+#: Sessions whose state gradio keeps (about 1 MB each for this page, even for a call that stores nothing); one
+#: visitor keeps at most ``GUARD.sessions_per_client`` of them (ui.guard).
+SESSION_CAPACITY = 500
+
 WARM = {"status": "not started"}
 
 
@@ -125,6 +129,7 @@ def launch(demo: gr.Blocks | None = None, warm: bool = True, **kwargs):
         head=HEAD,
         allowed_paths=[str(EXAMPLES_DIR)],  # the bundled example images, wherever the app is started from
         max_file_size="30mb",
+        state_session_capacity=SESSION_CAPACITY,
         app_kwargs=app_kwargs,
         **kwargs,
     )

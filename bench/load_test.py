@@ -2,10 +2,17 @@
 
     python bench/load_test.py --users 16 --calls 6
     python bench/load_test.py --hostile --seconds 60 --users 24 --huge 8
+    python bench/load_test.py --fair --seconds 300 --users 4 --json bench/results/cpu-fair-share.json
 
 Starts the app in this process, then each user thread makes ``--calls`` calls, cycling forward / schedules /
 sample (10 steps, batch 2) / forward; a quarter of the users send identical requests (same image, same seed).
 Reports completed/refused counts, latency percentiles per endpoint and the process's peak RSS.
+
+``--fair``: for ``--seconds`` (300), one hostile visitor keeps its share of the sampling queue full of the costliest
+requests the CPU budget admits (16 digits x 500 DDPM steps, listening to them), makes REST calls that each open a
+fresh session, and uploads 29 MB files; meanwhile ``--users`` (4) polite visitors make the Sample tab's default
+request one after another. Reports each polite request's wait (until its first reverse step is reported) and its
+latency, the server's peak RSS, the peak size of its cache folder and its session count.
 
 ``--hostile``: for ``--seconds``, one client floods the queue with joins it never listens to (sampling at
 1000 steps x batch 16, and forward), while one polite client cycles /forward, /schedules and /sample, ``--users``
@@ -361,12 +368,99 @@ def run_hostile(
     }
 
 
-def serve(port: int, cache: str) -> subprocess.Popen:
+def _until_started(job, t0: float, timeout: float = 600) -> float:
+    """Seconds from ``t0`` until ``job`` (a gradio_client Job) reports its first reverse step, or finishes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = job.status()
+        units = status.progress_data or []
+        if any((u.index or 0) >= 1 and (u.unit or "") in ("steps", "步") for u in units) or job.done():
+            return time.perf_counter() - t0
+        time.sleep(0.05)
+    return float("inf")
+
+
+def polite_default(url: str, k: int, t_end: float, waits: list[float], tally: Tally) -> None:
+    """Polite visitor ``k``: the Sample tab's default request (gradio_client fills in the page's defaults), one after
+    another until ``t_end``; each request's wait until its first step goes to ``waits``, its latency to ``tally``."""
+    from gradio_client.exceptions import AppError
+
+    client = client_for(url, f"polite{k}", f"192.0.2.{20 + k}")
+    while time.monotonic() < t_end:
+        t0 = time.perf_counter()
+        try:
+            job = client.submit(api_name="/sample")
+            waits.append(_until_started(job, t0))
+            job.result(timeout=600)
+            tally.latency("sample (default)", time.perf_counter() - t0)
+        except AppError as err:
+            tally.refused("sample", err)
+
+
+def hostile_visitor(url: str, t_end: float, counts: dict) -> None:
+    """Until ``t_end``: two of the costliest admitted /sample requests always running (the visitor's share), REST calls
+    that each open a fresh session, and 29 MB uploads, all from one address."""
+    import httpx
+    from gradio_client.exceptions import AppError
+
+    client = client_for(url, "hostile", HOSTILE)
+    costliest = ("ddpm-mnist-28", "DDPM (fewer steps)", 500, 0.0, "model default", 16, 0)  # 3,021 GFLOP
+    jobs: list = []
+    with httpx.Client(headers={"X-Forwarded-For": HOSTILE}, timeout=60) as http:
+        while time.monotonic() < t_end:
+            jobs = [j for j in jobs if not j.done()]
+            while len(jobs) < 2:
+                jobs.append(client.submit(*costliest, api_name="/sample"))
+                counts["heavy"] += 1
+            r = http.post(f"{url}gradio_api/call/schedules", json={"data": [["linear"], 100]})
+            counts["fresh_sessions"] += r.status_code == 200
+            blob = os.urandom(29 * 2**20)  # new bytes each time: gradio stores uploads by content
+            up = http.post(f"{url}gradio_api/upload", files={"files": ("big.png", blob, "image/png")})
+            counts["uploads" if up.status_code == 200 else "uploads_refused"] += 1
+            time.sleep(0.5)
+    for j in jobs:
+        try:
+            j.cancel()
+        except AppError:
+            pass
+    client.close()
+
+
+def run_fair(url: str, seconds: float, users: int, cache: Path, pid: int | None) -> dict:
+    """One hostile visitor and ``users`` polite ones making the default request, for ``seconds``."""
+    from ui.files import folder_bytes
+
+    peaks = PeakWatch(pid, period=0.2, disk_bytes=lambda: folder_bytes(cache))
+    t_end = time.monotonic() + seconds
+    waits: list[float] = []
+    tally = Tally()
+    counts = {"heavy": 0, "fresh_sessions": 0, "uploads": 0, "uploads_refused": 0}
+    threads = [threading.Thread(target=hostile_visitor, args=(url, t_end, counts))]
+    threads += [threading.Thread(target=polite_default, args=(url, k, t_end, waits, tally)) for k in range(users)]
+    peaks.start()
+    run_all(threads)
+    peaks.stop()
+    return {
+        "seconds": seconds,
+        "polite_users": users,
+        "polite_requests": len(waits),
+        "polite_wait_s": {"p50": pct(waits, 50), "p95": pct(waits, 95), "max": max(waits, default=float("nan"))},
+        "polite_latency_s": latency_summary(tally.lat, (50, 95)),
+        "polite_refused": len(tally.errors),
+        "polite_errors": tally.errors[:5],
+        "hostile": counts,
+        "peak_rss_mb": peaks.rss / 2**20,
+        "peak_cache_mb": peaks.disk / 2**20,
+    }
+
+
+def serve(port: int, cache: str, warm: bool = False) -> subprocess.Popen:
     """The app in a process of its own (so that the clients here neither share its interpreter lock nor count
-    in its memory), as behind the Spaces proxy: users are told apart by X-Forwarded-For."""
+    in its memory), as behind the Spaces proxy: users are told apart by X-Forwarded-For. ``warm``: after the
+    warm-up ``python app.py`` runs before serving."""
     code = (
         "import app; app.GUARD.trust_proxy = True; "
-        f"app.launch(warm=False, server_name='127.0.0.1', server_port={port}, quiet=True)"
+        f"app.launch(warm={warm}, server_name='127.0.0.1', server_port={port}, quiet=True)"
     )
     env = {**os.environ, "GRADIO_TEMP_DIR": cache, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
@@ -393,6 +487,7 @@ def main():
     p.add_argument("--users", type=int, default=16)
     p.add_argument("--calls", type=int, default=6)
     p.add_argument("--hostile", action="store_true")
+    p.add_argument("--fair", action="store_true")
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--huge", type=int, default=0)
     p.add_argument("--json", help="also write the results here")
@@ -401,10 +496,12 @@ def main():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = serve(port, cache)
+    server = serve(port, cache, warm=args.fair)
     url = f"http://127.0.0.1:{port}/"
     try:
-        if args.hostile:
+        if args.fair:
+            r = run_fair(url, args.seconds, args.users, Path(cache), pid=server.pid)
+        elif args.hostile:
             r = run_hostile(url, args.seconds, args.users, args.huge, cache=Path(cache), pid=server.pid)
         else:
             r = run_load(url, args.users, args.calls, pid=server.pid)
@@ -417,6 +514,15 @@ def main():
 
         meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "load_average_at_end": os.getloadavg()}
         Path(args.json).write_text(json.dumps({**vars(args), **meta, "results": r}, indent=1) + "\n")
+    if args.fair:
+        w, lat = r["polite_wait_s"], r["polite_latency_s"].get("sample (default)", {})
+        print(
+            f"{r['polite_users']} polite visitors, {r['polite_requests']} default requests: wait p50 {w['p50']:.2f} s, "
+            f"p95 {w['p95']:.2f} s, max {w['max']:.2f} s; latency p50 {lat.get('p50', float('nan')):.1f} s, p95 "
+            f"{lat.get('p95', float('nan')):.1f} s; refused {r['polite_refused']}; hostile {r['hostile']}; "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB; peak cache folder {r['peak_cache_mb']:.0f} MB"
+        )
+        return
     if args.hostile:
         print(
             f"flood: {r['flood']['accepted']} joins accepted, {r['flood']['refused']} refused; polite refusals: {r['polite_refused']}; huge uploads "

@@ -228,11 +228,11 @@ def test_odd_values_get_a_clear_message(polite, endpoint, args, fragment):
     assert len(str(err.value)) < 300  # a 10 KB request is never echoed back whole
 
 
-def _raw_call(url: str, api_name: str, data: list) -> str:
+def _raw_call(url: str, api_name: str, data: list, address: str = POLITE) -> str:
     """The REST API without gradio_client (which fills in defaults and uploads paths): the final SSE message."""
     import httpx
 
-    with httpx.Client(timeout=60, headers={"X-Forwarded-For": POLITE}) as http:
+    with httpx.Client(timeout=60, headers={"X-Forwarded-For": address}) as http:
         event_id = http.post(f"{url}gradio_api/call/{api_name}", json={"data": data}).json()["event_id"]
         text = http.get(f"{url}gradio_api/call/{api_name}/{event_id}").text
     return text
@@ -322,3 +322,234 @@ def test_the_source_folder_is_not_written_at_run_time(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=src, env=env, capture_output=True, text=True, timeout=300)
     assert "built" in out.stdout, out.stderr[-2000:]
     assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
+
+
+# ---------------------------------------------------------------- the sketchpad's back doors
+def _sketch(path: str, layers: int = 0) -> dict:
+    from gradio_client import handle_file
+
+    return {"background": None, "layers": [handle_file(path)] * layers, "composite": handle_file(path)}
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def test_no_component_function_is_reachable(server):
+    """gradio's /component_server ran the image editor's accept_blobs: one 300-byte request with a layer index of
+    10^8 kept 763 MB for ever. The page calls no component function, so the route is closed."""
+    import httpx
+
+    from ui.guard import server_functions
+
+    app, url = server
+    demo_fns = server_functions(app.GUARD._blocks)
+    # every server function the page's components have, and none of them needed by the page: the canvas calls
+    # accept_blobs only when a change or input listener is attached to it, and none is
+    assert demo_fns == [("SafeSketchpad", "accept_blobs")], demo_fns
+    config = httpx.get(url + "config", timeout=10).json()
+    sketch = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "lab-sketch")
+    listened = {(t[0], t[1]) for d in config["dependencies"] for t in d["targets"]}
+    assert not {(sketch["id"], "change"), (sketch["id"], "input")} & listened
+
+    before = _rss_mb()
+    files = {"files": ("x.png", b"\0", "image/png")}
+    data = {
+        "data": json.dumps({"id": "a", "type": "layer", "index": 10**8}),
+        "component_id": str(sketch["id"]),
+        "fn_name": "accept_blobs",
+        "session_hash": "bomb",
+    }
+    for route in ("gradio_api/component_server", "gradio_api/component_server/"):
+        r = httpx.post(url + route, data={"data": json.dumps(data)}, files=files, timeout=30)
+        assert r.status_code == 404 and "no component functions" in r.text, (r.status_code, r.text[:200])
+    assert _rss_mb() - before < 50
+
+
+def test_a_sketch_is_decoded_by_the_allow_list(server, polite, tmp_path, monkeypatch):
+    """An EPS file sent as the drawing ran Ghostscript (a planted `gs` on PATH ran with the upload); a 9.7 KB PNG of
+    8,900 x 8,900 1-bit pixels referenced by 8 layers took the server to a 4.8 GB peak. Both are refused now, by the
+    same allow-list and pixel limit as every upload, with the message an upload gets."""
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+
+    marker = tmp_path / "gs-ran"
+    gs = tmp_path / "bin" / "gs"
+    gs.parent.mkdir()
+    gs.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    gs.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{gs.parent}:{__import__('os').environ['PATH']}")
+    eps = tmp_path / "drawing.png"  # named as an image, but PostScript inside
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(AppError, match="not an image in an accepted format"):
+        polite.predict("drawn", "linear", "epsilon", _sketch(str(eps)), api_name="/lab_train")
+    assert not marker.exists()
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (8900, 8900)).save(bomb, optimize=True)
+    assert bomb.stat().st_size < 20_000
+    before = _rss_mb()
+    with pytest.raises(AppError, match="the limit is 40 MP"):
+        polite.predict("drawn", "linear", "epsilon", _sketch(str(bomb), layers=8), api_name="/lab_train")
+    assert _rss_mb() - before < 200  # not 4.8 GB: nothing was decoded
+
+    with pytest.raises(AppError, match="corrupt or truncated") as err:
+        truncated = tmp_path / "cut.png"
+        Image.new("L", (64, 64), 0).save(truncated)
+        truncated.write_bytes(truncated.read_bytes()[:60])
+        polite.predict("drawn", "linear", "epsilon", _sketch(str(truncated)), api_name="/lab_train")
+    assert "Could not preprocess" not in str(err.value)
+
+
+def test_an_unlistened_sketch_costs_nothing(server, tmp_path):
+    """A sketch sent by a client that never listens cost 2 GB and 6 CPU-seconds before its job was dropped: the
+    canvas's value is now a path, decoded by the handler only once someone listens."""
+    import httpx
+    from PIL import Image
+
+    app, url = server
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (6000, 6000)).save(bomb, optimize=True)  # 36 MP: under the limit, 36 MB once decoded as L
+    with httpx.Client() as http:
+        up = http.post(
+            url + "gradio_api/upload",
+            files={"files": ("bomb.png", bomb.read_bytes(), "image/png")},
+            headers={"X-Forwarded-For": HOSTILE},
+            timeout=30,
+        ).json()[0]
+        sketch = {
+            "background": None,
+            "layers": [{"path": up, "meta": {"_type": "gradio.FileData"}}] * 8,
+            "composite": {"path": up, "meta": {"_type": "gradio.FileData"}},
+        }
+        dropped = app.GUARD.stats["dropped"]
+        before, cpu = _rss_mb(), time.process_time()
+        assert (
+            _join(http, url, _fn_index(url, "lab_train"), ["drawn", "linear", "epsilon", sketch, None]).status_code
+            == 200
+        )
+        assert _wait(lambda: app.GUARD.stats["dropped"] > dropped, 30)
+    assert _rss_mb() - before < 100 and time.process_time() - cpu < 2.0
+
+
+# ---------------------------------------------------------------- the CPU shared by cost
+def test_a_request_over_the_cpu_budget_is_refused_at_once(polite):
+    from gradio_client.exceptions import AppError
+
+    t0 = time.perf_counter()
+    with pytest.raises(AppError, match="on this CPU one request may cost at most"):
+        polite.predict("ddpm-mnist-28", "DDPM (all T steps)", 1000, 0.0, "model default", 16, 0, api_name="/sample")
+    assert time.perf_counter() - t0 < 10
+
+
+def test_a_short_request_never_waits_behind_another_visitors_long_ones(server, polite, tmp_path):
+    """Two long requests of one visitor made another visitor's 0.3 s request wait 469 s: now every step takes a turn
+    of the CPU, the least-served visitor first, so the short request runs beside them at once."""
+    from gradio_client import Client
+
+    app, url = server
+    hostile = Client(
+        url, verbose=False, analytics_enabled=False, download_files=str(tmp_path), headers={"X-Forwarded-For": HOSTILE}
+    )
+    heavy = ("ddpm-mnist-28", "DDPM (fewer steps)", 200, 0.0, "model default", 16, 0)  # ~1,200 GFLOP each
+    steps0 = app.STATS["steps"]
+    jobs = [hostile.submit(*heavy, api_name="/sample") for _ in range(2)]
+    assert _wait(lambda: app.STATS["steps"] - steps0 >= 4, 120)  # both heavy jobs are computing
+    t0 = time.perf_counter()
+    out = polite.predict("ddpm-mnist-28", "DDIM", 5, 0.0, "model default", 1, 0, api_name="/sample")
+    waited = time.perf_counter() - t0
+    assert len(out[0]) == 1
+    running = [not j.done() for j in jobs]
+    for j in jobs:
+        j.cancel()
+    hostile.close()
+    assert all(running) and waited < 10, (running, waited)
+    # the hostile visitor hung up: its jobs stop at their next turn, not after their 200 steps
+    stopped = app.STATS["steps"]
+    time.sleep(3)
+    assert app.STATS["steps"] - stopped <= 4
+
+
+def test_forged_forwarded_addresses_are_one_visitor(server):
+    """Behind the proxy, nine forged X-Forwarded-For values filled the queue as nine visitors. The proxy appends the
+    address it was reached from; only that entry names the client."""
+    import httpx
+
+    app, url = server
+    fn = _fn_index(url, "sample")
+    heavy = ["ddpm-mnist-28", "DDPM (fewer steps)", 100, 0.0, "model default", 1, 0, None]
+    with httpx.Client() as http:
+        codes = []
+        for k in range(9):
+            body = {
+                "data": heavy,
+                "fn_index": fn,
+                "session_hash": uuid.uuid4().hex[:10],
+                "event_data": None,
+                "trigger_id": None,
+            }
+            forged = {"X-Forwarded-For": f"198.18.0.{k}, {HOSTILE}"}  # the client's claim, then the proxy's entry
+            codes.append(http.post(url + "gradio_api/queue/join", json=body, headers=forged, timeout=10).status_code)
+    assert codes.count(200) == 2 and codes.count(503) == 7, codes
+    assert _wait(lambda: not app.GUARD.admit("sampler", HOSTILE), 30)
+
+
+# ---------------------------------------------------------------- caches that cannot be filled
+def test_uploads_count_against_the_cap_and_the_apps_own_files_survive(server, polite, monkeypatch):
+    """30 uploads of 29 MB took the cache from 593 MB to 1,463 MB (cap 1,024 MB); the next sweep then removed the
+    example images the page points to, and /forward with the default image failed for every visitor."""
+    import httpx
+    from gradio_client import handle_file
+
+    import ui.files as files
+
+    app, url = server
+    root = files.cache_root()
+    cap = files.folder_bytes(root) + 3 * 2**20
+    monkeypatch.setattr(files.JANITOR, "cap", cap)
+    blob = np_bytes = bytes(2**20)  # 1 MB each: ten of them do not fit under the cap together
+    peak = 0
+    with httpx.Client() as http:
+        for k in range(10):
+            r = http.post(
+                url + "gradio_api/upload",
+                files={"files": (f"u{k}.png", blob, "image/png")},
+                headers={"X-Forwarded-For": POLITE},
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            peak = max(peak, files.folder_bytes(root))
+        assert peak <= cap, (peak, cap)
+        too_big = http.post(
+            url + "gradio_api/upload",
+            files={"files": ("big.png", bytes(4 * 2**20), "image/png")},
+            headers={"X-Forwarded-For": POLITE},
+            timeout=30,
+        )
+        assert too_big.status_code == 503 and "disk is full" in too_big.text
+        # the page's example images are served from the repo, out of the sweep's reach
+        config = http.get(url + "config", timeout=10).json()
+        example = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "input-image")
+        value = example["props"]["value"]
+        assert str(EXAMPLES) in value["path"]
+        assert http.get(value["url"], timeout=10).status_code == 200
+    del np_bytes
+    out = polite.predict(handle_file(value["path"]), 5, "linear", 1000, 0, api_name="/forward")
+    assert Path(out[0]).is_file()
+
+
+def test_fresh_session_hashes_cannot_fill_the_memory(server):
+    """300 calls with a fresh session hash each kept 300 sessions of about 1 MB (every REST call opens a session of its
+    own); gradio keeps up to 10,000. One visitor now keeps at most its own few sessions, and the app at most
+    SESSION_CAPACITY."""
+    app, url = server
+    holder = app.GUARD._blocks.state_holder
+    assert holder.capacity == app.SESSION_CAPACITY
+    address = "198.51.100.99"
+    for _ in range(30):
+        assert "event: complete" in _raw_call(url, "schedules", [["linear"], 100], address)
+    assert len(app.GUARD.sessions[address]) == app.GUARD.sessions_per_client
+    assert len(set(holder.session_data) & set(app.GUARD.sessions[address])) <= app.GUARD.sessions_per_client
+    assert len(holder.session_data) <= app.GUARD.sessions_per_client * len(app.GUARD.sessions)

@@ -7,6 +7,7 @@ number, 10**400, a string of 10 KB). Each check here turns such a value into a s
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from gradio.utils import get_upload_folder, is_in_or_equal
 #: Beyond this, a number is certainly out of every range the app offers; rejecting it before any float()
 #: conversion also avoids OverflowError for integers of 309 digits and more.
 HUGE = 2**53
+log = logging.getLogger("ddpm_explorer")
 
 
 def user_error(message: str) -> gr.Error:
@@ -76,6 +78,34 @@ with _no_stub_files():
                 raise user_error("That file was not uploaded to this Space: upload the image, then use it.")
             return payload.path
 
+    class SafeSketchpad(gr.Sketchpad):
+        """A drawing canvas whose drawing reaches the handler as the path of its composite image, unread: the
+        handler decodes it with ``ddpm_core.imaging``'s allow-list and pixel limit once the job is known to have a
+        listener (gradio's own would first open the composite, the background and every layer with PIL, whatever
+        their format and size, even for a job nobody listens to). Layers and background are ignored: the canvas
+        sends its composite."""
+
+        is_template = True
+
+        def preprocess(self, payload):
+            composite = getattr(payload, "composite", None)
+            if composite is None:
+                return None
+            if not composite.path or not is_in_or_equal(composite.path, get_upload_folder()):
+                raise user_error("The drawing did not arrive as an upload to this Space; please draw it again.")
+            return composite.path
+
+    class IntegerDropdown(gr.Dropdown):
+        """A dropdown whose values are whole numbers, documented so in the API (gradio's says strings)."""
+
+        is_template = True
+
+        def api_info(self):
+            info = super().api_info()
+            if info.get("enum") and all(isinstance(v, int) for v in info["enum"]):
+                info["type"] = "integer"
+            return info
+
     class StrictNumber(gr.Number):
         """A number input whose API value is checked (type, size, finiteness) before gradio's own handling."""
 
@@ -127,8 +157,10 @@ def clear_request_errors(demo: gr.Blocks) -> gr.Blocks:
             raise
         except InvalidPathError as err:
             raise user_error("That file was not uploaded to this Space: upload the image, then use it.") from err
-        except ValueError as err:  # pydantic's ValidationError included: a value of the wrong form
+        except Exception as err:  # pydantic's ValidationError included: a value of the wrong form
+            # one line in the log, not a traceback: a malformed request is the client's mistake, not a fault
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.info("refused a request to %s: %s", block_fn.api_name or block_fn.name, short_repr(first_line, 120))
             raise user_error(
                 f"A value sent to {block_fn.api_name or block_fn.name} does not fit its input "
                 f"({short_repr(first_line, 120)})"
@@ -139,6 +171,8 @@ def clear_request_errors(demo: gr.Blocks) -> gr.Blocks:
 
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"  # images this repo made itself
+# served from the repo as they are, never copied into gradio's cache, where the disk cap's sweep removes files
+gr.set_static_paths([str(EXAMPLES_DIR)])
 EXAMPLES = sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
 DEFAULT_IMAGE = str(EXAMPLES_DIR / "sunset.png") if (EXAMPLES_DIR / "sunset.png").is_file() else None
 UploadImage.allowed_folders = (str(EXAMPLES_DIR),)

@@ -7,6 +7,10 @@ again; uploads land there too, so one cap bounds everything the Space writes.
 
 The cap (``DDPM_DISK_CAP_MB``, default 1024 MB) is enforced oldest first, by modification time. A result stays
 downloadable until newer results push it out, or for gradio's own age limit (an hour), whichever comes first.
+An upload is admitted only once there is room for its declared size (:meth:`Janitor.reserve`, called by
+``ui.guard`` before gradio reads the body), so uploads count against the cap as they arrive. The app's own files
+(the example images) are served from the repo's ``examples/`` folder as gradio static files, never copied here,
+so no sweep can remove them.
 """
 
 from __future__ import annotations
@@ -119,7 +123,28 @@ class Janitor:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._room = threading.Lock()
+        self.reserved = 0  # bytes of uploads admitted and still arriving
         self.stats = {"sweeps": 0, "removed": 0, "bytes": 0}
+
+    def reserve(self, nbytes: int) -> bool:
+        """Make room for an upload of ``nbytes`` under the cap, removing the oldest files if needed; False if it
+        cannot fit (larger than the cap, or the uploads already arriving hold the room)."""
+        with self._room:
+            room = self.cap - self.reserved - nbytes
+            if room < 0:
+                return False
+            used, removed = sweep(cache_root(), room)
+            self.stats["removed"] += removed
+            self.stats["bytes"] = used
+            self.reserved += nbytes
+            return True
+
+    def release(self, nbytes: int) -> None:
+        """The upload of ``nbytes`` has arrived (or failed): its file now counts itself."""
+        with self._room:
+            self.reserved = max(0, self.reserved - nbytes)
+        self.poke()
 
     def poke(self) -> None:
         with self._lock:
@@ -136,7 +161,8 @@ class Janitor:
             time.sleep(self.every_s)
 
     def run_once(self) -> int:
-        used, removed = sweep(cache_root(), self.cap)
+        with self._room:
+            used, removed = sweep(cache_root(), self.cap - self.reserved)
         self.stats["sweeps"] += 1
         self.stats["removed"] += removed
         self.stats["bytes"] = used

@@ -13,11 +13,11 @@ import pandas as pd
 import torch
 
 from ddpm_core import lab2d as L
-from ddpm_core.imaging import save_animation
+from ddpm_core.imaging import load_image, save_animation
 from ddpm_core.samplers import SAMPLERS
 from ui import plots2d as P
-from ui.common import LATEX, float_arg, int_arg, seed_arg, user_errors
-from ui.components import StrictNumber, StrictSlider
+from ui.common import LATEX, fair_job, float_arg, int_arg, seed_arg, user_errors
+from ui.components import IntegerDropdown, SafeSketchpad, StrictNumber, StrictSlider
 from ui.files import out_path
 from ui.i18n import tr
 from ui.tabs.forward import SCHEDULE_CHOICES, schedule_name
@@ -173,15 +173,20 @@ def _dataset(name) -> str:
     return name
 
 
+#: The drawing is read at most this many pixels on its long side: points are drawn from its pixels, and a canvas of
+#: any size (an API client's 8,900 x 8,900 PNG included) is reduced while decoding.
+SKETCH_SIDE = 256
+
+
 def _sketch_mask(sketch) -> np.ndarray:
-    """The drawn pixels ``[H x W]`` of a Sketchpad value (its composite: opaque strokes on a clear canvas)."""
-    image = sketch.get("composite") if isinstance(sketch, dict) else None
+    """The drawn pixels ``[H x W]`` of a drawing: the path of its composite image (``SafeSketchpad``), or a
+    Sketchpad value with a ``composite`` (a path, PIL image or array), decoded by ``ddpm_core.imaging.load_image``
+    (accepted formats only, the pixel limit, transparency on white). Every pixel that is not (nearly) white is
+    drawn, whatever the brush's colour."""
+    image = sketch.get("composite") if isinstance(sketch, dict) else sketch
     if image is None:
         raise ValueError("Draw a shape on the canvas first: it is (nearly) empty.")
-    a = np.asarray(image)
-    if a.ndim == 3 and a.shape[2] == 4:
-        return a[..., 3] > 0
-    return (a.mean(axis=2) if a.ndim == 3 else a) < 128
+    return np.asarray(load_image(image, mode="L", max_side=SKETCH_SIDE)) < 250
 
 
 def _points(dataset: str, sketch) -> tuple:
@@ -192,6 +197,10 @@ def _points(dataset: str, sketch) -> tuple:
         return (draw(N_TRAIN, seed=0), None), (draw(N_SHOW, seed=10), None, draw(N_SHOW, seed=11))
     held, held_labels = L.make_points(dataset, N_SHOW, seed=10)
     return L.make_points(dataset, N_TRAIN, seed=0), (held, held_labels, L.make_points(dataset, N_SHOW, seed=11)[0])
+
+
+#: The lab's sampling jobs (seconds each): their own workers, their network evaluations in turns of the CPU.
+RUN_GROUP = dict(concurrency_id="lab_run", concurrency_limit=4)
 
 
 def _run(state) -> L.LabRun:
@@ -211,12 +220,13 @@ def lab_train(dataset, schedule, prediction, sketch=None, lang="en", progress=gr
     (data, labels), heldout = _points(dataset, sketch)
     diffusion = L.make_diffusion(schedule, 1000, prediction)
     run = None
-    for run in L.train_steps(diffusion, data, labels):
-        k = len(run.losses)
-        if k % 50 == 0:  # a progress message per step would cost more than the step
-            progress((k, L.TRAIN_STEPS), desc=_say(lang, "train"))
-        if k % 250 == 0:
-            yield pd.DataFrame(P.loss_rows(run.losses)), gr.skip(), gr.skip(), gr.skip()
+    with fair_job() as job:  # each optimiser step in a turn of the CPU
+        for run in job.steps(L.train_steps(diffusion, data, labels)):
+            k = len(run.losses)
+            if k % 50 == 0:  # a progress message per step would cost more than the step
+                progress((k, L.TRAIN_STEPS), desc=_say(lang, "train"))
+            if k % 250 == 0:
+                yield pd.DataFrame(P.loss_rows(run.losses)), gr.skip(), gr.skip(), gr.skip()
     run.dataset, run.heldout = dataset, heldout
     info = _say(lang, "trained", steps=len(run.losses), secs=run.seconds, loss=sum(run.losses[-100:]) / 100)
     figure = P.data_figure(data[:N_SHOW], None if labels is None else labels[:N_SHOW], "x₀ ~ p_data")
@@ -247,9 +257,12 @@ def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
     steps = int_arg(steps, "steps", 1, run.diffusion.num_timesteps)
     seed = seed_arg(seed)
     cls = None if label in (None, "", -1) else int_arg(label, "label", 0, 2)
+    if cls is not None and run.model.num_classes == 0:
+        raise ValueError("This data set has no classes: choose “none (unconditional)” as the class.")
     net = L.guided(run.model, cls, float(scale)) if cls is not None else L.guided(run.model)
     t0 = time.perf_counter()
-    x, every = L.sample(run.diffusion, net, N_SHOW, sampler, steps, seed=seed, keep=N_SHOW)
+    with fair_job() as job:  # each network evaluation in a turn of the CPU
+        x, every = L.sample(run.diffusion, job.gate(net), N_SHOW, sampler, steps, seed=seed, keep=N_SHOW)
     secs = time.perf_counter() - t0
     held, held_labels, other = run.heldout
     if cls is not None and held_labels is not None:
@@ -275,7 +288,8 @@ def lab_quality(state, lang="en"):
     """Energy distance to held-out data against steps for every sampler, from one seed (seconds in 2D)."""
     run = _run(state)
     held, _, other = run.heldout
-    rows = L.quality_by_steps(run.diffusion, L.guided(run.model), held)
+    with fair_job() as job:  # each network evaluation in a turn of the CPU
+        rows = L.quality_by_steps(run.diffusion, job.gate(L.guided(run.model)), held)
     return P.quality_figure(rows, L.energy_distance(other, held), SAMPLER_NAMES, "ED(p_θ, p_data)")
 
 
@@ -355,7 +369,7 @@ def build(ctx) -> None:
                     )
                     steps = add(StrictSlider(1, 1000, value=100, step=1, label=t_("steps")), key="steps")
                 with gr.Row():
-                    label = add(gr.Dropdown(t_("label_choices"), value=-1, label=t_("label")), key="label")
+                    label = add(IntegerDropdown(t_("label_choices"), value=-1, label=t_("label")), key="label")
                     add(label, key="label_choices", attr="choices")
                     scale = add(StrictSlider(0, 5, value=1, step=0.5, label=t_("scale")), key="scale")
                     seed = add(
@@ -387,9 +401,7 @@ def build(ctx) -> None:
                 )
             posterior = _posterior_panel(t_, add)
     reverse = (sampler, steps, label, scale, seed, sample_btn, [rev_plot, sampled, anim])
-    quality_btn.click(
-        lab_quality, [run, ctx.lang], quality_plot, api_name="lab_quality", concurrency_id="lab", concurrency_limit=2
-    )
+    quality_btn.click(lab_quality, [run, ctx.lang], quality_plot, api_name="lab_quality", **RUN_GROUP)
     _wire(ctx, run, train_io, (fwd_t, fwd_plot), reverse, (field_t, field_plot, field_info), posterior)
 
 
@@ -401,7 +413,7 @@ def _train_panel(t_, add) -> tuple:
             dataset = add(gr.Radio(t_("dataset_choices"), value="moons", label=t_("dataset")), key="dataset")
             add(dataset, key="dataset_choices", attr="choices")
             sketch = add(
-                gr.Sketchpad(label=t_("sketch"), height=280, visible=False, elem_id="lab-sketch"), key="sketch"
+                SafeSketchpad(label=t_("sketch"), height=280, visible=False, elem_id="lab-sketch"), key="sketch"
             )
             dataset.change(_sketch_visibility, dataset, sketch, api_visibility="private")
             schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
@@ -459,17 +471,17 @@ def _wire(ctx, run, train_io, forward, reverse, field, post: dict) -> None:
     also on its own control."""
     (settings, go, train_out), (fwd_t, fwd_plot), (field_t, field_plot, field_info) = train_io, forward, field
     sampler, steps, label, scale, seed, sample_btn, rev_out = reverse
-    lab = dict(concurrency_id="lab", concurrency_limit=2)
+    lab = dict(concurrency_id="lab", concurrency_limit=4)  # the quick plots (a tenth of a second each)
     trained_ev = go.click(
         lab_train,
         [*settings, ctx.lang],
         [*train_out, run],
         api_name="lab_train",
-        concurrency_id="lab_train",  # never ahead of the quick plots
-        concurrency_limit=1,
+        concurrency_id="lab_train",  # never ahead of the quick plots; its steps take turns of the CPU
+        concurrency_limit=2,
     )
     fwd = dict(fn=lab_forward, inputs=[run, fwd_t, ctx.lang], outputs=fwd_plot, **lab)
-    rev = dict(fn=lab_sample, inputs=[run, sampler, steps, label, scale, seed, ctx.lang], outputs=rev_out, **lab)
+    rev = dict(fn=lab_sample, inputs=[run, sampler, steps, label, scale, seed, ctx.lang], outputs=rev_out, **RUN_GROUP)
     where = [post[k] for k in ("x", "y", "own", "x0x", "x0y")]
     pst = dict(
         fn=lab_posterior,
