@@ -141,6 +141,10 @@ def test_the_forward_queue_is_not_the_sampling_queue(server):
     app, _ = server
     assert app.GUARD.limits("sampler") == (2, 16) and app.GUARD.limits("forward") == (2, 32)
     assert app.GUARD.admit("forward", "192.0.2.50") is None
+    # every queue of the page has its limits written out (the lab's were a default of 4 while the README said 2)
+    groups = {fn.concurrency_id for fn in app.GUARD._blocks.fns.values() if not fn.concurrency_id.isdigit()}
+    assert groups <= set(app.GUARD.per_client), groups - set(app.GUARD.per_client)  # others: one event's own
+    assert app.GUARD.limits("lab_run")[0] == 2 and app.GUARD.limits("lab_train")[0] == 1
 
 
 def test_the_disk_stays_under_its_cap_and_fresh_results_survive(server, polite, monkeypatch):
@@ -507,9 +511,9 @@ def test_uploads_count_against_the_cap_and_the_apps_own_files_survive(server, po
 
     app, url = server
     root = files.cache_root()
-    cap = files.folder_bytes(root) + 3 * 2**20
-    monkeypatch.setattr(files.JANITOR, "cap", cap)
-    blob = np_bytes = bytes(2**20)  # 1 MB each: ten of them do not fit under the cap together
+    cap = 3 * 2**20
+    monkeypatch.setattr(files.JANITOR, "cap", cap)  # older files (earlier tests' results) are swept to make room
+    blob = bytes(2**20)  # 1 MB each: ten of them do not fit under the cap together
     peak = 0
     with httpx.Client() as http:
         for k in range(10):
@@ -528,14 +532,13 @@ def test_uploads_count_against_the_cap_and_the_apps_own_files_survive(server, po
             headers={"X-Forwarded-For": POLITE},
             timeout=30,
         )
-        assert too_big.status_code == 503 and "disk is full" in too_big.text
+        assert too_big.status_code == 503 and "disk is full" in too_big.text  # larger than the whole cap
         # the page's example images are served from the repo, out of the sweep's reach
         config = http.get(url + "config", timeout=10).json()
         example = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "input-image")
         value = example["props"]["value"]
         assert str(EXAMPLES) in value["path"]
         assert http.get(value["url"], timeout=10).status_code == 200
-    del np_bytes
     out = polite.predict(handle_file(value["path"]), 5, "linear", 1000, 0, api_name="/forward")
     assert Path(out[0]).is_file()
 
