@@ -1,7 +1,9 @@
 """Reverse-process samplers behind one protocol (:class:`Sampler`), one registry and one loop.
 
-Adding a sampler is one module: a :class:`Sampler` subclass with its tables and its tensor-only step, registered
-in ``SAMPLERS`` below. The plain loops, the fast path, the Space and the CLIs all take their choices from here.
+Adding a sampler is one module: a :class:`Sampler` subclass with its facts (label, deterministic or not, network
+evaluations per step, the diffusers scheduler it equals), its timesteps, its tables and its tensor-only step,
+registered in ``SAMPLERS`` below. The plain loops, the fast path, the Space and the CLIs all take their choices
+from here.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from .dpm_solver import DPMSolverPP2M
 from .loop import sample_loop_progressive
 
 #: name -> sampler, in the order a UI lists them
-SAMPLERS: dict[str, Sampler] = {s.name: s for s in (DDPM(), DDIM(), DPMSolverPP2M())}
+SAMPLERS: dict[str, Sampler] = {
+    s.name: s
+    for s in (
+        DDPM(),
+        DDIM(),
+        DPMSolverPP2M(),
+    )
+}
 
 
 def get_sampler(name: str) -> Sampler:
@@ -23,4 +32,13 @@ def get_sampler(name: str) -> Sampler:
     return SAMPLERS[name]
 
 
-__all__ = ["DDIM", "DDPM", "DPMSolverPP2M", "SAMPLERS", "Plan", "Sampler", "get_sampler", "sample_loop_progressive"]
+__all__ = [
+    "DDIM",
+    "DDPM",
+    "DPMSolverPP2M",
+    "SAMPLERS",
+    "Plan",
+    "Sampler",
+    "get_sampler",
+    "sample_loop_progressive",
+]
