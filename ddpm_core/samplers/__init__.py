@@ -12,7 +12,12 @@ from .base import Plan, Sampler
 from .ddim import DDIM
 from .ddpm import DDPM
 from .dpm_solver import DPMSolverPP2M
+from .dpm_solver_3m import DPMSolverPP3M
+from .dpm_solver_sde import DPMSolverPP2MSDE
+from .euler_karras import EulerKarras
+from .heun_karras import HeunKarras
 from .loop import sample_loop_progressive
+from .unipc import UniPC
 
 #: name -> sampler, in the order a UI lists them
 SAMPLERS: dict[str, Sampler] = {
@@ -21,6 +26,11 @@ SAMPLERS: dict[str, Sampler] = {
         DDPM(),
         DDIM(),
         DPMSolverPP2M(),
+        DPMSolverPP3M(),
+        DPMSolverPP2MSDE(),
+        UniPC(),
+        EulerKarras(),
+        HeunKarras(),
     )
 }
 
@@ -36,9 +46,14 @@ __all__ = [
     "DDIM",
     "DDPM",
     "DPMSolverPP2M",
+    "DPMSolverPP2MSDE",
+    "DPMSolverPP3M",
+    "EulerKarras",
+    "HeunKarras",
     "SAMPLERS",
     "Plan",
     "Sampler",
+    "UniPC",
     "get_sampler",
     "sample_loop_progressive",
 ]
