@@ -136,7 +136,7 @@ def _trajectory_image(snapshots):
     tops = [tensor_to_pil(x[:1].clamp(-1, 1))[0] for _, x, _ in snapshots]
     bottoms = [tensor_to_pil(x0[:1].clamp(-1, 1))[0] for _, _, x0 in snapshots]
     scale = max(1, 96 // tops[0].height)
-    labels = [f"t={t}" for t, _, _ in snapshots] + ["pred x0"] * len(bottoms)
+    labels = [f"t={t:g}" for t, _, _ in snapshots] + ["pred x0"] * len(bottoms)
     return make_grid(tops + bottoms, ncols=len(tops), labels=labels, scale=scale, pad=3)
 
 
@@ -177,7 +177,7 @@ SAID = {
         "starting": "Sampling… {total} {unit}",
         "preview": "Sampling… {k} of {total} {unit} (preview: the predicted x̂₀)",
         "sampling": "Sampling",
-        "x0_at": "x̂₀ at t={t}",
+        "x0_at": "x̂₀ at t={t:g}",
     },
     "zh": {
         "summary": "**{name}**（{source}，{params:.1f}M 参数，{shape}）· {n} 步 {label}{evals} · {how} · 种子 {seed} · "
@@ -195,7 +195,7 @@ SAID = {
         "starting": "采样中… 共 {total} {unit}",
         "preview": "采样中… 第 {k} / {total} {unit}（预览：预测的 x̂₀）",
         "sampling": "采样",
-        "x0_at": "t={t} 时的 x̂₀",
+        "x0_at": "t={t:g} 时的 x̂₀",
     },
 }
 
