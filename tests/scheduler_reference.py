@@ -66,7 +66,7 @@ def assert_rel(ours, ref, what, rel=REL64):
 
 
 def ve_sigmas_all(diffusion) -> np.ndarray:
-    abar = diffusion.schedule.alphas_cumprod.numpy()
+    abar = diffusion.schedule.alphas_cumprod.clamp(min=2.0**-24).numpy()  # finite at a zero terminal SNR
     return np.sqrt((1 - abar) / abar)
 
 
@@ -130,7 +130,7 @@ def reference(sampler, cfg, N, float64=False):
     if not sampler.fractional_timesteps:
         assert sched.timesteps.tolist() == evals.tolist()
     if float64:
-        abar = diffusion.schedule.alphas_cumprod
+        abar = sampler.alphas_cumprod(diffusion)  # with diffusers' zero-terminal-SNR floor where it has one
         sched.alphas_cumprod = abar
         if hasattr(sched, "lambda_t"):
             sched.alpha_t, sched.sigma_t = abar.sqrt(), (1 - abar).sqrt()
@@ -254,7 +254,15 @@ def same_draws_float32(sampler, cfg, N, x_T, seed=9):
     for last in sample_loop_progressive(diffusion, sampler, model, x_T.shape, steps, g_ours):
         pass
     assert torch.equal(g_ref.get_state(), g_ours.get_state())
-    return last.prev_sample, to_vp(sched, len(sched.timesteps) - 1, x)
+    return last.prev_sample, to_vp(sched, len(sched.timesteps) - 1, x), table_drift(sched, diffusion)
+
+
+def table_drift(sched, diffusion) -> float:
+    """max over t of |sigma_diffusers(t) / sigma_ours(t) - 1|, VE sigmas from diffusers' float32 abar and from
+    ours: how far apart the two sides' noise levels may lie (Karras sigmas and their timesteps come from them)."""
+    theirs = sched.alphas_cumprod.double()
+    ours = diffusion.schedule.alphas_cumprod.clamp(min=float(theirs.min()))
+    return float((((1 - theirs) / theirs / ((1 - ours) / ours)).sqrt() - 1).abs().max())
 
 
 def assert_karras_timesteps(sampler, cfg, N):

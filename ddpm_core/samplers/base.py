@@ -79,6 +79,13 @@ class Sampler:
     uses_eta = False
     #: timesteps are fractional (the model is called with float32 timesteps, as diffusers does)
     fractional_timesteps = False
+    #: abar_{T-1} = 0 (zero terminal SNR) replaced by this, as the diffusers scheduler does (None: kept)
+    terminal_abar_floor: float | None = None
+
+    def alphas_cumprod(self, diffusion: "GaussianDiffusion") -> Tensor:
+        """The schedule's abar ``[T]`` float64 as this sampler's diffusers scheduler holds it."""
+        abar = diffusion.schedule.alphas_cumprod
+        return abar if self.terminal_abar_floor is None else abar.clamp(min=self.terminal_abar_floor)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -16,6 +16,8 @@ the variance-preserving x = alpha x_VE (the x_t every sampler shows, and the mod
 ``init_noise_sigma`` (sigma_max for ``linspace``/``trailing``, sqrt(sigma_max^2 + 1) for ``leading``) times
 alpha_0.
 
+A zero terminal SNR schedule (abar_{T-1} = 0, sigma infinite there) gets diffusers' abar_{T-1} = 2^-24.
+
 On purpose: x0_hat is clipped to [-1, 1] where the model's config asks (``clip_sample``, the bundled model does),
 which EulerDiscreteScheduler cannot do. A run over given integer timesteps (from a given x_t) steps between their
 sigmas without the Karras spacing, as ``set_timesteps(timesteps=...)`` without ``use_karras_sigmas``.
@@ -38,16 +40,16 @@ class EulerKarras(Sampler):
     diffusers_class = "EulerDiscreteScheduler"
     diffusers_kwargs = {"use_karras_sigmas": True}
     fractional_timesteps = True
+    terminal_abar_floor = 2.0**-24  # EulerDiscreteScheduler's, for a zero terminal SNR schedule
 
     def timesteps(self, diffusion, num_inference_steps=None):
         n = diffusion.num_timesteps if num_inference_steps is None else num_inference_steps
-        abar = diffusion.schedule.alphas_cumprod
+        abar = self.alphas_cumprod(diffusion)
         return karras_timesteps(abar, n, diffusion.timestep_spacing, diffusion.steps_offset)[0]
 
-    @staticmethod
-    def ve_sigmas(diffusion, steps) -> np.ndarray:
+    def ve_sigmas(self, diffusion, steps) -> np.ndarray:
         """The VE sigma of each step ``[N]`` and 0 after the last: ``[N + 1]`` float64."""
-        abar = diffusion.schedule.alphas_cumprod.numpy()
+        abar = self.alphas_cumprod(diffusion).numpy()
         return np.append(t_to_sigma(steps, np.sqrt((1 - abar) / abar)), 0.0)
 
     def x_T_scale(self, diffusion, steps):

@@ -31,6 +31,7 @@ class HeunKarras(EulerKarras):
     default_steps = 10
     evaluations_per_step = 2
     diffusers_class = "HeunDiscreteScheduler"
+    terminal_abar_floor = None  # HeunDiscreteScheduler has none: a zero terminal SNR is a ValueError here
 
     def evaluation_timesteps(self, steps):
         steps = np.asarray(steps)

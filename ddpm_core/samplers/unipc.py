@@ -19,6 +19,8 @@ and N - k at the last steps (``lower_order_final``); the corrector at k uses the
 Timesteps as DPM-Solver++ (:func:`ddpm_core.timesteps.multistep_timesteps`), the last step to sigma = 0
 (``final_sigmas_type="zero"``), where it returns m_{N-1}.
 
+A zero terminal SNR schedule gets diffusers' abar_{T-1} = 2^-24 (lambda finite there).
+
 On purpose: x0_hat is clipped to [-1, 1] where the model's config asks (UniPCMultistepScheduler has no
 ``clip_sample``), as for DPM-Solver++.
 """
@@ -66,6 +68,7 @@ class UniPC(Sampler):
     solver_order = 2
     lower_order_final = True
     final_sigmas_type = "zero"
+    terminal_abar_floor = 2.0**-24  # UniPCMultistepScheduler's, for a zero terminal SNR schedule
 
     timesteps = DPMSolverPP2M.timesteps  # the same rule: multistep_timesteps
 
@@ -75,7 +78,7 @@ class UniPC(Sampler):
         return [min(min(p, n - k) if self.lower_order_final else p, min(k, p) + 1) for k in range(n)]
 
     def tables(self, diffusion, timesteps, eta):
-        abar = diffusion.schedule.alphas_cumprod[torch.as_tensor(timesteps)]
+        abar = self.alphas_cumprod(diffusion)[torch.as_tensor(timesteps)]
         ab = torch.cat([abar, final_abar(diffusion, self.final_sigmas_type)]).tolist()  # positions 0..N
         n, p = len(timesteps), self.solver_order
         alpha = [math.sqrt(a) for a in ab]
@@ -110,6 +113,7 @@ class UniPC(Sampler):
             tab["c_m1"][k] = -a_t * hp1 + a_t * hp1 * (sum(r / rk for r, rk in zip(rho, rks)) + rho[-1])
             for i, (r, rk) in enumerate(zip(rho, rks), start=1):
                 tab[f"c_m{i + 1}"][k] = -a_t * hp1 * r / rk
+        tab.update(alpha=alpha[:n], sigma=sigma[:n])  # x0_hat at abar as the scheduler holds it (zero SNR floored)
         return {name: torch.tensor(v, dtype=torch.float64) for name, v in tab.items()}
 
     def init_state(self, plan: Plan, x: Tensor) -> dict[str, Tensor]:
@@ -120,7 +124,7 @@ class UniPC(Sampler):
     def step(
         self, plan: Plan, k: Tensor, model_output: Tensor, x: Tensor, noise: Tensor | None, state
     ) -> tuple[Tensor, Tensor]:
-        m0 = plan.diffusion.model_predictions(model_output, x, plan.index(k, x.shape[0])).pred_xstart
+        m0 = plan.diffusion.x0_at(model_output, x, plan.at("alpha", k, x), plan.at("sigma", k, x))
         ms = [m0] + [state[f"m{j}"] for j in range(1, self.solver_order + 1)]
         xc = plan.at("sel", k, x) * x + plan.at("c_last", k, x) * state["last"]
         for j, m in enumerate(ms):
