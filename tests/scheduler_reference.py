@@ -142,7 +142,7 @@ def reference(sampler, cfg, N, float64=False):
             sched.sigmas = sig
             sched.timesteps = torch.as_tensor(evals, dtype=torch.float64)
         else:
-            ve = torch.as_tensor(ve_sigmas_all(diffusion))[torch.as_tensor(steps)]
+            ve = ((1 - abar) / abar).sqrt()[torch.as_tensor(steps)]
             end = final_abar(diffusion, getattr(sampler, "final_sigmas_type", "zero"))
             sched.sigmas = torch.cat([ve, ((1 - end) / end).sqrt()])
     return sched, diffusion, steps
