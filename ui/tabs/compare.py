@@ -38,11 +38,11 @@ OFFERED_STEPS = {
     "ddpm": (1000, 100),
     "ddim": (1000, 200, 50, 10),
     "dpmsolver++": (20, 10, 5),
-    "dpmsolver++3m": (20, 10, 5),
-    "dpmsolver++2m-sde": (50, 20, 10),
-    "unipc": (20, 10, 5),
-    "euler-karras": (50, 20, 10),
-    "heun-karras": (25, 10, 5),
+    "dpmsolver++3m": (20, 10),
+    "dpmsolver++2m-sde": (50, 20),
+    "unipc": (10, 5),
+    "euler-karras": (20, 10),
+    "heun-karras": (10, 5),  # 19 and 9 network evaluations
 }
 PAIRS = {
     f"{s.short_label} · {steps}": (name, steps)
