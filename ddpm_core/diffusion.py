@@ -353,6 +353,19 @@ class GaussianDiffusion:
             x0, eps = self._start_from_v(x_t, t, pred), a * pred + b * x_t
         return ModelPrediction(self._threshold(x0), eps, var_values)
 
+    def x0_at(self, model_output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """x0_hat (clipped or thresholded as configured) from a model output at the noise level x_t = alpha x_0 +
+        sigma eps given by ``alpha``, ``sigma`` (``[B x 1 x ...]``) rather than by a timestep index: for samplers
+        that step between the training timesteps (Karras sigmas). Tensor-only."""
+        pred, _ = self._split_output(model_output, x_t)
+        if self.prediction_type == "epsilon":
+            x0 = (x_t - sigma * pred) / alpha  # eq. 15
+        elif self.prediction_type == "sample":
+            x0 = pred
+        else:  # v = alpha eps - sigma x_0
+            x0 = alpha * x_t - sigma * pred
+        return self._threshold(x0)
+
     def posterior_mean(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """mu~_t(x_t, x_0) of eq. 7, tensor-only (``t``: indices ``[B]``)."""
         return self._posterior_mean(x_start, x_t, t)

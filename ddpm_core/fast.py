@@ -30,6 +30,7 @@ import torch
 
 from .diffusion import GaussianDiffusion, StepOutput, call_model
 from .samplers import get_sampler
+from .samplers.loop import plain_timestep
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ class FastLoop:
                         self.graph.replay()
                     else:
                         self._body()
-                yield StepOutput(self.x_prev, self.x0, step, int(t_orig), self.x)
+                yield StepOutput(self.x_prev, self.x0, step, plain_timestep(t_orig), self.x)
         finally:  # also on cancel (GeneratorExit): the buffers are free again
             self.busy = False
 
@@ -308,7 +309,7 @@ def _loop_key(diffusion: GaussianDiffusion, shape, timesteps, sampler, eta, mode
     return (
         json.dumps(diffusion.to_config(), sort_keys=True, default=str),
         tuple(int(s) for s in shape),
-        tuple(int(t) for t in timesteps),
+        tuple(float(t) for t in timesteps),
         sampler,
         float(eta),
         mode,

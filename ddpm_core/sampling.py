@@ -18,6 +18,7 @@ from .checkpoints import LoadedModel
 from .diffusion import GaussianDiffusion
 from .fast import UPGRADES, fast_loop
 from .samplers import get_sampler, sample_loop_progressive
+from .samplers.loop import plain_timestep
 
 
 class SamplingCancelled(RuntimeError):
@@ -33,10 +34,11 @@ def pick_device(prefer: str | None = None) -> tuple[torch.device, torch.dtype]:
 
 @dataclass
 class SampleResult:
-    """Samples ``[B x C x H x W]`` in [-1, 1] and what the UI shows of the reverse process."""
+    """Samples ``[B x C x H x W]`` in [-1, 1] and what the UI shows of the reverse process. ``timesteps``: the
+    model's timestep at each network evaluation (``len``: the evaluations)."""
 
     samples: torch.Tensor
-    timesteps: list[int]
+    timesteps: list
     snapshots: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (t, x_t, pred x_0)
     frames: list[torch.Tensor] = field(default_factory=list)  # x_t along the way, [B x C x H x W] float32 CPU copies
     seconds: float = 0.0
@@ -65,17 +67,33 @@ def diffusion_for(model: LoadedModel, variance_type: str | None = None) -> Gauss
 
 
 def reverse_timesteps(
-    diffusion: GaussianDiffusion, num_inference_steps: int | None = None, start_t: int | None = None
+    diffusion: GaussianDiffusion,
+    num_inference_steps: int | None = None,
+    start_t: int | None = None,
+    sampler: str = "ddpm",
 ) -> np.ndarray:
-    """The original timesteps the reverse process visits, descending: the diffusion's inference timesteps, or,
-    starting from x_t at ``start_t``, ``num_inference_steps`` (all t + 1 when None) evenly spread over [0, t]."""
+    """The step timesteps the reverse process visits, descending: ``sampler``'s own for ``num_inference_steps``
+    (those its diffusers scheduler's ``set_timesteps`` chooses from the model's config), or, starting from x_t at
+    ``start_t``, ``num_inference_steps`` (all t + 1 when None) evenly spread over [0, t]. Heun evaluates the
+    network twice per step: :func:`evaluation_count` counts evaluations."""
     if start_t is None:
-        return diffusion.inference_timesteps(num_inference_steps)
+        return get_sampler(sampler).timesteps(diffusion, num_inference_steps)
     T = diffusion.num_timesteps
     if not 0 <= int(start_t) < T:
         raise ValueError(f"start timestep must be in [0, {T - 1}], got {start_t}")
     n = int(start_t) + 1 if num_inference_steps is None else min(int(num_inference_steps), int(start_t) + 1)
     return np.unique(np.round(np.linspace(0, int(start_t), n)).astype(np.int64))[::-1].copy()
+
+
+def evaluation_count(
+    diffusion: GaussianDiffusion,
+    num_inference_steps: int | None = None,
+    start_t: int | None = None,
+    sampler: str = "ddpm",
+) -> int:
+    """Network evaluations of that run (the loop's positions, its progress total)."""
+    steps = reverse_timesteps(diffusion, num_inference_steps, start_t, sampler)
+    return len(get_sampler(sampler).evaluation_timesteps(steps))
 
 
 def generate(model: LoadedModel, **kwargs) -> SampleResult:
@@ -125,14 +143,16 @@ def generate_steps(
     fast = fast or compile or mode is not None
     # the fast path draws its noise where it runs (a CPU generator cannot feed a CUDA graph without a sync)
     generator = torch.Generator(device if fast else "cpu").manual_seed(int(seed))
-    timesteps = reverse_timesteps(diffusion, num_inference_steps, None if start is None else start[1])
+    timesteps = reverse_timesteps(diffusion, num_inference_steps, None if start is None else start[1], sampler)
     shape, noise = _first_sample(model, batch_size, start, generator, fast)
     if compile and mode is None:
         mode = "compile+graph" if device.type == "cuda" else "compile"
     loop = fast_loop(model.unet, diffusion, shape, timesteps, sampler, eta, mode, upgrade=upgrade) if fast else None
+    if loop is not None and start is None and loop.plan.x_T_scale != 1.0:
+        noise = noise * loop.plan.x_T_scale  # diffusers' init_noise_sigma (Euler, Heun), as the plain loop scales
     result = SampleResult(
         samples=torch.empty(0),
-        timesteps=[int(t) for t in timesteps],
+        timesteps=[plain_timestep(t) for t in sampler_.evaluation_timesteps(timesteps)],
         device=str(device),
         dtype=str(dtype).replace("torch.", ""),
         path=loop.path if loop else "plain loop",
@@ -196,7 +216,7 @@ def compare_steps(
     their images converge to one image as steps grow (for DDIM only while x0_hat is not clipped, or with eps_hat
     recomputed from the clipped x0_hat: ``bench/ddim_clipping.py``); DDPM draws fresh noise at every step and ends
     elsewhere.
-    Every sampler here calls the network once per step: ``len(result.timesteps)`` is its number of evaluations."""
+    ``len(result.timesteps)`` is the run's number of network evaluations (twice the steps, less one, for Heun)."""
     for sampler, steps in pairs:
         result = generate(
             model,

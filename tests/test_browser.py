@@ -154,6 +154,7 @@ def test_enter_applies_a_typed_T(browser, served):
 
 # Names that stay as they are in Chinese: model, sampler and schedule names, units, file types, the language name.
 KEPT_IN_CHINESE = {"DDPM", "DDIM", "DPM", "Solver", "SNR", "CSV", "PNG", "GIF", "English"}
+KEPT_IN_CHINESE |= {"UniPC", "SDE", "Euler", "Heun", "Karras"}  # the registry's other samplers
 KEPT_IN_CHINESE |= {"linear", "improved", "scaled", "cosine", "sigmoid"}
 SHOWN_TEXT = """() => [...document.querySelectorAll('label, button, [role=tab], th, h1, h2, h3, .label')]
     .filter(e => e.getBoundingClientRect().width > 0).map(e => e.innerText)"""

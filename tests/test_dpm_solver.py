@@ -33,6 +33,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
+from sampler_checks import checks
+from scheduler_reference import bundled_config, teacher_forced_float64
 from teacher_forcing import model_rounding_scale, record
 from torch.overrides import TorchFunctionMode
 
@@ -686,3 +688,34 @@ def test_bundled_model_samples_with_dpm_solver():
     assert y.min() >= -1 and y.max() <= 1
     # the last step returns the clipped x0 prediction (clip_sample=True): already within [-1, 1]
     assert x.abs().max() <= 1
+
+
+# ---------------------------------------------------------------- as diffusers users meet it
+# its own timesteps (N + 1 points, the last dropped) from the model's config for every spacing and offset, the
+# clipping model emulated on diffusers' side: sampler_checks / scheduler_reference
+globals().update(checks("dpmsolver++", 1, True, "DPMSolverMultistepScheduler"))
+
+
+@pytest.mark.parametrize("final_sigmas_type", ["zero", "sigma_min"])
+@pytest.mark.parametrize("lower_order_final", [True, False])
+@pytest.mark.parametrize("order", [2, 3])
+def test_final_step_handling_equals_diffusers(order, lower_order_final, final_sigmas_type, unet3):
+    """``final_sigmas_type`` and ``lower_order_final`` as DPMSolverMultistepScheduler's, below and above 15 steps:
+    every step teacher-forced in float64 (scheduler_reference)."""
+    cls = DPMSolverPP2M if order == 2 else get_sampler("dpmsolver++3m").__class__
+    sampler = cls(lower_order_final=lower_order_final, final_sigmas_type=final_sigmas_type)
+    unet64 = copy.deepcopy(unet3).double()
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    for N in (4, 16):
+        runs = teacher_forced_float64(sampler, dict(bundled_config(), clip_sample=False), N, unet64, x_T)
+        last = runs[-1]
+        assert torch.equal(last.prev_sample, last.pred_original_sample) == (final_sigmas_type == "zero")
+
+
+def test_bundled_model_runs_the_diffusers_timesteps():
+    """The Space's DPM-Solver++ at 20 steps on the bundled model: 940, 893, ..., 47, then a step to sigma = 0."""
+    from ddpm_core.checkpoints import load_checkpoint
+    from ddpm_core.sampling import generate
+
+    result = generate(load_checkpoint("ddpm-mnist-28"), sampler="dpmsolver++", num_inference_steps=20, batch_size=1)
+    assert result.timesteps == list(range(940, 0, -47))

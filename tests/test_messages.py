@@ -100,6 +100,7 @@ def _argument_messages() -> list:
         lambda: sample._sampler_and_steps("bogus", 5),
         lambda: sample._eta(2.0),
         lambda: sample.sample("ddpm-mnist-28", sample.SAMPLER_CHOICES[1], 5, 0.0, "bogus", 1, 0),
+        lambda: sample.sample("ddpm-mnist-28", "DPM-Solver++ (2M)", 1000, 0.0, "model default", 1, 0),
         lambda: compare._pairs([]),
         lambda: compare._pairs(["nonsense"]),
         lambda: forward.schedule_name("bogus"),

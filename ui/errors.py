@@ -37,6 +37,14 @@ ZH: list[tuple[str, str]] = [
         r"(?P<arg>.+?) must be between (?P<lo>\S+) and (?P<hi>\S+), got (?P<got>.+)",
         "{arg} 必须在 {lo} 到 {hi} 之间，收到的是 {got}",
     ),
+    # a sampler's timesteps (ddpm_core.timesteps: DPM-Solver++ and UniPC with leading spacing at N = T)
+    (
+        r"timestep_spacing=(?P<sp>\S+) with steps_offset=(?P<off>-?\d+) gives timesteps outside \[0, (?P<hi>\d+)\] "
+        r"or repeated for (?P<n>\d+) steps \(first (?P<first>-?\d+), last (?P<last>-?\d+)\); choose fewer steps or "
+        r"another spacing",
+        "{n} 步时，时间步间隔 {sp}（偏移 {off}）给出的时间步超出 [0, {hi}] 或有重复（第一个 {first}，最后一个 {last}）；"
+        "请减少步数或换一种间隔",
+    ),
     # uploads (ui.common, ddpm_core.imaging)
     (r"Upload an image \(or pick an example\) first\.", "请先上传一张图片（或选一个示例）。"),
     (r"The uploaded file is no longer available; please upload it again\.", "上传的文件已不可用，请重新上传。"),

@@ -1,7 +1,9 @@
 """Reverse-process samplers behind one protocol (:class:`Sampler`), one registry and one loop.
 
-Adding a sampler is one module: a :class:`Sampler` subclass with its tables and its tensor-only step, registered
-in ``SAMPLERS`` below. The plain loops, the fast path, the Space and the CLIs all take their choices from here.
+Adding a sampler is one module: a :class:`Sampler` subclass with its facts (label, deterministic or not, network
+evaluations per step, the diffusers scheduler it equals), its timesteps, its tables and its tensor-only step,
+registered in ``SAMPLERS`` below. The plain loops, the fast path, the Space and the CLIs all take their choices
+from here.
 """
 
 from __future__ import annotations
@@ -10,10 +12,27 @@ from .base import Plan, Sampler
 from .ddim import DDIM
 from .ddpm import DDPM
 from .dpm_solver import DPMSolverPP2M
+from .dpm_solver_3m import DPMSolverPP3M
+from .dpm_solver_sde import DPMSolverPP2MSDE
+from .euler_karras import EulerKarras
+from .heun_karras import HeunKarras
 from .loop import sample_loop_progressive
+from .unipc import UniPC
 
 #: name -> sampler, in the order a UI lists them
-SAMPLERS: dict[str, Sampler] = {s.name: s for s in (DDPM(), DDIM(), DPMSolverPP2M())}
+SAMPLERS: dict[str, Sampler] = {
+    s.name: s
+    for s in (
+        DDPM(),
+        DDIM(),
+        DPMSolverPP2M(),
+        DPMSolverPP3M(),
+        DPMSolverPP2MSDE(),
+        UniPC(),
+        EulerKarras(),
+        HeunKarras(),
+    )
+}
 
 
 def get_sampler(name: str) -> Sampler:
@@ -23,4 +42,18 @@ def get_sampler(name: str) -> Sampler:
     return SAMPLERS[name]
 
 
-__all__ = ["DDIM", "DDPM", "DPMSolverPP2M", "SAMPLERS", "Plan", "Sampler", "get_sampler", "sample_loop_progressive"]
+__all__ = [
+    "DDIM",
+    "DDPM",
+    "DPMSolverPP2M",
+    "DPMSolverPP2MSDE",
+    "DPMSolverPP3M",
+    "EulerKarras",
+    "HeunKarras",
+    "SAMPLERS",
+    "Plan",
+    "Sampler",
+    "UniPC",
+    "get_sampler",
+    "sample_loop_progressive",
+]

@@ -1,12 +1,15 @@
 """DDIM (Song et al. 2021, eq. 12): x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z,
 sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev) (eq. 16); eta = 0 is deterministic.
 
-The previous timestep is the next kept one (diffusers uses t - T // N, which agrees for ``leading`` spacing and
-whenever N divides T). After the last step abar_prev is 1 (``set_alpha_to_one``) or abar_0.
+The timesteps are DDIMScheduler's (those of :func:`ddpm_core.timesteps.inference_timesteps`). The previous
+timestep of t is diffusers' t - T // N on those (for ``linspace`` and ``trailing`` with N not dividing T it is not
+the next timestep run: T = 1000, N = 3, ``trailing``: 999 -> 666 -> 333 from 332), and the next one run on other
+timesteps (a run started from a given x_t). After the last step abar_prev is 1 (``set_alpha_to_one``) or abar_0.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .base import Plan, Sampler, Tensor
@@ -17,6 +20,8 @@ class DDIM(Sampler):
     label = "DDIM"
     default_steps = 50
     uses_eta = True
+    deterministic = True  # at eta = 0
+    diffusers_class = "DDIMScheduler"
 
     def __init__(self, use_clipped_model_output: bool = False):
         #: eps recomputed from the clipped x0 (diffusers' use_clipped_model_output) instead of the model's own
@@ -26,7 +31,12 @@ class DDIM(Sampler):
         abar_full = diffusion.schedule.alphas_cumprod
         abar = abar_full[torch.as_tensor(timesteps)]
         final = torch.ones(1, dtype=torch.float64) if diffusion.set_alpha_to_one else abar_full[:1]
-        abar_prev = torch.cat([abar[1:], final])
+        n = len(timesteps)
+        if np.array_equal(timesteps, self.timesteps(diffusion, n)):
+            prev = torch.as_tensor(timesteps) - diffusion.num_timesteps // n  # DDIMScheduler.step's prev_timestep
+            abar_prev = torch.where(prev >= 0, abar_full[prev.clamp(min=0)], final)
+        else:
+            abar_prev = torch.cat([abar[1:], final])
         sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).clamp(min=0).sqrt()
         return {
             "sqrt_abar_prev": abar_prev.sqrt(),

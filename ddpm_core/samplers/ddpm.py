@@ -13,6 +13,8 @@ class DDPM(Sampler):
     name = "ddpm"
     label = "DDPM (fewer steps)"
     default_steps = None  # the paper's chain: all T steps
+    deterministic = False
+    diffusers_class = "DDPMScheduler"
 
     def noise_steps(self, timesteps, eta):
         return [bool(t > 0) for t in timesteps]

@@ -39,6 +39,11 @@ def initial_noise(model, shape, noise, generator, device, dtype) -> torch.Tensor
     return randn(shape, generator, device, dtype or m_dtype or torch.float32)
 
 
+def plain_timestep(t: float):
+    """A timestep as a Python int where it is whole (every sampler but Karras-sigma ones), else a float."""
+    return int(t) if float(t).is_integer() else float(t)
+
+
 def sample_loop_progressive(
     diffusion: "GaussianDiffusion",
     sampler: Sampler,
@@ -51,9 +56,13 @@ def sample_loop_progressive(
     dtype: torch.dtype | None = None,
     eta: float = 0.0,
 ) -> Iterator[StepOutput]:
-    """Yield a StepOutput after each of the ``timesteps`` (descending original timesteps) of ``sampler``."""
+    """Yield a StepOutput after each network evaluation of ``sampler`` over its step ``timesteps`` (descending
+    original timesteps, e.g. ``sampler.timesteps(diffusion, N)``): one per step, two for Heun's steps but the
+    last. ``StepOutput.index`` counts evaluations, ``StepOutput.timestep`` is the one the model saw."""
     x = initial_noise(model, shape, noise, generator, device, dtype)
     plan = sampler.plan(diffusion, timesteps, x.device, x.dtype, eta)
+    if noise is None and plan.x_T_scale != 1.0:
+        x = x * plan.x_T_scale  # diffusers' init_noise_sigma (Euler, Heun), in the loop's variables
     state = sampler.init_state(plan, x)
     B = x.shape[0]
     for k, t_orig in enumerate(plan.timesteps.tolist()):
@@ -62,5 +71,5 @@ def sample_loop_progressive(
             out = call_model(model, x, plan.tables["t_model"].index_select(0, pos).expand(B))
             z = randn(x.shape, generator, x.device, x.dtype) if plan.noise_steps[k] else None
             x_prev, x0 = sampler.step(plan, pos, out, x, z, state)
-        yield StepOutput(x_prev, x0, k, t_orig, x)
+        yield StepOutput(x_prev, x0, k, plain_timestep(t_orig), x)
         x = x_prev

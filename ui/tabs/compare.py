@@ -12,7 +12,7 @@ from ddpm_core import evaluate
 from ddpm_core.checkpoints import BUNDLED_DEFAULT, CHECKPOINT_DIR
 from ddpm_core.imaging import tensor_to_pil
 from ddpm_core.samplers import SAMPLERS
-from ddpm_core.sampling import compare_steps, reverse_timesteps
+from ddpm_core.sampling import compare_steps, evaluation_count
 from ui.common import (
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
@@ -35,22 +35,25 @@ from ui.i18n import tr
 
 # (sampler, steps) pairs offered, as "label · steps"; the default six run in seconds on a 2-core CPU at batch 1
 # (the 1000-step pairs are offered, not ticked: alone they take longer than the other six together).
+#: steps offered per registered sampler (its ``short_label · steps`` is the API's value); a sampler not listed here
+#: is offered at its default steps
+OFFERED_STEPS = {
+    "ddpm": (1000, 100),
+    "ddim": (1000, 200, 50, 10),
+    "dpmsolver++": (20, 10, 5),
+    "dpmsolver++3m": (20, 10),
+    "dpmsolver++2m-sde": (50, 20),
+    "unipc": (10, 5),
+    "euler-karras": (20, 10),
+    "heun-karras": (10, 5),  # 19 and 9 network evaluations
+}
 PAIRS = {
-    f"{SAMPLERS[name].label.split(' (')[0]} · {steps}": (name, steps)
-    for name, steps in [
-        ("ddpm", 1000),
-        ("ddpm", 100),
-        ("ddim", 1000),
-        ("ddim", 200),
-        ("ddim", 50),
-        ("ddim", 10),
-        ("dpmsolver++", 20),
-        ("dpmsolver++", 10),
-        ("dpmsolver++", 5),
-    ]
+    f"{s.short_label} · {steps}": (name, steps)
+    for name, s in SAMPLERS.items()
+    for steps in OFFERED_STEPS.get(name, (s.default_steps or 1000,))
 }
 DEFAULT_PAIRS = ["DDPM · 100", "DDIM · 200", "DDIM · 50", "DDIM · 10", "DPM-Solver++ · 20", "DPM-Solver++ · 10"]
-DETERMINISTIC = {"ddim", "dpmsolver++"}  # DDIM here runs with eta = 0
+DETERMINISTIC = {name for name, s in SAMPLERS.items() if s.deterministic}  # DDIM here runs with eta = 0
 #: The measured curve's figure text: mathematics and acronyms only (the same in both languages; the fonts a server
 #: has draw no Chinese), the words are in the caption above it.
 CURVE_TEXT = {"confident": r"$\Pr[\max_k\ p(k \mid x) \geq 0.9]$  ↑", "fd": "FD  ↓", "real": "real", "x": "NFE"}
@@ -77,7 +80,8 @@ unclipped $\hat\epsilon$, which no longer agree; the more steps, the further it 
 backgrounds). DPM-Solver++ uses the clipped $\hat x_0$ alone and still converges.
 
 DDPM is *stochastic*: it adds fresh noise at every step, so it ends at another sample of the same distribution,
-not at a worse copy of the same image. Each step calls the network once: the evaluations column is the cost.""",
+not at a worse copy of the same image (so is DPM-Solver++ 2M SDE). Each step calls the network once, Heun's twice
+(but on its last step): the evaluations column is the cost.""",
         "curve": """### Quality against steps, measured
 The bundled model, {num} samples per point, each sampler at 5 to 1000 steps. Left: the share of samples the
 evaluation classifier reads as a digit with confidence at least 0.9 (higher is better). Right: the Fréchet distance
@@ -106,7 +110,8 @@ DDIM（按 diffusers 的做法）用截断后的 $\hat x_0$ 和网络未截断�
 （在数字上表现为灰色、带斑点的背景）。DPM-Solver++ 只用截断后的 $\hat x_0$，仍会收敛。
 
 DDPM 是*随机*的：每一步都加入新的噪声，因此它得到的是同一分布中的另一个样本，
-而不是同一张图的较差版本。每一步调用一次网络：网络调用次数一列就是代价。""",
+而不是同一张图的较差版本（DPM-Solver++ 2M SDE 也是如此）。每一步调用一次网络，Heun 每步两次（最后一步一次）：
+网络调用次数一列就是代价。""",
         "curve": """### 质量随步数的变化（实测）
 内置模型，每个点 {num} 个样本，每个采样器从 5 步到 1000 步。左：评估分类器以至少 0.9 的置信度认作数字的样本比例（越高越好）。
 右：样本在分类器特征空间中与留出真实数字的 Fréchet 距离（FD，越低越好）。虚线（"real"）：留出的真实数字。横轴：网络调用次数
@@ -141,7 +146,7 @@ def compare(model_name, seed, chosen, lang="en", progress=gr.Progress()):
     m = model(model_name)
     ref = _reference(chosen)
     say = functools.partial(tr, TEXT, lang=lang if lang in TEXT else "en")
-    check_request_cost(m, sum(len(reverse_timesteps(m.diffusion, PAIRS[c][1])) for c in chosen))
+    check_request_cost(m, sum(evaluation_count(m.diffusion, PAIRS[c][1], sampler=PAIRS[c][0]) for c in chosen))
     runs, gallery = {}, []
     with fair_job() as job:  # each step in a turn of the CPU: a False from should_stop, a raise if the visitor left
         pairs = compare_steps(m, [PAIRS[c] for c in chosen], seed, should_stop=job.should_stop, **fast_path(m))
@@ -173,7 +178,7 @@ def _curve_section(t_, add) -> None:
     fmt = dict(
         num=curve["num_samples"] * len(curve["sampling_seeds"]),
         command=curve["command"],
-        default=f"{SAMPLERS[DEFAULT_SAMPLER].label.split(' (')[0]} · {DEFAULT_STEPS}",  # read from this curve
+        default=f"{SAMPLERS[DEFAULT_SAMPLER].short_label} · {DEFAULT_STEPS}",  # read from this curve
         margin=f"{100 * evaluate.rate_margin(curve):.1f}",
         ratio=f"{evaluate.DEFAULT_FD_RATIO:g}",
     )

@@ -25,8 +25,8 @@ from ui.tabs.forward import SCHEDULE_CHOICES, schedule_name
 N_TRAIN, N_SHOW = 4000, 2000
 N_FRAMES, N_PATHS = 16, 5  # the animation's frames (x_0 held last) and the whole paths drawn
 PREDICTIONS = ["epsilon", "sample", "v_prediction"]
-#: registry name -> the sampler's short name (the same in Chinese)
-SAMPLER_NAMES = {name: s.label.split(" (")[0] for name, s in SAMPLERS.items()}
+#: registry name -> the sampler's short name (the same in Chinese); one evaluation per step (the animation's frames)
+SAMPLER_NAMES = {name: s.short_label for name, s in SAMPLERS.items() if s.evaluations_per_step == 1}
 
 DATASET_ZH = {
     "moons": "双月",

@@ -1,0 +1,9 @@
+"""UniPC (bh2) against diffusers' UniPCMultistepScheduler: timesteps, every step (teacher-forced), whole runs
+from the same x_T, the random stream and the fast path (checks and tolerances: sampler_checks,
+scheduler_reference)."""
+
+import pytest
+from sampler_checks import checks
+
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+globals().update(checks("unipc", 1, True, "UniPCMultistepScheduler", zero_snr=True))
