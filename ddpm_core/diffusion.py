@@ -340,9 +340,12 @@ class GaussianDiffusion:
             )
         return model_output, None
 
-    def model_predictions(self, model_output: Tensor, x_t: Tensor, t: Tensor) -> ModelPrediction:
-        """x0_hat (clipped or thresholded) and eps_hat from a model output, for every prediction type: the one place
-        that reads a model output. Tensor-only (no checks, no host sync): ``t`` are indices ``[B]``."""
+    def model_predictions(
+        self, model_output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True
+    ) -> ModelPrediction:
+        """x0_hat (clipped or thresholded unless ``clip_denoised=False``) and eps_hat from a model output, for every
+        prediction type: the one place that reads a model output. Tensor-only (no checks, no host sync): ``t`` are
+        indices ``[B]``."""
         pred, var_values = self._split_output(model_output, x_t)
         if self.prediction_type == "epsilon":
             x0, eps = self._start_from_noise(x_t, t, pred), pred  # eq. 15
@@ -351,7 +354,7 @@ class GaussianDiffusion:
         else:  # v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022)
             a, b = self._extract("sqrt_alphas_cumprod", t, x_t), self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
             x0, eps = self._start_from_v(x_t, t, pred), a * pred + b * x_t
-        return ModelPrediction(self._threshold(x0), eps, var_values)
+        return ModelPrediction(self._threshold(x0) if clip_denoised else x0, eps, var_values)
 
     def posterior_mean(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """mu~_t(x_t, x_0) of eq. 7, tensor-only (``t``: indices ``[B]``)."""
@@ -387,11 +390,16 @@ class GaussianDiffusion:
         return call_model(model, x_t, self.model_timesteps(t))
 
     def p_mean_variance(
-        self, model: Callable | None, x_t: Tensor, t: int | Tensor, model_output: Tensor | None = None
+        self,
+        model: Callable | None,
+        x_t: Tensor,
+        t: int | Tensor,
+        model_output: Tensor | None = None,
+        clip_denoised: bool = True,
     ) -> dict[str, Tensor]:
         """p_theta(x_{t-1} | x_t) = N(mu_theta, Sigma_theta) (eq. 1), with mu from the true posterior at the predicted x_0.
 
-        Returns ``mean`` and ``pred_xstart`` ``[B x C x H x W]``, ``variance`` and ``log_variance`` (``[B x 1 x 1 x 1]``
+        ``clip_denoised=False`` leaves the predicted x_0 unclipped (the training losses' step, as IDDPM's). Returns ``mean`` and ``pred_xstart`` ``[B x C x H x W]``, ``variance`` and ``log_variance`` (``[B x 1 x 1 x 1]``
         for fixed variances, ``[B x C x H x W]`` for ``learned_range``), and the raw ``model_output``.
         """
         t = self._timesteps(t, x_t)
@@ -399,11 +407,13 @@ class GaussianDiffusion:
             if model is None:
                 raise ValueError("p_mean_variance needs a model or a model_output")
             model_output = call_model(model, x_t, self.model_timesteps(t))
-        return self._p_mean_variance(model_output, x_t, t)
+        return self._p_mean_variance(model_output, x_t, t, clip_denoised)
 
-    def _p_mean_variance(self, model_output: Tensor, x_t: Tensor, t: Tensor) -> dict[str, Tensor]:
+    def _p_mean_variance(
+        self, model_output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True
+    ) -> dict[str, Tensor]:
         # 1. predicted x_0 (eq. 15 for epsilon), clipped or thresholded; 2. the posterior mean there (eq. 7)
-        pred = self.model_predictions(model_output, x_t, t)
+        pred = self.model_predictions(model_output, x_t, t, clip_denoised)
         mean = self.posterior_mean(pred.pred_xstart, x_t, t)
         # 3. the variance choice
         if self.variance_type == "learned_range":
@@ -583,6 +593,25 @@ class GaussianDiffusion:
                 callback(out)
             x = out.prev_sample
         return x
+
+    # ------------------------------------------------------------------ the bound (eq. 5), see ddpm_core.likelihood
+    def vb_terms_bpd(self, model: Callable | None, x_start: Tensor, x_t: Tensor, t: int | Tensor, **kwargs: Any):
+        """L_{t-1} (t > 0) or L_0 (t = 0) per image ``[B]`` in bits/dim: :func:`ddpm_core.likelihood.vb_terms_bpd`."""
+        from .likelihood import vb_terms_bpd
+
+        return vb_terms_bpd(self, model, x_start, x_t, t, **kwargs)
+
+    def prior_bpd(self, x_start: Tensor) -> Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) per image ``[B]``: :func:`ddpm_core.likelihood.prior_bpd`."""
+        from .likelihood import prior_bpd
+
+        return prior_bpd(self, x_start)
+
+    def calc_bpd_loop(self, model: Callable, x_start: Tensor, **kwargs: Any):
+        """Every term of the bound per image, in bits/dim: :func:`ddpm_core.likelihood.calc_bpd_loop`."""
+        from .likelihood import calc_bpd_loop
+
+        return calc_bpd_loop(self, model, x_start, **kwargs)
 
     # ------------------------------------------------------------------ training
     def p_losses(
