@@ -27,6 +27,10 @@ Tensor = torch.Tensor
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned_range")
+#: ``p_losses``' objectives: L_simple (eq. 14), IDDPM's L_hybrid = L_simple + lambda L_vlb (sec. 3.1), the bound L_vlb.
+LOSS_TYPES = ("simple", "hybrid", "vlb")
+#: IDDPM's lambda for L_hybrid (sec. 3.1): small enough that L_simple still drives the mean.
+HYBRID_LAMBDA = 0.001
 
 
 @dataclass
@@ -622,8 +626,16 @@ class GaussianDiffusion:
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
         snr_gamma: float | None = None,
+        loss_type: str = "simple",
     ) -> Tensor:
-        """The simplified objective L_simple (eq. 14) for this diffusion's prediction type; returns a scalar.
+        """The training loss for this diffusion's prediction type; returns a scalar.
+
+        ``loss_type``: ``simple`` is L_simple (eq. 14), the fixed variances' objective; ``hybrid`` is IDDPM's
+        L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal 2021, sec. 3.1, lambda = :data:`HYBRID_LAMBDA`), which
+        trains a ``learned_range`` model's variance through the bound while a stop-gradient on the mean leaves the
+        mean to L_simple; ``vlb`` is the bound alone (through mean and variance, any variance type). L_vlb is
+        estimated at the drawn t as T L_{t-1} (T L_0 at t = 0) in bits/dim (:func:`ddpm_core.likelihood.vb_terms_bpd`,
+        x_0 unclipped), an unbiased estimate of L - L_T, as improved-diffusion computes it.
 
         Draws ``t`` uniformly from [0, T-1] and ``noise`` ~ N(0, I) unless given. The target is eps (``epsilon``),
         x_0 (``sample``) or v (``v_prediction``). ``snr_gamma`` applies Min-SNR-gamma weighting (Hang et al. 2023),
@@ -637,10 +649,7 @@ class GaussianDiffusion:
             raise ValueError(f"x_start must be [B x C x ...], got shape {tuple(x_start.shape)}")
         if snr_gamma is not None and not 0 < snr_gamma < float("inf"):
             raise ValueError(f"snr_gamma must be a finite number > 0 (5.0 in Hang et al. 2023), got {snr_gamma}")
-        if self.variance_type == "learned_range":
-            raise ValueError(
-                "p_losses trains fixed-variance models; learned_range needs IDDPM's L_vlb term, not implemented here"
-            )
+        self._check_loss_type(loss_type, snr_gamma)
         if t is None:
             device = generator.device if generator else x_start.device
             t = torch.randint(0, self.num_timesteps, x_start.shape[:1], generator=generator, device=device)
@@ -650,17 +659,47 @@ class GaussianDiffusion:
         self._same_shape(x_start, noise, "p_losses(x_start, noise)")
         x_t = self._q_sample(x_start, t, noise)
         out = call_model(model, x_t, self.model_timesteps(t))
-        self._same_shape(out, x_start, "p_losses(model output, x_start)")
-        if self.prediction_type == "epsilon":
-            target = noise
-        elif self.prediction_type == "sample":
-            target = x_start
-        else:
-            target = self._v(x_start, noise, t)
-        per_sample = F.mse_loss(out.float(), target.float(), reduction="none").flatten(1).mean(1)
-        if snr_gamma is not None:
-            per_sample = per_sample * self.min_snr_weight(t, snr_gamma)
-        return per_sample.mean()
+        pred, var_values = self._split_output(out, x_start)
+        loss = 0.0
+        if loss_type != "vlb":
+            if self.prediction_type == "epsilon":
+                target = noise
+            elif self.prediction_type == "sample":
+                target = x_start
+            else:
+                target = self._v(x_start, noise, t)
+            per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+            if snr_gamma is not None:
+                per_sample = per_sample * self.min_snr_weight(t, snr_gamma)
+            loss = per_sample.mean()
+        if loss_type != "simple":
+            from .likelihood import vb_terms_bpd
+
+            if loss_type == "hybrid":  # the bound trains the variance only: the mean is L_simple's
+                out = torch.cat([pred.detach(), var_values], dim=1)
+            vb = vb_terms_bpd(
+                self, None, x_start.float(), x_t.float(), t, model_output=out.float(), clip_denoised=False
+            )
+            weight = self.num_timesteps * (HYBRID_LAMBDA if loss_type == "hybrid" else 1.0)
+            loss = loss + weight * vb["output"].mean()
+        return loss
+
+    def _check_loss_type(self, loss_type: str, snr_gamma: float | None) -> None:
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+        learned = self.variance_type == "learned_range"
+        if learned and loss_type == "simple":
+            raise ValueError(
+                "a learned_range model learns its variance through the bound: use loss_type='hybrid' (IDDPM's "
+                "L_simple + 0.001 L_vlb) or 'vlb'; L_simple alone leaves the variance untrained"
+            )
+        if loss_type == "hybrid" and not learned:
+            raise ValueError(
+                "loss_type='hybrid' trains a learned variance (its L_vlb term has no gradient with a fixed one): "
+                "use variance_type='learned_range', or loss_type='simple' or 'vlb'"
+            )
+        if loss_type == "vlb" and snr_gamma is not None:
+            raise ValueError("snr_gamma weights L_simple's terms; loss_type='vlb' has none (it is the bound itself)")
 
     def min_snr_weight(self, t: Tensor, snr_gamma: float) -> Tensor:
         """Min-SNR-gamma loss weights ``[B]`` (float32) at timesteps ``t`` ``[B]`` for this prediction type (see

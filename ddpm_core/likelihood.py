@@ -14,9 +14,10 @@ the papers' tables (DDPM Table 2: 3.75 bits/dim on CIFAR-10 for the L_simple mod
 rest of the core: index 0 is the paper's t = 1, the decoder step.
 
 The reverse step is the one the samplers take, with one exception where the sampler takes none: the last step
-(index 0) adds no noise when sampling, so its variance is the decoder's own choice. For the fixed variances the
-decoder uses beta~ at index 1 (beta~ at index 0 is 0), as Ho et al.'s and Nichol & Dhariwal's code do
-("to get a better decoder log likelihood"); ``learned_range`` uses the model's own interpolation there.
+(index 0) adds no noise when sampling, so its variance is the decoder's own choice. beta~ at index 0 is 0; the
+decoder takes beta~ at index 1 in its place, as Ho et al.'s and Nichol & Dhariwal's code do ("to get a better
+decoder log likelihood"): the fixed variances' decoder variance, and the lower end of learned_range's interpolation
+(:func:`reverse_log_variance`).
 Everything is computed in float64: the KLs of nearly equal Gaussians cancel, and the decoder's bin probabilities
 reach 1e-30 and below.
 
@@ -116,18 +117,29 @@ def _check_data(x_start: Tensor, decoder: str) -> None:
         )
 
 
+def decoder_min_log_variance(diffusion: "GaussianDiffusion") -> float:
+    """log beta~ at index 1 (log beta_0 for T = 1): the decoder's stand-in for log beta~_0 = log 0."""
+    s = diffusion.schedule
+    return float(s.posterior_log_variance_clipped[1] if s.num_timesteps > 1 else s.betas[0].log())
+
+
 def reverse_log_variance(diffusion: "GaussianDiffusion", out: dict[str, Tensor], t: Tensor) -> Tensor:
     """The log-variance of the model's reverse step at indices ``t`` ``[B]`` for the bound: ``p_mean_variance``'s,
-    except at index 0 for fixed variances, where the decoder takes log beta~ of index 1 (see the module's notes)."""
+    except at index 0 (see the module's notes), where log beta~_0 = log 0 is replaced by log beta~ at index 1: the
+    fixed variances' decoder variance, and the lower end of learned_range's interpolation (IDDPM eq. 15), as in
+    Ho et al.'s and Nichol & Dhariwal's code. diffusers clamps beta~_0 at 1e-20 instead, which changes no sample
+    (the last step adds no noise) but would make the decoder's bins nearly points."""
     log_var = out["log_variance"]
-    if diffusion.variance_type == "learned_range":
-        return log_var
-    tables = diffusion.schedule
-    decoder = (tables.posterior_log_variance_clipped if tables.num_timesteps > 1 else tables.betas.log())[
-        min(1, tables.num_timesteps - 1)
-    ].item()
     first = (t == 0).reshape(-1, *([1] * (log_var.ndim - 1)))
-    return torch.where(first, torch.full_like(log_var, decoder), log_var)
+    if not bool(first.any()):
+        return log_var
+    low = decoder_min_log_variance(diffusion)
+    if diffusion.variance_type == "learned_range":
+        C = out["mean"].shape[1]
+        frac = (out["model_output"][:, C:].to(log_var.dtype) + 1) / 2
+        log_beta = float(diffusion.schedule.betas[0].log())
+        return torch.where(first, frac * log_beta + (1 - frac) * low, log_var)
+    return torch.where(first, torch.full_like(log_var, low), log_var)
 
 
 def vb_terms_bpd(

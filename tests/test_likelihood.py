@@ -91,7 +91,8 @@ def reference_step(d: GaussianDiffusion, out: torch.Tensor, x0: torch.Tensor, x_
     true_log_var = beta_tilde(t).clamp_min(1e-20).log()
     if d.variance_type == "learned_range":  # IDDPM eq. 15: exp(v' log beta + (1 - v') log beta~), v' = (v + 1) / 2
         frac = (_b(out[:, C:]) + 1) / 2
-        model_log_var = frac * _b(beta).log() + (1 - frac) * true_log_var
+        low = beta_tilde(1).log() if t == 0 else true_log_var  # beta~_0 = 0: beta~ at index 1 (their code)
+        model_log_var = frac * _b(beta).log() + (1 - frac) * low
     elif t == 0:  # the decoder's fixed variance: beta~ at index 1 (Ho et al.'s and IDDPM's code)
         model_log_var = beta_tilde(1).log()
     elif d.variance_type == "fixed_small":
@@ -279,6 +280,7 @@ def exact_reverse_model(d, mean_shift=0.0, log_var_shift=0.0):
         mean = m_prev + alpha.sqrt() * V_prev / V_t * (x_t - m_t) + mean_shift * var.sqrt()
         x0_hat = (mean - col(s.posterior_mean_coef2) * x_t) / col(s.posterior_mean_coef1)
         lo, hi = col(s.posterior_log_variance_clipped), beta.log()
+        lo = torch.where(t.reshape(shape) == 0, s.posterior_log_variance_clipped[1], lo)  # the decoder's low end
         v = 2 * (var.log() - lo) / (hi - lo) - 1
         eps = (x_t - abar.sqrt() * x0_hat) / (1 - abar).sqrt()
         pred = {"epsilon": eps, "sample": x0_hat, "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * x0_hat}
@@ -322,6 +324,7 @@ def _first_order_bound(d, x0, nodes, weights, K=16):
     c1, c2 = tb(s.posterior_mean_coef1), tb(s.posterior_mean_coef2)
     m1 = torch.where(t == 0, x, c1 * x + c2 * x_t)  # the true posterior mean; x_0 itself for the decoder
     lv1 = tb(s.posterior_log_variance_clipped)
+    lv1 = torch.where(t == 0, s.posterior_log_variance_clipped[1], lv1)  # the decoder's low end
     u = K * U64
     S = x_t.abs() / tb(s.alphas).sqrt() + m1.abs() + m2.abs() + (c1 * x0_hat).abs() + (c2 * x_t).abs() + (c1 * x).abs()
     d_lv2 = u * (lv1.abs() + tb(s.betas).log().abs() + lv2.abs())
@@ -387,3 +390,54 @@ def test_gaussian_data_bound_is_the_exact_nll_for_the_true_reverse_process(predi
     for name, (diffusion, model) in others.items():
         worse = float((w * (_expected_bound(diffusion, model, xs, nodes, weights) + to_marginal / LN2)).sum())
         assert worse - entropy > margin, (name, worse, entropy)
+
+
+# ---------------------------------------------------------------- training with the bound
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_hybrid_loss_is_simple_plus_lambda_t_vlb_with_the_mean_stopped(prediction, images):
+    """L_hybrid = L_simple + 0.001 T L_t (IDDPM sec. 3.1): the bound's term moves the variance channels only."""
+    d = _diffusion("learned_range", prediction)
+    g = torch.Generator().manual_seed(2)
+    t = torch.tensor([0, 5, T - 1])
+    noise = torch.randn(images.shape, generator=g, dtype=torch.float64)
+    raw = torch.randn((3, 2, 8, 8), generator=g, dtype=torch.float64)
+
+    def run(loss_type):
+        out = raw.clone().requires_grad_(True)
+        loss = d.p_losses(lambda x, tt: out, images, t, noise, loss_type=loss_type)
+        loss.backward()
+        return loss, out.grad
+
+    hybrid, g_hybrid = run("hybrid")
+    x_t = d.q_sample(images, t, noise)
+    target = {"epsilon": noise, "sample": images, "v_prediction": d.get_v(images, noise, t)}[prediction]
+    simple = ((raw[:, :1].float() - target.float()) ** 2).mean()
+    vb = vb_terms_bpd(d, None, images.float(), x_t.float(), t, model_output=raw.float(), clip_denoised=False)
+    expected = simple + 0.001 * T * vb["output"].mean()
+    # float32 arithmetic: the MSE (128 terms) and the bound's term, a few tens of operations each
+    assert abs(hybrid.item() - expected.item()) <= SAFETY * 64 * 2.0**-24 * (simple.item() + 0.001 * T * 10)
+    # the mean's gradient is L_simple's alone, 2 (pred - target) / n: float32 casts of both (u each), the
+    # difference (u) and the scaling (2u), so within 4u (|pred| + |target|) 2 / n
+    n = raw[:, :1].numel()
+    mse_grad = 2 * (raw[:, :1] - target) / n
+    within = SAFETY * 4 * 2.0**-24 * (raw[:, :1].abs() + target.abs()) * 2 / n
+    assert ((g_hybrid[:, :1] - mse_grad).abs() <= within).all()
+    assert g_hybrid[:, 1:].abs().sum() > 0  # the variance learns from the bound
+
+    vlb, g_vlb = run("vlb")
+    assert abs(vlb.item() - T * vb["output"].mean().item()) <= SAFETY * 64 * 2.0**-24 * T * 10
+    assert g_vlb[:, :1].abs().sum() > 0  # the bound alone moves the mean as well
+
+
+def test_loss_type_pairings_are_checked(images):
+    zero = lambda x, t: torch.zeros(x.shape[0], 2 * x.shape[1], *x.shape[2:], dtype=x.dtype)  # noqa: E731
+    with pytest.raises(ValueError, match="hybrid"):
+        _diffusion("learned_range", "epsilon").p_losses(zero, images)
+    with pytest.raises(ValueError, match="learned variance"):
+        _diffusion("fixed_small", "epsilon").p_losses(lambda x, t: x, images, loss_type="hybrid")
+    with pytest.raises(ValueError, match="snr_gamma"):
+        _diffusion("fixed_small", "epsilon").p_losses(lambda x, t: x, images, loss_type="vlb", snr_gamma=5.0)
+    with pytest.raises(ValueError, match="unknown loss_type"):
+        _diffusion("fixed_small", "epsilon").p_losses(lambda x, t: x, images, loss_type="kl")
+    # the bound trains a fixed-variance model too
+    assert _diffusion("fixed_large", "epsilon").p_losses(lambda x, t: x, images, loss_type="vlb").item() > 0
