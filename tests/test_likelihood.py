@@ -441,3 +441,41 @@ def test_loss_type_pairings_are_checked(images):
         _diffusion("fixed_small", "epsilon").p_losses(lambda x, t: x, images, loss_type="kl")
     # the bound trains a fixed-variance model too
     assert _diffusion("fixed_large", "epsilon").p_losses(lambda x, t: x, images, loss_type="vlb").item() > 0
+
+
+# ---------------------------------------------------------------- the bits/dim CLI
+@pytest.mark.slow
+def test_bpd_cli_two_processes_give_the_one_process_figures(tmp_path):
+    """``python -m ddpm_core.bpd`` on a folder of PNGs: the same per-image figures from 1 and 2 processes (batch b is
+    seeded with seed + b and computed whole by one rank), and the file's mean is the images' mean."""
+    import json
+
+    from PIL import Image
+    from test_multiprocess import _run, torchrun
+
+    from helpers import save_pipeline_folder
+
+    ckpts, images = tmp_path / "ckpts", tmp_path / "images"
+    save_pipeline_folder(
+        tiny_unet(1, in_channels=1),
+        ckpts / "tiny-bpd",
+        {"num_train_timesteps": 6, "beta_schedule": "squaredcos_cap_v2"},
+    )
+    images.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(5):
+        Image.fromarray(torch.randint(0, 256, (8, 8), generator=g, dtype=torch.uint8).numpy()).save(
+            images / f"{i}.png"
+        )
+    args = ["-m", "ddpm_core.bpd", "--model", "tiny-bpd", "--data", images, "--batch", "2", "--seed", "4"]
+    env = {"DDPM_CHECKPOINT_DIR": str(ckpts)}
+    _run([__import__("sys").executable, *args, "--out", tmp_path / "one.json"], **env)
+    _run(torchrun(2, *args, "--out", tmp_path / "two.json"), **env)
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert one["images"] == two["images"] == 5 and two["num_processes"] == 2
+    assert [r["bpd"] for r in one["per_image"]] == [r["bpd"] for r in two["per_image"]]
+    totals = [r["bpd"] for r in one["per_image"]]
+    assert abs(one["bits_per_dim"] - sum(totals) / 5) <= 1e-4  # rounded to 4 decimals in the file
+    assert all(0 < v < 100 and math.isfinite(v) for v in totals)
+    for r in one["per_image"]:  # the total is its terms
+        assert abs(r["bpd"] - r["prior_bpd"] - r["decoder_bpd"] - r["terms_bpd"]) <= 16 * U64 * r["bpd"]
