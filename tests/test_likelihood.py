@@ -479,3 +479,39 @@ def test_bpd_cli_two_processes_give_the_one_process_figures(tmp_path):
     assert all(0 < v < 100 and math.isfinite(v) for v in totals)
     for r in one["per_image"]:  # the total is its terms
         assert abs(r["bpd"] - r["prior_bpd"] - r["decoder_bpd"] - r["terms_bpd"]) <= 16 * U64 * r["bpd"]
+
+
+@pytest.mark.slow
+def test_evaluate_writes_bits_per_dim_into_eval_json_and_the_card(tmp_path):
+    """``evaluate --bpd-only``: the bound on held-out digits goes into eval.json beside the figures already there,
+    and into the card's Evaluation section, replaced (not repeated) on a second run."""
+    import json
+
+    from ddpm_core import evaluate as ev
+    from ddpm_core.checkpoints import ModelCache
+    from ddpm_core.data import mnist_split, to_model_range
+    from helpers import save_pipeline_folder
+
+    folder = save_pipeline_folder(
+        tiny_unet(1, sample_size=28, in_channels=1),
+        tmp_path / "tiny-mnist",
+        {"num_train_timesteps": 4, "beta_schedule": "squaredcos_cap_v2"},
+    )
+    (folder / "eval.json").write_text(json.dumps({"confident_fraction_0.9": 0.9}))
+    (folder / "README.md").write_text("# tiny\n\n## Evaluation\n\nFigures.\n\n![samples](samples.png)\n")
+    for _ in range(2):
+        assert ev.main([str(folder), "--bpd-only", "--bpd-images", "3", "--seed", "7"]) is None
+    r = json.loads((folder / "eval.json").read_text())
+    entry = r["bits_per_dim"]
+    assert r["confident_fraction_0.9"] == 0.9 and entry["images"] == 3 and entry["network_evaluations"] == 12
+    # the figure is the loop's on the same digits and draws
+    model = ModelCache(size=1, root=tmp_path).get("tiny-mnist")
+    x0 = to_model_range(mnist_split("heldout")[0][:3])
+    res = calc_bpd_loop(model.diffusion, model.unet, x0, generator=torch.Generator().manual_seed(7), max_batch=250)
+    assert entry["bits_per_dim"] == round(float(res.total_bpd.mean()), 4)
+    card = (folder / "README.md").read_text()
+    assert (
+        card.count("**Likelihood.**") == 1 and f"{entry['bits_per_dim']:.3f} ± {entry['standard_error']:.3f}" in card
+    )
+    assert card.index("**Likelihood.**") < card.index("![samples](samples.png)")
+    assert "--bpd-only --bpd-images 3" in card
