@@ -482,7 +482,8 @@ def likelihood_entry(model, images: int = BPD_IMAGES, seed: int = 0, max_batch: 
         "network_evaluations": images * model.diffusion.num_timesteps,
         "seed": seed,
         "seconds": round(time.time() - t0, 1),
-        "device": str(model.device),
+        "device": str(model.device)
+        + (f" ({torch.get_num_threads()} thread(s))" if model.device.type == "cpu" else ""),
     }
 
 
