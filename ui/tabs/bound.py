@@ -27,11 +27,9 @@ TEXT = {
         "seed": "Seed (the draws of x_t)",
         "run": "Compute the bound",
         "digit_img": "x₀",
-        "plot": "The bound's terms against t",
+        "plot": "The bound's terms against t (L_simple's scaled to the same sum)",
         "y": "log₁₀ bits/dim",
         "series": "term",
-        "bound": "L_{t-1}: the bound's term",
-        "simple": "L_simple's term (ε error, scaled to the same sum)",
         "summary": "**{total:.3f} bits/dim** for this digit, an upper bound on −log₂ p(x₀) per pixel: L_T {prior:.1e} + "
         "decoder L₀ {decoder:.3f} + the other {n} terms {terms:.3f}. Half of those {n} terms lies at t ≤ {half_bound}; "
         "L_simple's terms put their half at t ≤ {half_simple}. {evals} network evaluations in {seconds:.1f} s.",
@@ -53,11 +51,9 @@ where L_simple puts its effort instead (spread over all $t$): L_simple gives up 
         "seed": "随机种子（x_t 的抽样）",
         "run": "计算变分界",
         "digit_img": "x₀",
-        "plot": "变分界各项随 t 的分布",
+        "plot": "变分界各项随 t 的分布（L_simple 的项缩放到相同总和）",
         "y": "log₁₀ 比特/维",
         "series": "项",
-        "bound": "L_{t-1}：变分界的项",
-        "simple": "L_simple 的项（ε 误差，缩放到相同总和）",
         "summary": "这个数字的变分界为 **{total:.3f} 比特/维**（每个像素 −log₂ p(x₀) 的上界）：L_T {prior:.1e} + "
         "解码项 L₀ {decoder:.3f} + 其余 {n} 项 {terms:.3f}。这 {n} 项的一半落在 t ≤ {half_bound}；"
         "L_simple 的项则一半落在 t ≤ {half_simple}。共 {evals} 次网络计算，用时 {seconds:.1f} 秒。",
@@ -71,6 +67,9 @@ $L_{t-1} = \frac{\beta_t^2}{2\sigma_t^2\alpha_t(1-\bar\alpha_t)}\,\|\epsilon-\ep
     },
 }
 
+#: The plot's two series, named by their formulas in every language (a legend that changed with the language would
+#: no longer match the lines already drawn).
+SERIES = {"bound": "L_{t-1}", "simple": "L_simple"}
 #: Model evaluations per network call: 4 calls for the bundled model's 1000 terms.
 MAX_BATCH = 250
 
@@ -93,14 +92,14 @@ def half_point(values: np.ndarray) -> int:
     return int(np.searchsorted(np.cumsum(values), values.sum() / 2) + 1)
 
 
-def terms_frame(res: BoundTerms, lang: str = "en") -> pd.DataFrame:
+def terms_frame(res: BoundTerms) -> pd.DataFrame:
     """The plot's long table: t, log10 of each term in bits/dim, and which series, for t = 1 .. T-1."""
     bound = res.vb_bpd[0, 1:].cpu().numpy()
     mse = res.mse[0, 1:].cpu().numpy()
     simple = mse * (bound.sum() / max(mse.sum(), 1e-300))
     t = np.arange(1, len(bound) + 1)
     rows = [
-        pd.DataFrame({"t": t, "value": np.log10(np.maximum(v, 1e-12)), "series": tr(TEXT, key, lang)})
+        pd.DataFrame({"t": t, "value": np.log10(np.maximum(v, 1e-12)), "series": SERIES[key]})
         for key, v in (("bound", bound), ("simple", simple))
     ]
     return pd.concat(rows, ignore_index=True)
@@ -138,7 +137,7 @@ def bound_view(name, digit, seed, lang="en"):
         m.diffusion, m.unet, x0.to(m.device), generator=torch.Generator().manual_seed(seed), max_batch=MAX_BATCH
     )
     seconds = time.perf_counter() - t0
-    return terms_frame(res, lang), summary(res, seconds, lang), display(img)
+    return terms_frame(res), summary(res, seconds, lang), display(img)
 
 
 def build(ctx) -> None:
@@ -149,7 +148,7 @@ def build(ctx) -> None:
             chooser = add(model_dropdown(ctx, t_("model"), "bound-model"), key="model")
             digit = add(StrictSlider(0, 499, value=0, step=1, label=t_("digit"), elem_id="bound-digit"), key="digit")
             seed = add(StrictNumber(value=0, precision=0, label=t_("seed")), key="seed")
-            run = add(gr.Button(t_("run"), variant="primary", elem_id="bound-run"), key="run")
+            run = add(gr.Button(t_("run"), variant="primary", elem_id="bound-run"), key="run", attr="value")
         with gr.Row():
             image = add(gr.Image(label=t_("digit_img"), height=200, scale=1), key="digit_img")
             plot = gr.LinePlot(
