@@ -489,13 +489,16 @@ def likelihood_entry(model, images: int = BPD_IMAGES, seed: int = 0, max_batch: 
 
 def _likelihood_paragraph(entry: dict, where: str) -> str:
     """The card's paragraph on the bound, from ``eval.json``'s ``bits_per_dim``."""
-    return f"""**Likelihood.** The variational bound (DDPM eq. 5) on the first {entry["images"]} held-out digits:
-**{entry["bits_per_dim"]:.3f} ± {entry["standard_error"]:.3f} bits/dim** (mean ± standard error over the digits; an
-upper bound on the negative log-likelihood of the 8-bit digits), of which L_T {entry["prior_bpd"]:.2g}, the
-decoder L_0 {entry["decoder_bpd"]:.3f} and the other {entry["network_evaluations"] // entry["images"] - 1} terms
-{entry["terms_bpd"]:.3f}; {entry["network_evaluations"]:,} network evaluations, {entry["seconds"]:.0f} s on
-{entry["device"]}. Reproduce: `python -m ddpm_core.evaluate {where} --bpd-only --bpd-images {entry["images"]}`.
-"""
+    T = entry["network_evaluations"] // entry["images"]
+    return (
+        f"**Likelihood.** The variational bound (DDPM eq. 5), an upper bound on the negative log-likelihood of the "
+        f"8-bit digits, on the first {entry['images']} held-out digits: **{entry['bits_per_dim']:.3f} ± "
+        f"{entry['standard_error']:.3f} bits/dim** (mean ± standard error over the digits), of which L_T "
+        f"{entry['prior_bpd']:.2g}, the decoder L_0 {entry['decoder_bpd']:.3f} and the other {T - 1} terms "
+        f"{entry['terms_bpd']:.3f}. All {T} terms per digit, one x_t each: {entry['network_evaluations']:,} network "
+        f"evaluations, {entry['seconds']:.0f} s on {entry['device']}. Reproduce: "
+        f"`python -m ddpm_core.evaluate {where} --bpd-only --bpd-images {entry['images']}`.\n"
+    )
 
 
 def _update_card_likelihood(folder: Path, entry: dict) -> None:
