@@ -27,6 +27,10 @@ Tensor = torch.Tensor
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned_range")
+#: ``p_losses``' objectives: L_simple (eq. 14), IDDPM's L_hybrid = L_simple + lambda L_vlb (sec. 3.1), the bound L_vlb.
+LOSS_TYPES = ("simple", "hybrid", "vlb")
+#: IDDPM's lambda for L_hybrid (sec. 3.1): small enough that L_simple still drives the mean.
+HYBRID_LAMBDA = 0.001
 
 
 @dataclass
@@ -340,9 +344,12 @@ class GaussianDiffusion:
             )
         return model_output, None
 
-    def model_predictions(self, model_output: Tensor, x_t: Tensor, t: Tensor) -> ModelPrediction:
-        """x0_hat (clipped or thresholded) and eps_hat from a model output, for every prediction type: the one place
-        that reads a model output. Tensor-only (no checks, no host sync): ``t`` are indices ``[B]``."""
+    def model_predictions(
+        self, model_output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True
+    ) -> ModelPrediction:
+        """x0_hat (clipped or thresholded unless ``clip_denoised=False``) and eps_hat from a model output, for every
+        prediction type: the one place that reads a model output. Tensor-only (no checks, no host sync): ``t`` are
+        indices ``[B]``."""
         pred, var_values = self._split_output(model_output, x_t)
         if self.prediction_type == "epsilon":
             x0, eps = self._start_from_noise(x_t, t, pred), pred  # eq. 15
@@ -351,7 +358,7 @@ class GaussianDiffusion:
         else:  # v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022)
             a, b = self._extract("sqrt_alphas_cumprod", t, x_t), self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
             x0, eps = self._start_from_v(x_t, t, pred), a * pred + b * x_t
-        return ModelPrediction(self._threshold(x0), eps, var_values)
+        return ModelPrediction(self._threshold(x0) if clip_denoised else x0, eps, var_values)
 
     def x0_at(self, model_output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """x0_hat (clipped or thresholded as configured) from a model output at the noise level x_t = alpha x_0 +
@@ -400,11 +407,16 @@ class GaussianDiffusion:
         return call_model(model, x_t, self.model_timesteps(t))
 
     def p_mean_variance(
-        self, model: Callable | None, x_t: Tensor, t: int | Tensor, model_output: Tensor | None = None
+        self,
+        model: Callable | None,
+        x_t: Tensor,
+        t: int | Tensor,
+        model_output: Tensor | None = None,
+        clip_denoised: bool = True,
     ) -> dict[str, Tensor]:
         """p_theta(x_{t-1} | x_t) = N(mu_theta, Sigma_theta) (eq. 1), with mu from the true posterior at the predicted x_0.
 
-        Returns ``mean`` and ``pred_xstart`` ``[B x C x H x W]``, ``variance`` and ``log_variance`` (``[B x 1 x 1 x 1]``
+        ``clip_denoised=False`` leaves the predicted x_0 unclipped (the training losses' step, as IDDPM's). Returns ``mean`` and ``pred_xstart`` ``[B x C x H x W]``, ``variance`` and ``log_variance`` (``[B x 1 x 1 x 1]``
         for fixed variances, ``[B x C x H x W]`` for ``learned_range``), and the raw ``model_output``.
         """
         t = self._timesteps(t, x_t)
@@ -412,11 +424,13 @@ class GaussianDiffusion:
             if model is None:
                 raise ValueError("p_mean_variance needs a model or a model_output")
             model_output = call_model(model, x_t, self.model_timesteps(t))
-        return self._p_mean_variance(model_output, x_t, t)
+        return self._p_mean_variance(model_output, x_t, t, clip_denoised)
 
-    def _p_mean_variance(self, model_output: Tensor, x_t: Tensor, t: Tensor) -> dict[str, Tensor]:
+    def _p_mean_variance(
+        self, model_output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True
+    ) -> dict[str, Tensor]:
         # 1. predicted x_0 (eq. 15 for epsilon), clipped or thresholded; 2. the posterior mean there (eq. 7)
-        pred = self.model_predictions(model_output, x_t, t)
+        pred = self.model_predictions(model_output, x_t, t, clip_denoised)
         mean = self.posterior_mean(pred.pred_xstart, x_t, t)
         # 3. the variance choice
         if self.variance_type == "learned_range":
@@ -597,6 +611,25 @@ class GaussianDiffusion:
             x = out.prev_sample
         return x
 
+    # ------------------------------------------------------------------ the bound (eq. 5), see ddpm_core.likelihood
+    def vb_terms_bpd(self, model: Callable | None, x_start: Tensor, x_t: Tensor, t: int | Tensor, **kwargs: Any):
+        """L_{t-1} (t > 0) or L_0 (t = 0) per image ``[B]`` in bits/dim: :func:`ddpm_core.likelihood.vb_terms_bpd`."""
+        from .likelihood import vb_terms_bpd
+
+        return vb_terms_bpd(self, model, x_start, x_t, t, **kwargs)
+
+    def prior_bpd(self, x_start: Tensor) -> Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) per image ``[B]``: :func:`ddpm_core.likelihood.prior_bpd`."""
+        from .likelihood import prior_bpd
+
+        return prior_bpd(self, x_start)
+
+    def calc_bpd_loop(self, model: Callable, x_start: Tensor, **kwargs: Any):
+        """Every term of the bound per image, in bits/dim: :func:`ddpm_core.likelihood.calc_bpd_loop`."""
+        from .likelihood import calc_bpd_loop
+
+        return calc_bpd_loop(self, model, x_start, **kwargs)
+
     # ------------------------------------------------------------------ training
     def p_losses(
         self,
@@ -606,8 +639,16 @@ class GaussianDiffusion:
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
         snr_gamma: float | None = None,
+        loss_type: str = "simple",
     ) -> Tensor:
-        """The simplified objective L_simple (eq. 14) for this diffusion's prediction type; returns a scalar.
+        """The training loss for this diffusion's prediction type; returns a scalar.
+
+        ``loss_type``: ``simple`` is L_simple (eq. 14), the fixed variances' objective; ``hybrid`` is IDDPM's
+        L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal 2021, sec. 3.1, lambda = :data:`HYBRID_LAMBDA`), which
+        trains a ``learned_range`` model's variance through the bound while a stop-gradient on the mean leaves the
+        mean to L_simple; ``vlb`` is the bound alone (through mean and variance, any variance type). L_vlb is
+        estimated at the drawn t as T L_{t-1} (T L_0 at t = 0) in bits/dim (:func:`ddpm_core.likelihood.vb_terms_bpd`,
+        x_0 unclipped), an unbiased estimate of L - L_T, as improved-diffusion computes it.
 
         Draws ``t`` uniformly from [0, T-1] and ``noise`` ~ N(0, I) unless given. The target is eps (``epsilon``),
         x_0 (``sample``) or v (``v_prediction``). ``snr_gamma`` applies Min-SNR-gamma weighting (Hang et al. 2023),
@@ -621,10 +662,7 @@ class GaussianDiffusion:
             raise ValueError(f"x_start must be [B x C x ...], got shape {tuple(x_start.shape)}")
         if snr_gamma is not None and not 0 < snr_gamma < float("inf"):
             raise ValueError(f"snr_gamma must be a finite number > 0 (5.0 in Hang et al. 2023), got {snr_gamma}")
-        if self.variance_type == "learned_range":
-            raise ValueError(
-                "p_losses trains fixed-variance models; learned_range needs IDDPM's L_vlb term, not implemented here"
-            )
+        self._check_loss_type(loss_type, snr_gamma)
         if t is None:
             device = generator.device if generator else x_start.device
             t = torch.randint(0, self.num_timesteps, x_start.shape[:1], generator=generator, device=device)
@@ -634,17 +672,47 @@ class GaussianDiffusion:
         self._same_shape(x_start, noise, "p_losses(x_start, noise)")
         x_t = self._q_sample(x_start, t, noise)
         out = call_model(model, x_t, self.model_timesteps(t))
-        self._same_shape(out, x_start, "p_losses(model output, x_start)")
-        if self.prediction_type == "epsilon":
-            target = noise
-        elif self.prediction_type == "sample":
-            target = x_start
-        else:
-            target = self._v(x_start, noise, t)
-        per_sample = F.mse_loss(out.float(), target.float(), reduction="none").flatten(1).mean(1)
-        if snr_gamma is not None:
-            per_sample = per_sample * self.min_snr_weight(t, snr_gamma)
-        return per_sample.mean()
+        pred, var_values = self._split_output(out, x_start)
+        loss = 0.0
+        if loss_type != "vlb":
+            if self.prediction_type == "epsilon":
+                target = noise
+            elif self.prediction_type == "sample":
+                target = x_start
+            else:
+                target = self._v(x_start, noise, t)
+            per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+            if snr_gamma is not None:
+                per_sample = per_sample * self.min_snr_weight(t, snr_gamma)
+            loss = per_sample.mean()
+        if loss_type != "simple":
+            from .likelihood import vb_terms_bpd
+
+            if loss_type == "hybrid":  # the bound trains the variance only: the mean is L_simple's
+                out = torch.cat([pred.detach(), var_values], dim=1)
+            vb = vb_terms_bpd(
+                self, None, x_start.float(), x_t.float(), t, model_output=out.float(), clip_denoised=False
+            )
+            weight = self.num_timesteps * (HYBRID_LAMBDA if loss_type == "hybrid" else 1.0)
+            loss = loss + weight * vb["output"].mean()
+        return loss
+
+    def _check_loss_type(self, loss_type: str, snr_gamma: float | None) -> None:
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+        learned = self.variance_type == "learned_range"
+        if learned and loss_type == "simple":
+            raise ValueError(
+                "a learned_range model learns its variance through the bound: use loss_type='hybrid' (IDDPM's "
+                "L_simple + 0.001 L_vlb) or 'vlb'; L_simple alone leaves the variance untrained"
+            )
+        if loss_type == "hybrid" and not learned:
+            raise ValueError(
+                "loss_type='hybrid' trains a learned variance (its L_vlb term has no gradient with a fixed one): "
+                "use variance_type='learned_range', or loss_type='simple' or 'vlb'"
+            )
+        if loss_type == "vlb" and snr_gamma is not None:
+            raise ValueError("snr_gamma weights L_simple's terms; loss_type='vlb' has none (it is the bound itself)")
 
     def min_snr_weight(self, t: Tensor, snr_gamma: float) -> Tensor:
         """Min-SNR-gamma loss weights ``[B]`` (float32) at timesteps ``t`` ``[B]`` for this prediction type (see

@@ -3,6 +3,7 @@
     python -m ddpm_core.evaluate checkpoints/ddpm-mnist-28 --num 1000 --steps 100 --sampler ddpm --seeds 3
     python -m ddpm_core.evaluate --train-classifier OUT.safetensors      # rebuild the ruler (not needed to evaluate)
     python -m ddpm_core.evaluate checkpoints/ddpm-mnist-28 --curve --num 500   # quality against network evaluations
+    python -m ddpm_core.evaluate checkpoints/ddpm-mnist-28 --bpd-only --bpd-images 32   # the bound in bits/dim only
 
 1. The ruler: a small CNN digit classifier trained on the ``classifier`` split of the 5k MNIST digits (1,500 images
    the diffusion model never saw). Its weights ship in ``ddpm_core/assets/digit-classifier.safetensors`` and are
@@ -22,6 +23,8 @@
 4. Judged twice: against a floor every shipped model meets (``targets_met``) and against the goal of digits as
    convincing as real ones (``as_real``, :data:`AS_REAL`): (a) at least 0.97x the real digits' rate, (b) every class
    within 7% .. 13%, (c) an FD at most 1.15x real-vs-real, (d) at most 2% of samples below the held-out 1% quantile.
+5. The variational bound (DDPM eq. 5) in bits/dim on the first ``--bpd-images`` held-out digits (all T terms, one
+   x_t per digit and t: T network evaluations per digit), as mean ± standard error (``bits_per_dim``).
 Results go to ``eval.json`` and the model card's "Evaluation" section; a grid of samples to ``samples.png``.
 With ``--curve``: (a) and (c) for every sampler at 5 .. 1000 steps, against the network evaluations each costs, in
 ``curve.json`` and ``curve.png`` (:func:`quality_curve`); the Space plots the first and picks its default from it.
@@ -450,6 +453,87 @@ def _as_real(result: dict, hist: np.ndarray) -> dict:
     }
 
 
+#: Held-out digits the bound is computed on by default: T network evaluations each (1000 for the bundled model).
+BPD_IMAGES = 32
+
+
+def likelihood_entry(model, images: int = BPD_IMAGES, seed: int = 0, max_batch: int = 250) -> dict:
+    """``eval.json``'s ``bits_per_dim``: the bound (DDPM eq. 5) on the first ``images`` held-out digits, in
+    bits/dim, as mean ± standard error over the digits, with the mean of each term (L_T, L_0, the sum of the
+    L_{t-1}) and what it cost. One x_t per digit and t, drawn from a generator seeded ``seed``."""
+    from .data import to_model_range
+    from .likelihood import calc_bpd_loop
+
+    Xh, _ = _split("heldout")
+    if not 1 <= images <= len(Xh):
+        raise ValueError(f"the bound takes 1 .. {len(Xh)} held-out digits, got {images}")
+    x0 = to_model_range(Xh[:images]).to(model.device)
+    t0 = time.time()
+    g = torch.Generator(model.device).manual_seed(seed)
+    res = calc_bpd_loop(model.diffusion, model.unet, x0, generator=g, max_batch=max_batch)
+    total = res.total_bpd.cpu()
+    return {
+        "images": images,
+        "bits_per_dim": _r4(total.mean()),
+        "standard_error": _r4(total.std() / math.sqrt(images)) if images > 1 else None,
+        "prior_bpd": float(f"{res.prior_bpd.mean().item():.3g}"),
+        "decoder_bpd": _r4(res.decoder_bpd.mean()),
+        "terms_bpd": _r4(res.vb_bpd[:, 1:].sum(1).mean()),
+        "network_evaluations": images * model.diffusion.num_timesteps,
+        "seed": seed,
+        "seconds": round(time.time() - t0, 1),
+        "device": str(model.device)
+        + (f" ({torch.get_num_threads()} thread(s))" if model.device.type == "cpu" else ""),
+    }
+
+
+def _likelihood_paragraph(entry: dict, where: str) -> str:
+    """The card's paragraph on the bound, from ``eval.json``'s ``bits_per_dim``."""
+    T = entry["network_evaluations"] // entry["images"]
+    return (
+        f"**Likelihood.** The variational bound (DDPM eq. 5), an upper bound on the negative log-likelihood of the "
+        f"8-bit digits, on the first {entry['images']} held-out digits: **{entry['bits_per_dim']:.3f} ± "
+        f"{entry['standard_error']:.3f} bits/dim** (mean ± standard error over the digits), of which L_T "
+        f"{entry['prior_bpd']:.2g}, the decoder L_0 {entry['decoder_bpd']:.3f} and the other {T - 1} terms "
+        f"{entry['terms_bpd']:.3f}. All {T} terms per digit, one x_t each: {entry['network_evaluations']:,} network "
+        f"evaluations, {entry['seconds']:.0f} s on {entry['device']}. Reproduce: "
+        f"`python -m ddpm_core.evaluate {where} --bpd-only --bpd-images {entry['images']}`.\n"
+    )
+
+
+def _update_card_likelihood(folder: Path, entry: dict) -> None:
+    """Put the likelihood paragraph into the card's Evaluation section (replacing an earlier one)."""
+    card_path = folder / "README.md"
+    if not card_path.is_file() or "## Evaluation" not in card_path.read_text():
+        return
+    card = card_path.read_text()
+    paragraph = _likelihood_paragraph(entry, folder.relative_to(folder.parents[1]).as_posix())
+    if "**Likelihood.**" in card:
+        head, rest = card.split("**Likelihood.**", 1)
+        tail = rest.split("\n\n", 1)[1] if "\n\n" in rest else ""
+        card = head + paragraph + "\n" + tail
+    elif "![samples](samples.png)" in card:
+        card = card.replace("![samples](samples.png)", paragraph + "\n![samples](samples.png)")
+    else:
+        card = card.rstrip() + "\n\n" + paragraph
+    card_path.write_text(card)
+
+
+def evaluate_likelihood(folder: Path, images: int = BPD_IMAGES, seed: int = 0) -> dict:
+    """Only the bound: ``bits_per_dim`` into the folder's ``eval.json`` (other entries kept) and its card."""
+    from .checkpoints import ModelCache
+
+    folder = Path(folder).resolve()
+    model = ModelCache(size=1, root=folder.parent).get(folder.name)
+    entry = likelihood_entry(model, images, seed)
+    path = folder / "eval.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result["bits_per_dim"] = entry
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    _update_card_likelihood(folder, entry)
+    return entry
+
+
 def evaluate(
     folder: Path,
     num: int = 500,
@@ -459,11 +543,13 @@ def evaluate(
     seed: int = 0,
     seeds: int = 3,
     classifier: Path | None = None,
+    bpd_images: int = BPD_IMAGES,
 ) -> dict:
     """Evaluate the pipeline folder ``folder``; writes ``eval.json``, ``samples.png`` and the card's section there.
 
     Sampling seed s = ``seed`` .. ``seed + seeds - 1`` draws ``num`` samples in batches of ``batch``; its batch b
-    uses generator seed ``1000 * s + b``. ``classifier``: another weights file (its hash is recorded, not checked)."""
+    uses generator seed ``1000 * s + b``. ``classifier``: another weights file (its hash is recorded, not checked).
+    ``bpd_images`` held-out digits give the bound in bits/dim (:func:`likelihood_entry`; 0 skips it)."""
     from .checkpoints import ModelCache
     from .data import to_model_range
     from .imaging import make_grid, tensor_to_pil
@@ -497,9 +583,13 @@ def evaluate(
     }
     result["targets_met"] = _targets_met(result, hist)
     result["as_real"] = _as_real(result, hist)
+    if bpd_images:
+        result["bits_per_dim"] = likelihood_entry(model, bpd_images, seed)
     (folder / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     make_grid(tensor_to_pil(runs[0][:64]), ncols=16, scale=2).save(folder / "samples.png")
     _update_card(folder, result, num, steps, sampler, len(seed_list), seed, classifier)
+    if bpd_images:
+        _update_card_likelihood(folder, result["bits_per_dim"])
     return result
 
 
@@ -875,6 +965,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=30, help="classifier training epochs (with --train-classifier)")
     p.add_argument(
+        "--bpd-images",
+        type=int,
+        default=BPD_IMAGES,
+        help="held-out digits the bound in bits/dim is computed on (T network evaluations each; 0: skip it)",
+    )
+    p.add_argument(
+        "--bpd-only",
+        action="store_true",
+        help="compute only the bound; its entry goes into the folder's eval.json and card, the others are kept",
+    )
+    p.add_argument(
         "--curve",
         action="store_true",
         help="quality against network evaluations for every sampler at 5 .. 1000 steps (curve.json, curve.png); "
@@ -906,6 +1007,9 @@ def main(argv=None):
         return
     if args.folder is None:
         p.error("give a pipeline folder to evaluate, or --train-classifier OUT")
+    if args.bpd_only:
+        print(json.dumps(evaluate_likelihood(Path(args.folder), args.bpd_images, args.seed), indent=2))
+        return
     if args.curve:
         r = quality_curve(
             Path(args.folder),
@@ -926,6 +1030,7 @@ def main(argv=None):
         args.seed,
         args.seeds,
         args.classifier,
+        args.bpd_images,
     )
     print(json.dumps(r, indent=2))
 

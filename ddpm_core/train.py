@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from .diffusion import GaussianDiffusion
+from .diffusion import LOSS_TYPES, GaussianDiffusion
 from .schedule import NoiseSchedule
 
 #: UNet sizes (diffusers UNet2DModel kwargs). Attention only at the coarsest level keeps CPU training cheap.
@@ -63,7 +63,8 @@ MODEL_SIZES: dict[str, dict] = {
 MODEL_SIZES["medium"] = {**MODEL_SIZES["small"], "block_out_channels": (32, 64, 128)}
 
 
-def build_unet(size: str, resolution: int, channels: int):
+def build_unet(size: str, resolution: int, channels: int, learned_variance: bool = False):
+    """A ``UNet2DModel`` of ``size``; ``learned_variance`` doubles its output channels (prediction and IDDPM's v)."""
     from diffusers import UNet2DModel
 
     if size not in MODEL_SIZES:
@@ -71,7 +72,8 @@ def build_unet(size: str, resolution: int, channels: int):
     levels = len(MODEL_SIZES[size]["block_out_channels"])
     if resolution % (2 ** (levels - 1)):
         raise ValueError(f"--resolution {resolution} must be divisible by {2 ** (levels - 1)} for model size {size!r}")
-    return UNet2DModel(sample_size=resolution, in_channels=channels, out_channels=channels, **MODEL_SIZES[size])
+    out_channels = 2 * channels if learned_variance else channels
+    return UNet2DModel(sample_size=resolution, in_channels=channels, out_channels=out_channels, **MODEL_SIZES[size])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -98,6 +100,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timesteps", type=int, default=1000)
     p.add_argument("--prediction-type", default="epsilon", choices=("epsilon", "sample", "v_prediction"))
     p.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
+    p.add_argument(
+        "--variance-type",
+        default="fixed_small",
+        choices=("fixed_small", "fixed_large", "learned_range"),
+        help="the reverse step's variance; learned_range doubles the UNet's output channels (IDDPM eq. 15)",
+    )
+    p.add_argument(
+        "--loss-type",
+        default=None,
+        choices=LOSS_TYPES,
+        help="simple: L_simple (DDPM eq. 14); hybrid: L_simple + 0.001 L_vlb (IDDPM); vlb: the bound itself "
+        "(default: hybrid for learned_range, else simple)",
+    )
     p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     p.add_argument("--save-every", type=int, default=500, help="resumable checkpoint every N steps")
     p.add_argument(
@@ -115,7 +130,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--push-to-hub", action="store_true", help="upload the result (needs a token and the network)")
     p.add_argument("--hub-model-id", default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.loss_type is None:
+        args.loss_type = "hybrid" if args.variance_type == "learned_range" else "simple"
+    return args
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -235,10 +253,11 @@ def _set_up(args, accelerator):
     set_seed(args.seed)  # the same initial weights on every process
     schedule = NoiseSchedule.make(args.schedule, args.timesteps)
     diffusion = GaussianDiffusion(
-        schedule, prediction_type=args.prediction_type, variance_type="fixed_small", clip_sample=True
+        schedule, prediction_type=args.prediction_type, variance_type=args.variance_type, clip_sample=True
     )
+    diffusion._check_loss_type(args.loss_type, args.snr_gamma)  # a bad pairing fails before any data is loaded
     dataset = build_dataset(args.data, args.resolution, args.channels)
-    unet = build_unet(args.model_size, args.resolution, args.channels)
+    unet = build_unet(args.model_size, args.resolution, args.channels, args.variance_type == "learned_range")
     if args.init_from:
         load_initial_weights(unet, Path(args.init_from))
     # foreach: two batched operators per update instead of three per parameter tensor. With AdamW batched too, as
@@ -315,7 +334,9 @@ def _optimiser_step(tr: _Training, batch, args, step: int) -> torch.Tensor:
     )
     with accelerator.accumulate(tr.unet), accelerator.autocast():
         # this rank's mean loss; DDP averages the gradients over ranks: the gradient of the global batch's mean
-        loss = tr.diffusion.p_losses(tr.unet, x0, t=t[rows], noise=noise[rows], snr_gamma=args.snr_gamma)
+        loss = tr.diffusion.p_losses(
+            tr.unet, x0, t=t[rows], noise=noise[rows], snr_gamma=args.snr_gamma, loss_type=args.loss_type
+        )
         accelerator.backward(loss)
         if accelerator.sync_gradients and args.grad_clip:
             accelerator.clip_grad_norm_(tr.unet.parameters(), args.grad_clip)
@@ -380,7 +401,7 @@ def _train_loop(tr: _Training, loader, args, out: Path, step: int, t0: float) ->
 
 def _save_result(tr: _Training, args, out: Path, n_params: int, step: int, t0: float, losses: list[float]) -> None:
     """Save the EMA weights as a pipeline folder in ``out`` with its model card; upload it if asked."""
-    final = build_unet(args.model_size, args.resolution, args.channels)
+    final = build_unet(args.model_size, args.resolution, args.channels, args.variance_type == "learned_range")
     final.load_state_dict(tr.accelerator.unwrap_model(tr.unet).state_dict())
     tr.ema.copy_to(final.parameters())
     save_pipeline(final, tr.diffusion, out)

@@ -25,6 +25,6 @@ class Context:
 
 def tabs():
     """The tab modules, in page order (imported here so that importing ``ui.tabs`` alone stays cheap)."""
-    from ui.tabs import compare, denoise, forward, lab2d, sample, schedules
+    from ui.tabs import bound, compare, denoise, forward, lab2d, sample, schedules
 
-    return [forward, schedules, sample, compare, denoise, lab2d]
+    return [forward, schedules, sample, compare, denoise, lab2d, bound]
