@@ -15,7 +15,20 @@ from PIL import Image
 from ddpm_core.data import mnist_split
 from ddpm_core.imaging import center_crop_resize, pil_to_tensor
 from ddpm_core.likelihood import BoundTerms, calc_bpd_loop
-from ui.common import LATEX, display, gpu, int_arg, model, model_dropdown, seed_arg, user_errors
+from ui.common import (
+    LATEX,
+    ON_CPU,
+    SAMPLER_WORKERS,
+    check_request_cost,
+    display,
+    fair_job,
+    gpu,
+    int_arg,
+    model,
+    model_dropdown,
+    seed_arg,
+    user_errors,
+)
 from ui.components import StrictNumber, StrictSlider
 from ui.i18n import tr
 
@@ -70,8 +83,9 @@ $L_{t-1} = \frac{\beta_t^2}{2\sigma_t^2\alpha_t(1-\bar\alpha_t)}\,\|\epsilon-\ep
 #: The plot's two series, named by their formulas in every language (a legend that changed with the language would
 #: no longer match the lines already drawn).
 SERIES = {"bound": "L_{t-1}", "simple": "L_simple"}
-#: Model evaluations per network call: 4 calls for the bundled model's 1000 terms.
-MAX_BATCH = 250
+#: Model evaluations per network call: 4 calls for the bundled model's 1000 terms on a GPU; on a CPU 20, each a turn
+#: of the shared CPU of about half a second (ui.fair), so that another visitor's step never waits long behind one.
+MAX_BATCH = 50 if ON_CPU else 250
 
 
 @functools.lru_cache(maxsize=1)
@@ -132,10 +146,18 @@ def bound_view(name, digit, seed, lang="en"):
     cfg = m.unet.config
     size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
     x0, img = digit_tensor(digit, cfg.in_channels, size)
+    check_request_cost(m, m.diffusion.num_timesteps)  # T network evaluations of one image
     t0 = time.perf_counter()
-    res = calc_bpd_loop(
-        m.diffusion, m.unet, x0.to(m.device), generator=torch.Generator().manual_seed(seed), max_batch=MAX_BATCH
-    )
+    with fair_job() as job:  # each batch of timesteps in a turn of the CPU (a turn is taken again after each)
+        job.turn()
+        res = calc_bpd_loop(
+            m.diffusion,
+            m.unet,
+            x0.to(m.device),
+            generator=torch.Generator().manual_seed(seed),
+            max_batch=MAX_BATCH,
+            progress=lambda done, total: job.turn(),
+        )
     seconds = time.perf_counter() - t0
     return terms_frame(res), summary(res, seconds, lang), display(img)
 
@@ -172,6 +194,6 @@ def build(ctx) -> None:
         [chooser, digit, seed, ctx.lang],
         [plot, text, image],
         api_name="bound",
-        concurrency_limit=1,
-        concurrency_id="bound",
+        concurrency_limit=SAMPLER_WORKERS,
+        concurrency_id="sampler",  # the sampling tabs' workers and share: the same kind of work
     )
