@@ -401,7 +401,6 @@ def hostile_visitor(url: str, t_end: float, counts: dict) -> None:
     """Until ``t_end``: two of the costliest admitted /sample requests always running (the visitor's share), REST calls
     that each open a fresh session, and 29 MB uploads, all from one address."""
     import httpx
-    from gradio_client.exceptions import AppError
 
     client = client_for(url, "hostile", HOSTILE)
     costliest = ("ddpm-mnist-28", "DDPM (fewer steps)", 500, 0.0, "model default", 16, 0)  # 3,021 GFLOP
@@ -421,7 +420,7 @@ def hostile_visitor(url: str, t_end: float, counts: dict) -> None:
     for j in jobs:
         try:
             j.cancel()
-        except AppError:
+        except Exception:  # the run is over: a cancel refused or timed out changes no figure
             pass
     client.close()
 
