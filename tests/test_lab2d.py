@@ -218,3 +218,91 @@ def test_a_reverse_step_picks_the_likeliest_x0_by_default_and_refuses_t_0():
         L.reverse_step(d, _empirical_epsilon(d, data), data, [0.0, 0.0], 0)
     with pytest.raises(ValueError, match="the jump must be between 1 and t = 50 steps, got 51"):
         L.reverse_step(d, _empirical_epsilon(d, data), data, [0.0, 0.0], 50, jump=51)
+
+
+def _last_step_bound(d, n: int, p_fail: float = 1e-6, slack: float = 2.0) -> float:
+    """How far from a single training point x0 a DDPM sample may land, from the sampler's final variance.
+
+    DDPM's last step (t = 0) adds no noise: it returns x0_hat = (x - sqrt(1 - abar_0) eps_hat) / sqrt(abar_0) from
+    its input x. For one training point the data's reverse step is the true posterior at every t, so a network that
+    has learned it hands the last step an x distributed as q(x_0 | x0) = N(sqrt(abar_0) x0, (1 - abar_0) I): the
+    chain's final variance 1 - abar_0 = beta_0. Then x0_hat - x0 = sqrt(beta_0 / abar_0) (eps - eps_hat): zero for
+    the exact eps_hat, and within ``slack`` |eps| sqrt(beta_0 / abar_0) for a network whose eps_hat is off by up to
+    the noise itself (slack 2: eps_hat anywhere between -eps and eps). In 2D |eps| is Rayleigh,
+    P(|eps| > r) = exp(-r^2 / 2), so all ``n`` samples stay within r = sqrt(2 ln(n / p_fail)) but with probability
+    ``p_fail``. For T = 1000, linear: sqrt(1e-4) = 0.01, and 2 x 0.01 x 6.3 = 0.13 for n = 500.
+    """
+    abar0 = float(d.schedule.alphas_cumprod[0])
+    r = math.sqrt(2 * math.log(n / p_fail))
+    return slack * math.sqrt((1 - abar0) / abar0) * r
+
+
+def test_the_exact_denoiser_of_one_point_returns_that_point():
+    """For a data set of one point x0, q(x0 | x_t) is that point for every x_t: the optimal eps is
+    (x_t - sqrt(abar) x0) / sqrt(1 - abar), and every DDPM sample ends exactly on x0 (float32 rounding)."""
+    d = _diffusion()
+    x0 = torch.tensor([[0.7, -0.4]])
+
+    def eps(x, t):
+        abar = d.schedule.alphas_cumprod.to(x.dtype)[t][:, None]
+        return (x - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+    x, _ = L.sample(d, eps, 200, "ddpm", 100, seed=3)
+    assert float((x - x0).norm(dim=1).max()) < 1e-5
+
+
+def test_a_network_trained_on_one_point_samples_that_point():
+    """The lab's denoiser trained on one point: every DDPM sample lies within the bound the sampler's final variance
+    sets (:func:`_last_step_bound`, about 0.13 here), 20 times nearer than held-out moons points typically come,
+    and the readout calls them copies."""
+    d = _diffusion()
+    data, _ = L.make_points("moons", 4000, seed=0)
+    x0, _ = L.first_points(data, None, 1)
+    run = L.train(d, x0, steps=1000, batch=256)
+    n = 500
+    x, _ = L.sample(d, L.guided(run.model), n, "ddpm", 100, seed=1)
+    dist = (x.double() - x0.double()).norm(dim=1)
+    bound = _last_step_bound(d, n)
+    assert float(dist.max()) < bound, (float(dist.max()), bound)
+    m = L.memorisation(x, x0, L.make_points("moons", 2000, seed=10)[0])
+    assert m.verdict == "copies" and m.copies == 1.0 and m.num_training == 1
+
+
+def test_the_copies_readout_tells_copies_from_new_data():
+    """Samples that are the training points (moved by far less than the spacing of the data) are all copies; a fresh
+    draw of the distribution has about COPY_QUANTILE copies by construction (1% of 2,000, binomial standard error
+    0.2 points, and as much again from estimating the quantile on 2,000 held-out points), far under NO_COPIES."""
+    data, _ = L.make_points("moons", 4000, seed=0)
+    held, _ = L.make_points("moons", 2000, seed=10)
+    jitter = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0)) * 1e-6
+    copies = L.memorisation(data[:2000] + jitter, data, held)
+    assert copies.copies == 1.0 and copies.verdict == "copies"
+    fresh = L.memorisation(L.make_points("moons", 2000, seed=12)[0], data, held)
+    assert fresh.copies < L.NO_COPIES and fresh.verdict == "new", fresh.copies
+    assert fresh.radius == pytest.approx(float(np.quantile(fresh.heldout_nn, 0.01)))
+    s, h = fresh.quantiles("samples"), fresh.quantiles("heldout")
+    assert s[0] <= s[1] <= s[2] and h[0] <= h[1] <= h[2]
+
+
+def test_with_one_training_point_the_datas_reverse_step_is_the_true_posterior():
+    """q(x_0 | x_t) is the one point for every x_t: its weight is 1, and the data's reverse step and the true posterior
+    have the same mean (posterior_gap 0 within float64 rounding) at any t and jump."""
+    d = _diffusion()
+    x0 = torch.tensor([[0.7, -0.4]])
+    for t, jump in ((10, 1), (300, 100), (999, 999)):
+        s = L.reverse_step(d, lambda x, tt: torch.zeros_like(x), x0, [2.5, 1.0], t, jump=jump)
+        assert s.candidates == 1.0 and s.posterior_gap < 1e-9, (t, s.posterior_gap)
+    many, _ = L.make_points("moons", 300, seed=0)
+    # with many points the two differ wherever several could have made x_t
+    assert L.reverse_step(d, lambda x, tt: torch.zeros_like(x), many, [0.4, -0.3], 300, jump=100).posterior_gap > 0.1
+
+
+def test_first_points_keeps_smaller_picks_inside_larger_ones_and_refuses_bad_sizes():
+    data, labels = L.make_points("clusters", 100, seed=0)
+    a, la = L.first_points(data, labels, 4)
+    b, lb = L.first_points(data, labels, 16)
+    assert torch.equal(a, b[:4]) and torch.equal(la, lb[:4])
+    assert L.first_points(data, None, None)[0] is data
+    for bad in (0, 101, 2.5):
+        with pytest.raises(ValueError, match="number of training points must be between 1 and 100"):
+            L.first_points(data, None, bad)

@@ -28,6 +28,27 @@ def test_mnist_splits_are_disjoint_and_stratified():
     )
 
 
+def test_num_images_trains_on_a_fixed_nested_pick_repeated_to_fill_a_batch():
+    """``--num-images``: k images picked by a fixed permutation, a larger k keeping a smaller k's images, each
+    repeated equally often so that a one-image set still fills a batch of 16."""
+    from torch.utils.data import TensorDataset
+
+    from ddpm_core.data import first_images
+
+    data = TensorDataset(torch.arange(100.0)[:, None])
+    ten, hundred = (first_images(data, k) for k in (10, 100))
+    assert [data[i][0].item() for i in ten.indices] == [data[i][0].item() for i in hundred.indices[:10]]
+    assert sorted(hundred.indices) == list(range(100))  # all of them, once
+    one = first_images(data, 1, fill=16)
+    assert len(one) == 16 and len(set(one.indices)) == 1
+    three = first_images(data, 3, fill=16)
+    assert len(three) == 18 and sorted(set(three.indices)) == sorted(three.indices[:3])
+    assert all(three.indices.count(i) == 6 for i in three.indices[:3])
+    for bad in (0, 101):
+        with pytest.raises(ValueError, match="--num-images must be between 1 and the 100 images"):
+            first_images(data, bad)
+
+
 def test_train_save_resume_reload_and_sample(tmp_path, monkeypatch):
     out = tmp_path / "ckpts" / "tiny-mnist"
     args = [

@@ -21,6 +21,7 @@ ARG_NAMES_ZH = {
     "x_t": "x_t",
     "x₀": "x₀",
     "jump": "一次后退的步数",
+    "training points": "训练点数",
 }
 
 #: (English pattern, Chinese template): the template's ``{name}`` fields are the pattern's named groups.

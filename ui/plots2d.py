@@ -55,7 +55,12 @@ def _points(ax, x: torch.Tensor, colour, labels=None, size: float = 2.0, alpha: 
     x = x.detach().cpu().numpy()
     if labels is not None:
         colour = [CLASS_COLOURS[int(k) % len(CLASS_COLOURS)] for k in labels.tolist()]
-    ax.scatter(x[:, 0], x[:, 1], s=size, c=colour, alpha=alpha, linewidths=0, label=label)
+    ax.scatter(x[:, 0], x[:, 1], s=_visible(size, len(x)), c=colour, alpha=alpha, linewidths=0, label=label)
+
+
+def _visible(size: float, n: int) -> float:
+    """A marker area (points²) at which ``n`` points show: a cloud of thousands needs dots, one point a disc."""
+    return max(size, 40 / math.sqrt(max(n, 1)))
 
 
 def data_figure(data: torch.Tensor, labels, title: str):
@@ -159,7 +164,7 @@ def posterior_overview(step, data: torch.Tensor, title: str) -> np.ndarray:
     ax.grid(alpha=0.2)
     w = (step.weights / step.weights.max()).float().numpy()
     pts = data.float().numpy()
-    ax.scatter(pts[:, 0], pts[:, 1], s=3, c=w, cmap="Greys", vmin=-0.15, vmax=1, linewidths=0)
+    ax.scatter(pts[:, 0], pts[:, 1], s=_visible(3, len(pts)), c=w, cmap="Greys", vmin=-0.15, vmax=1, linewidths=0)
     xt = step.x_t.numpy()
     for target, colour, marker, key in (
         (step.x0, TRUE_COLOUR, "D", "x0"),

@@ -24,6 +24,9 @@ from ui.tabs.forward import SCHEDULE_CHOICES, schedule_name
 
 N_TRAIN, N_SHOW = 4000, 2000
 N_FRAMES, N_PATHS = 16, 5  # the animation's frames (x_0 held last) and the whole paths drawn
+#: The data's reverse step and the true posterior "coincide" when their centres are this many of the step's standard
+#: deviations apart or less: their two 2-sigma circles then overlap to within the width of the drawn line.
+SAME_STEP = 0.05
 PREDICTIONS = ["epsilon", "sample", "v_prediction"]
 #: registry name -> the sampler's short name (the same in Chinese); one evaluation per step (the animation's frames)
 SAMPLER_NAMES = {name: s.short_label for name, s in SAMPLERS.items() if s.evaluations_per_step == 1}
@@ -44,10 +47,15 @@ TEXT = {
 In two dimensions everything the core computes can be drawn. Pick a point cloud, train a small network on it
 (a few seconds, with the same `p_losses` as the image models), then move $t$ to watch the forward process smear the
 data into $\mathcal N(0, I)$, run any sampler back, and compare the score field the network learned with the true
-one where it is known (the ring and the clusters are Gaussian mixtures).""",
+one where it is known (the ring and the clusters are Gaussian mixtures). Choose how many training points it learns
+from: on one or a few points the network learns to return them and its samples are copies; on enough points it
+generalises and draws new points of the distribution, the transition Kadkhodaie, Guth, Simoncelli & Mallat
+(ICLR 2024) measured for image models. The readout under the samples says which.""",
         "dataset": "Data",
         "schedule": "Schedule",
         "prediction": "The network predicts",
+        "points": "Training points",
+        "points_choices": [*((str(n), n) for n in L.TRAIN_SIZES), (f"all ({N_TRAIN:,})", N_TRAIN)],
         "train": "Train",
         "loss": "Training loss",
         "data_plot": "Training data",
@@ -74,9 +82,15 @@ one where it is known (the ring and the clusters are Gaussian mixtures).""",
         "loss_x": "step",
         "loss_y": "loss",
         "label_choices": [("none (unconditional)", -1), ("0", 0), ("1", 1), ("2", 2)],
-        "trained": "Trained {steps} steps in {secs:.1f} s · final loss {loss:.3f}",
+        "trained": "Trained {steps} steps (training points: {n:,}) in {secs:.1f} s · final loss {loss:.3f}",
         "sampled": "{n} points by {sampler} in {steps} steps · energy distance to held-out data **{ed:.4f}** "
         "(two draws of the data: {floor:.4f}) · {secs:.2f} s",
+        "memo": "**Copies: {copies:.0%}** of the samples lie on a training point (nearer to one than 99% of "
+        "held-out data comes: {radius:.3f}). Distance to the nearest training point, 5% / median / 95%: "
+        "samples {samples}; held-out data {heldout}. {verdict}",
+        "memo_copies": "Essentially every sample is a copy: the model memorised its training points.",
+        "memo_new": "Essentially no sample is a copy: the model generalises, its samples are as new as fresh data.",
+        "memo_mixed": "Some samples are copies: the model is between memorising and generalising.",
         "field_error": "mean |learned − true| / mean |true| at t = {t}: **{err:.2f}**",
         "field_unknown": "The true score of this dataset has no closed form; only the learned one is drawn.",
         "anim_plot": "**The reverse process, animated**: the cloud and its density from x_T to x₀",
@@ -86,7 +100,9 @@ Click the panel below to place $x_t$ (or type it) and choose how far back the st
 (pink circle) is exact, but only for someone who knows which $x_0$ made $x_t$. The network never knows: trained to
 predict the noise, its step $p_\theta(x_s \mid x_t)$ (blue) aims at the average over every training point that could
 have made $x_t$, the data's own reverse step $q(x_s \mid x_t)$ (pink dots). At large $t$ many points could have, and
-the network heads for their mean, not for your $x_0$: sampling generates, it does not restore.""",
+the network heads for their mean, not for your $x_0$: sampling generates, it does not restore. Trained on a single
+point, only that point could have made any $x_t$: the data's reverse step and the true posterior are then one and
+the same, and sampling returns the point.""",
         "post_t": "Reverse step at t",
         "post_jump": "Steps back at once, at most t (a sampler with fewer steps jumps like this)",
         "post_x": "x_t: first coordinate",
@@ -101,16 +117,24 @@ the network heads for their mean, not for your $x_0$: sampling generates, it doe
         "post_info": "At t = {t}, about **{cand:.1f}** training points could have made x_t; the chosen x₀ had "
         "probability {w}. The network's step is centred **{err:.2f} σ** from the data's own reverse step and "
         "**{gap:.2f} σ** from the true posterior for this x₀ (σ = {std:.4f}, the step's standard deviation).",
+        "post_one": "With **one training point** the data's own reverse step **is** the true posterior (centres "
+        "{same:.3f} σ apart): every x_t came from this x₀, so the network, learning the data's step, returns x₀.",
+        "post_same": "Here the data's own reverse step and the true posterior **coincide** (centres {same:.3f} σ "
+        "apart): only this x₀ could plausibly have made x_t.",
     },
     "zh": {
         "tab": "二维实验室",
         "intro": r"""### 看得见全貌的扩散
 在二维里，核心计算的每个量都能画出来。选一个点云，在它上面训练一个小网络（几秒钟，用与图像模型相同的
 `p_losses`），然后拖动 $t$ 看前向过程把数据抹成 $\mathcal N(0, I)$，用任意采样器反向生成，并把网络学到的
-分数场与已知的真实分数场对比（环和三团都是高斯混合）。""",
+分数场与已知的真实分数场对比（环和三团都是高斯混合）。还可以选择训练点的个数：只有一个或几个点时，网络学会把它们
+复现出来，样本都是副本；点足够多时，网络才会泛化，画出分布中的新点。Kadkhodaie、Guth、Simoncelli 与 Mallat
+（ICLR 2024）在图像模型上测量了这一转变。样本下方的读数会告诉你是哪一种。""",
         "dataset": "数据",
         "schedule": "噪声调度",
         "prediction": "网络预测",
+        "points": "训练点数",
+        "points_choices": [*((str(n), n) for n in L.TRAIN_SIZES), (f"全部（{N_TRAIN:,}）", N_TRAIN)],
         "train": "训练",
         "loss": "训练损失",
         "data_plot": "训练数据",
@@ -133,9 +157,14 @@ the network heads for their mean, not for your $x_0$: sampling generates, it doe
         "loss_x": "步",
         "loss_y": "损失",
         "label_choices": [("无（无条件）", -1), ("0", 0), ("1", 1), ("2", 2)],
-        "trained": "训练 {steps} 步，用时 {secs:.1f} 秒 · 最终损失 {loss:.3f}",
+        "trained": "训练 {steps} 步（训练点数：{n:,}），用时 {secs:.1f} 秒 · 最终损失 {loss:.3f}",
         "sampled": "{sampler} 用 {steps} 步生成 {n} 个点 · 与留出数据的能量距离 **{ed:.4f}**"
         "（两次独立抽取数据之间：{floor:.4f}）· {secs:.2f} 秒",
+        "memo": "**副本：{copies:.0%}** 的样本落在某个训练点上（比 99% 的留出数据离训练点更近：{radius:.3f}）。"
+        "到最近训练点的距离，5% / 中位数 / 95%：样本 {samples}；留出数据 {heldout}。{verdict}",
+        "memo_copies": "几乎每个样本都是副本：模型记住了它的训练点。",
+        "memo_new": "几乎没有样本是副本：模型在泛化，它的样本和新数据一样新。",
+        "memo_mixed": "部分样本是副本：模型介于记忆与泛化之间。",
         "field_error": "t = {t} 时 平均 |学到的 − 真实的| / 平均 |真实的|：**{err:.2f}**",
         "field_unknown": "这个数据集的真实分数没有闭式解，只画出学到的分数场。",
         "anim_plot": "**逆向过程动画**：点云及其密度从 x_T 到 x₀",
@@ -144,7 +173,8 @@ the network heads for their mean, not for your $x_0$: sampling generates, it doe
 步数更少的采样器跳得更远）。**真实后验** $q(x_s \mid x_t, x_0)$（粉色圆）是精确的，但只对知道 $x_t$ 来自哪个
 $x_0$ 的人成立。网络永远不知道：它被训练去预测噪声，它的一步 $p_\theta(x_s \mid x_t)$（蓝色）瞄准的是所有可能
 产生 $x_t$ 的训练点的平均，也就是数据本身的逆向一步 $q(x_s \mid x_t)$（粉色点）。$t$ 越大，可能的点越多，网络
-走向它们的均值，而不是你选的 $x_0$：采样是生成，不是复原。""",
+走向它们的均值，而不是你选的 $x_0$：采样是生成，不是复原。如果只用一个点训练，任何 $x_t$ 都只可能来自这个点：
+数据本身的逆向一步与真实后验就是同一个分布，采样会回到这个点。""",
         "post_t": "逆向一步：t",
         "post_jump": "一次后退的步数，最多 t 步（步数更少的采样器就是这样跳的）",
         "post_x": "x_t：第一个坐标",
@@ -159,6 +189,9 @@ $x_0$ 的人成立。网络永远不知道：它被训练去预测噪声，它�
         "post_info": "在 t = {t} 时，大约有 **{cand:.1f}** 个训练点可能产生了 x_t；所选 x₀ 的概率是 {w}。"
         "网络这一步的中心离数据本身的逆向一步 **{err:.2f} σ**，离这个 x₀ 的真实后验 **{gap:.2f} σ**"
         "（σ = {std:.4f}，这一步的标准差）。",
+        "post_one": "只有**一个训练点**时，数据本身的逆向一步**就是**真实后验（中心相距 {same:.3f} σ）："
+        "每个 x_t 都来自这个 x₀，所以学习数据逆向一步的网络会回到 x₀。",
+        "post_same": "在这里，数据本身的逆向一步与真实后验**重合**（中心相距 {same:.3f} σ）：只有这个 x₀ 可能产生了 x_t。",
     },
 }
 
@@ -211,13 +244,15 @@ def _run(state) -> L.LabRun:
 
 # ---------------------------------------------------------------- handlers
 @user_errors
-def lab_train(dataset, schedule, prediction, sketch=None, lang="en", progress=gr.Progress()):
-    """Train on ``dataset`` (or the sketch, for "drawn"); streams the loss curve; ends with the trained run in the
-    session and the data plot."""
+def lab_train(dataset, schedule, prediction, sketch=None, num_points=N_TRAIN, lang="en", progress=gr.Progress()):
+    """Train on the first ``num_points`` points of ``dataset`` (or of the sketch, for "drawn"); streams the loss
+    curve; ends with the trained run in the session and the data plot. The held-out data is always a full draw."""
     dataset, schedule = _dataset(dataset), schedule_name(schedule)
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+    num_points = int_arg(num_points, "training points", 1, N_TRAIN)
     (data, labels), heldout = _points(dataset, sketch)
+    data, labels = L.first_points(data, labels, num_points)
     diffusion = L.make_diffusion(schedule, 1000, prediction)
     run = None
     with fair_job() as job:  # each optimiser step in a turn of the CPU
@@ -228,7 +263,8 @@ def lab_train(dataset, schedule, prediction, sketch=None, lang="en", progress=gr
             if k % 250 == 0:
                 yield pd.DataFrame(P.loss_rows(run.losses)), gr.skip(), gr.skip(), gr.skip()
     run.dataset, run.heldout = dataset, heldout
-    info = _say(lang, "trained", steps=len(run.losses), secs=run.seconds, loss=sum(run.losses[-100:]) / 100)
+    loss = sum(run.losses[-100:]) / 100
+    info = _say(lang, "trained", steps=len(run.losses), n=len(data), secs=run.seconds, loss=loss)
     figure = P.data_figure(data[:N_SHOW], None if labels is None else labels[:N_SHOW], "x₀ ~ p_data")
     yield pd.DataFrame(P.loss_rows(run.losses)), figure, info, run
 
@@ -241,7 +277,9 @@ def lab_forward(state, t, lang="en"):
     x0 = run.data[:N_SHOW].double()
     x_t = run.diffusion.q_sample(x0, t, generator=torch.Generator().manual_seed(0))
     abar = float(run.diffusion.schedule.alphas_cumprod[t])
-    mean, cov = abar**0.5 * x0.mean(0), abar * torch.cov(x0.T) + (1 - abar) * torch.eye(2, dtype=torch.float64)
+    # the data's own covariance (correction=0): what q(x_t) of these points has, and defined for one point
+    cov = abar * torch.cov(x0.T, correction=0) + (1 - abar) * torch.eye(2, dtype=torch.float64)
+    mean = abar**0.5 * x0.mean(0)
     mix = L.mixture(run.dataset)
     components = L.mixture_noised(run.diffusion, *mix, t) if mix else None
     title = f"x_t ~ q(x_t | x₀): t = {t}, ᾱ_t = {abar:.3f}"
@@ -270,9 +308,25 @@ def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
     ed, floor = L.energy_distance(x, held), L.energy_distance(other, held)
     name = SAMPLER_NAMES[sampler]
     info = _say(lang, "sampled", n=N_SHOW, sampler=name, steps=steps, ed=ed, floor=floor, secs=secs)
+    info += "\n\n" + _memorisation_text(L.memorisation(x, run.data, held), lang)
     title = f"{name} · {steps}"  # as the Steps compared tab names a pair
     figure = P.reverse_figure(x, every[:, :N_PATHS], run.data[:N_SHOW], title)
     return figure, info, _animation(run, every, steps)
+
+
+def _memorisation_text(m: L.Memorisation, lang) -> str:
+    """The copies readout: the share of copies, both distance distributions and what they say."""
+    fmt = lambda qs: " / ".join(f"{v:.3f}" for v in qs)  # noqa: E731
+    return _say(
+        lang,
+        "memo",
+        copies=m.copies,
+        n=m.num_training,
+        radius=m.radius,
+        samples=fmt(m.quantiles("samples")),
+        heldout=fmt(m.quantiles("heldout")),
+        verdict=_say(lang, f"memo_{m.verdict}"),
+    )
 
 
 def _animation(run: L.LabRun, every: torch.Tensor, steps: int) -> str:
@@ -332,6 +386,10 @@ def lab_posterior(state, t, jump, x, y, own_x0=False, x0x=0.0, x0y=0.0, lang="en
     w = float(step.weights[step.x0_index])
     share = f"{w:.1%}" if w >= 0.001 else "< 0.1%"
     info = _say(lang, "post_info", t=t, cand=step.candidates, w=share, err=err, gap=gap, std=step.q_std)
+    if len(run.data) == 1 or step.posterior_gap < SAME_STEP:
+        info += ("" if lang == "zh" else " ") + _say(
+            lang, "post_one" if len(run.data) == 1 else "post_same", same=step.posterior_gap
+        )
     title = f"t = {t}, x_t = ({x_t[0]:.2f}, {x_t[1]:.2f})"
     return P.posterior_overview(step, run.data, title), P.posterior_zoom(step, f"t = {t} → s = {t - jump}"), info
 
@@ -421,6 +479,10 @@ def _train_panel(t_, add) -> tuple:
                 gr.Radio(t_("prediction_choices"), value="epsilon", label=t_("prediction")), key="prediction"
             )
             add(prediction, key="prediction_choices", attr="choices")
+            points = add(
+                gr.Radio(t_("points_choices"), value=N_TRAIN, label=t_("points"), elem_id="lab-points"), key="points"
+            )
+            add(points, key="points_choices", attr="choices")
             go = add(gr.Button(t_("train"), variant="primary", elem_id="lab-train"), key="train", attr="value")
             trained = gr.Markdown(elem_id="lab-trained")
         with gr.Column(scale=1, min_width=280):
@@ -431,7 +493,7 @@ def _train_panel(t_, add) -> tuple:
             add(loss, key="loss_y", attr="y_title")
         with gr.Column(scale=1, min_width=280):
             data_plot = add(gr.Plot(label=t_("data_plot"), elem_id="lab-data"), key="data_plot")
-    return [dataset, schedule, prediction, sketch], go, [loss, data_plot, trained]
+    return [dataset, schedule, prediction, sketch, points], go, [loss, data_plot, trained]
 
 
 def _posterior_panel(t_, add) -> dict:
