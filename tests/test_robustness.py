@@ -33,7 +33,8 @@ def test_sixteen_concurrent_users(served):
 def test_a_cancelled_sampling_job_stops_its_loop_and_frees_the_slot(served, client):
     app, _ = served
     before = app.STATS["steps"]  # a running total over the module's jobs
-    job = client.submit("ddpm-mnist-28", "DDPM (all T steps)", 1000, 0.0, "model default", 16, 0, api_name="/sample")
+    # 8 images at all 1000 steps: the costliest request a CPU admits (ui.fair.MAX_REQUEST_GFLOP), long enough to cancel
+    job = client.submit("ddpm-mnist-28", "DDPM (all T steps)", 1000, 0.0, "model default", 8, 0, api_name="/sample")
     deadline = time.time() + 60
     while app.STATS["steps"] <= before and time.time() < deadline:  # wait until it is really running
         time.sleep(0.05)
