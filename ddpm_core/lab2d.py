@@ -296,7 +296,7 @@ def sample(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``n`` points ``[n x 2]`` from x_T ~ N(0, I) by the registry's ``sampler`` in ``steps`` steps (all T: None),
     and, with ``keep`` > 0, the first ``keep`` points' whole paths ``[steps + 1 x keep x 2]`` (x_T first)."""
-    timesteps = get_sampler(sampler).timesteps(diffusion, steps)  # the sampler's own, as its diffusers scheduler's
+    timesteps = diffusion.inference_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
     paths, x = [], None
     for out in sample_loop_progressive(diffusion, get_sampler(sampler), net, (n, 2), timesteps, g, eta=eta):
