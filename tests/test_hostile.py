@@ -413,6 +413,8 @@ def test_an_unlistened_sketch_costs_nothing(server, tmp_path):
     import httpx
     from PIL import Image
 
+    from ui.fair import CPU
+
     app, url = server
     bomb = tmp_path / "bomb.png"
     Image.new("1", (6000, 6000)).save(bomb, optimize=True)  # 36 MP: under the limit, 36 MB once decoded as L
@@ -428,13 +430,16 @@ def test_an_unlistened_sketch_costs_nothing(server, tmp_path):
             "layers": [{"path": up, "meta": {"_type": "gradio.FileData"}}] * 8,
             "composite": {"path": up, "meta": {"_type": "gradio.FileData"}},
         }
-        dropped = app.GUARD.stats["dropped"]
+        turns = CPU.stats["turns"]
         before, cpu = _rss_mb(), time.process_time()
         assert (
             _join(http, url, _fn_index(url, "lab_train"), ["drawn", "linear", "epsilon", sketch, None]).status_code
             == 200
         )
-        assert _wait(lambda: app.GUARD.stats["dropped"] > dropped, 30)
+        # the job leaves the queue unrun (dropped for want of a listener): no training step took a turn of the CPU
+        assert _wait(lambda: not any(e.concurrency_id == "lab_train" for e, _ in app.GUARD._events()), 30)
+        time.sleep(0.5)
+        assert CPU.stats["turns"] == turns
     assert _rss_mb() - before < 100 and time.process_time() - cpu < 2.0
 
 
