@@ -4,8 +4,9 @@ gradio's queue has one global size limit shared by every event, and it runs a jo
 stream its result would be sent on. So one client posting joins it never listens to could fill the queue with
 hour-long sampling jobs and lock every tab out. This module adds, on top of gradio's queue (pinned version):
 
-- **a share per client**: a client (its address; behind the Spaces proxy, the first address of
-  ``X-Forwarded-For``) holds at most ``per_client[group]`` waiting or running jobs of a concurrency group;
+- **a share per client**: a client (its address; behind the Spaces proxy, the entry of ``X-Forwarded-For`` that
+  the proxy appended, see ``forwarded_client``) holds at most ``per_client[group]`` waiting or running jobs of a
+  concurrency group;
 - **a size per group**: each concurrency group (sampling, forward, schedules, ...) has its own queue length, so a
   full sampling queue never refuses the forward or schedules tabs (their jobs also never wait behind sampling:
   each group has its own workers);
