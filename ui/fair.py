@@ -104,9 +104,6 @@ class FairShare:
             self._jobs[visitor] = self._jobs.get(visitor, 0) + 1
         return Job(self, visitor, stop)
 
-    def busy(self) -> bool:
-        return self._owner is not None
-
     def _acquire(self, job: Job) -> None:
         with self._cv:
             job.seq = next(self._seq)
