@@ -81,7 +81,7 @@ for ((i = FIRST - 1; i < 3; i++)); do
 done
 step python3 -m ddpm_core.evaluate "$stage" --curve --num "$NUM" --batch 250 --seeds 1 --seed 0
 read -r sampler steps < <(python3 -c "
-from ddpm_core.evaluate import cheapest_within, load_curve
+from ddpm_core.quality import cheapest_within, load_curve
 p = cheapest_within(load_curve('$stage')); print(p['sampler'], p['steps'])")
 step python3 -m ddpm_core.evaluate "$stage" --num "$FINAL_NUM" --steps "$steps" --sampler "$sampler" --seeds 3
 figures "$stage"

@@ -105,8 +105,8 @@ def sample(name_or_dir: str, threads: int) -> torch.Tensor:
 
 def measure(threads: int) -> dict:
     from ddpm_core.data import mnist_split
-    from ddpm_core.evaluate import nearest_distances
     from ddpm_core.imaging import make_grid, tensor_to_pil
+    from ddpm_core.metrics import nearest_distances
 
     heldout = mnist_split("heldout")[0].astype(np.float64) / 255.0
     full = training_digits(BUNDLED[1])
@@ -145,7 +145,7 @@ def measure(threads: int) -> dict:
     return {
         "machine": machine(),
         "sampling": f"DDPM, {STEPS} steps, {NUM_SAMPLES} samples, seed {SEED}",
-        "metric": "L2 between 28x28 images, pixels in [0, 1] (ddpm_core.evaluate.nearest_distances)",
+        "metric": "L2 between 28x28 images, pixels in [0, 1] (ddpm_core.metrics.nearest_distances)",
         "copy_threshold": round(copy_below, 3),
         "copy_threshold_is": "1% quantile of the 500 held-out digits' distance to the nearest of all 3,000 training digits",
         "rows": rows,

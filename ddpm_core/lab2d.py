@@ -337,7 +337,7 @@ def memorisation(samples: torch.Tensor, data: torch.Tensor, heldout: torch.Tenso
     """Do ``samples`` ``[S x 2]`` copy the training points ``data`` ``[N x 2]``, or are they as new as the held-out
     points ``heldout`` ``[H x 2]`` of the same distribution? (Kadkhodaie et al., ICLR 2024: a diffusion model
     reproduces a small training set and generalises once the set is large enough.)"""
-    from .evaluate import nearest_distances  # the image evaluator's measure, on points
+    from .metrics import nearest_distances  # the image evaluator's measure, on points
 
     samples_nn = nearest_distances(samples.double().numpy(), data.double().numpy())[0]
     heldout_nn = nearest_distances(heldout.double().numpy(), data.double().numpy())[0]

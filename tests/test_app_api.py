@@ -257,16 +257,17 @@ def test_python_app_py_serves_on_the_configured_port(tmp_path):
 def test_the_default_setting_is_read_from_the_bundled_models_measured_curve():
     """The Sample tab's default (sampler, steps) is the cheapest point within the stated margin of the best on the
     shipped curve, and the Sampler radio shows it."""
-    from ddpm_core import evaluate as ev
     from ddpm_core.checkpoints import BUNDLED_DEFAULT, CHECKPOINT_DIR
+    from ddpm_core.quality import cheapest_within, load_curve
+    from ddpm_core.samplers import SAMPLERS
     from ui.common import DEFAULT_SAMPLER, DEFAULT_STEPS
     from ui.tabs.sample import SAMPLER_CHOICES, default_choice
 
-    curve = ev.load_curve(CHECKPOINT_DIR / BUNDLED_DEFAULT)
+    curve = load_curve(CHECKPOINT_DIR / BUNDLED_DEFAULT)
     assert curve is not None, "the bundled model ships its curve.json"
-    best = ev.cheapest_within(curve)
+    best = cheapest_within(curve)
     assert (DEFAULT_SAMPLER, DEFAULT_STEPS) == (best["sampler"], best["steps"])
-    assert default_choice() in SAMPLER_CHOICES and default_choice().split(" ")[0] in ev.SAMPLERS[best["sampler"]].label
+    assert default_choice() in SAMPLER_CHOICES and default_choice().split(" ")[0] in SAMPLERS[best["sampler"]].label
 
 
 def test_warm_up_prepares_the_default_request_and_skips_zero_gpu(monkeypatch):

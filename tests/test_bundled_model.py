@@ -59,7 +59,7 @@ def test_both_loaders_load_it_and_agree():
 def test_it_draws_recognisable_digits():
     """A fresh, smaller run of the evaluation: 100 samples; the 500-sample figures are in eval.json."""
     from ddpm_core.checkpoints import ModelCache
-    from ddpm_core.evaluate import train_classifier
+    from ddpm_core.classifier import train_classifier
     from ddpm_core.sampling import generate
 
     net, acc = train_classifier(0, epochs=15)

@@ -15,6 +15,20 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from ddpm_core import evaluate as ev
+from ddpm_core.card import write_curve
+from ddpm_core.classifier import (
+    CLASSIFIER_IN_REPO,
+    CLASSIFIER_PATH,
+    CLASSIFIER_SHA256,
+    DigitNet,
+    heldout_accuracy,
+    load_classifier,
+    save_classifier,
+)
+from ddpm_core.curve import CURVE_SAMPLERS, CURVE_STEPS, curve_points, quality_curve, weights_sha256
+from ddpm_core.metrics import frechet_distance, frechet_distance_from_stats, nearest_distances
+from ddpm_core.quality import CURVE_TEXT, cheapest_within, curve_figure, load_curve, rate_margin
+from ddpm_core.scoring import REAL_SETS, as_real
 
 ROOT = Path(__file__).resolve().parents[1]
 CK = ROOT / "checkpoints" / "ddpm-mnist-28"
@@ -24,14 +38,14 @@ CK = ROOT / "checkpoints" / "ddpm-mnist-28"
 
 
 def test_the_classifier_ships_in_the_repo_and_its_hash_verifies():
-    assert ev.CLASSIFIER_PATH.is_file() and ev.CLASSIFIER_PATH.relative_to(ROOT).as_posix() == ev._CLASSIFIER_IN_REPO
-    assert ev.CLASSIFIER_PATH.suffix == ".safetensors" and ev.CLASSIFIER_PATH.stat().st_size < 4 * 2**20
-    assert hashlib.sha256(ev.CLASSIFIER_PATH.read_bytes()).hexdigest() == ev.CLASSIFIER_SHA256
-    net, info = ev.load_classifier()
-    assert info["sha256"] == ev.CLASSIFIER_SHA256 and not net.training
+    assert CLASSIFIER_PATH.is_file() and CLASSIFIER_PATH.relative_to(ROOT).as_posix() == CLASSIFIER_IN_REPO
+    assert CLASSIFIER_PATH.suffix == ".safetensors" and CLASSIFIER_PATH.stat().st_size < 4 * 2**20
+    assert hashlib.sha256(CLASSIFIER_PATH.read_bytes()).hexdigest() == CLASSIFIER_SHA256
+    net, info = load_classifier()
+    assert info["sha256"] == CLASSIFIER_SHA256 and not net.training
     assert 0.3e6 < sum(p.numel() for p in net.parameters()) < 0.6e6
     assert {"heldout_accuracy", "seed", "epochs"} <= set(info)
-    rel = ev.CLASSIFIER_PATH.relative_to(ROOT).as_posix()
+    rel = CLASSIFIER_PATH.relative_to(ROOT).as_posix()
     try:
         in_git = (
             subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=ROOT, capture_output=True).returncode
@@ -46,32 +60,32 @@ def test_the_classifier_ships_in_the_repo_and_its_hash_verifies():
 
 
 def test_a_changed_or_missing_classifier_is_a_clear_error(tmp_path):
-    data = bytearray(ev.CLASSIFIER_PATH.read_bytes())
+    data = bytearray(CLASSIFIER_PATH.read_bytes())
     data[-1] ^= 1  # one bit of one weight
     bad = tmp_path / "digit-classifier.safetensors"
     bad.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="SHA-256 .* expected " + ev.CLASSIFIER_SHA256):
-        ev.load_classifier(bad)
-    ev.load_classifier(bad, sha256=None)  # still a valid file: loadable when asked for explicitly
+    with pytest.raises(ValueError, match="SHA-256 .* expected " + CLASSIFIER_SHA256):
+        load_classifier(bad)
+    load_classifier(bad, sha256=None)  # still a valid file: loadable when asked for explicitly
     with pytest.raises(ValueError, match="not found"):
-        ev.load_classifier(tmp_path / "missing.safetensors")
+        load_classifier(tmp_path / "missing.safetensors")
 
 
 def test_the_shipped_classifier_reaches_97_percent_on_held_out_digits():
-    net, info = ev.load_classifier()
-    acc = ev.heldout_accuracy(net)
+    net, info = load_classifier()
+    acc = heldout_accuracy(net)
     assert acc >= 0.97
     assert abs(acc - info["heldout_accuracy"]) <= 0.004  # as recorded (2 of 500 digits of slack for other CPUs)
 
 
 def test_a_saved_classifier_is_byte_reproducible_and_loads(tmp_path):
     torch.manual_seed(3)
-    net = ev.DigitNet().eval()
+    net = DigitNet().eval()
     info = {"heldout_accuracy": 0.1, "seed": 3, "epochs": 0, "torch": torch.__version__}
-    h1 = ev.save_classifier(net, tmp_path / "a.safetensors", info)
-    h2 = ev.save_classifier(net, tmp_path / "b.safetensors", dict(reversed(info.items())))
+    h1 = save_classifier(net, tmp_path / "a.safetensors", info)
+    h2 = save_classifier(net, tmp_path / "b.safetensors", dict(reversed(info.items())))
     assert h1 == h2 == hashlib.sha256((tmp_path / "a.safetensors").read_bytes()).hexdigest()
-    loaded, got = ev.load_classifier(tmp_path / "a.safetensors", sha256=h1)
+    loaded, got = load_classifier(tmp_path / "a.safetensors", sha256=h1)
     assert got == {**info, "sha256": h1}
     x = torch.rand(4, 1, 28, 28) * 2 - 1
     with torch.no_grad():
@@ -107,13 +121,13 @@ def test_fd_closed_form_for_gaussians_with_diagonal_covariances_in_any_common_ba
     mu_a, mu_b = rng.normal(size=D), rng.normal(size=D)
     a, b = rng.uniform(0.01, 4, D), rng.uniform(0.01, 4, D)
     expected = ((mu_a - mu_b) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
-    assert ev.frechet_distance_from_stats(mu_a, np.diag(a), mu_b, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+    assert frechet_distance_from_stats(mu_a, np.diag(a), mu_b, np.diag(b)) == pytest.approx(expected, rel=1e-12)
     q, _ = np.linalg.qr(rng.normal(size=(D, D)))  # FD is invariant to a rotation applied to both
-    got = ev.frechet_distance_from_stats(q @ mu_a, q @ np.diag(a) @ q.T, q @ mu_b, q @ np.diag(b) @ q.T)
+    got = frechet_distance_from_stats(q @ mu_a, q @ np.diag(a) @ q.T, q @ mu_b, q @ np.diag(b) @ q.T)
     assert got == pytest.approx(expected, rel=1e-10)
     # singular covariances: zero variances and a rank-1 pair; the closed form still holds exactly
     a0, b0 = np.array([0.0, 1.0, 4.0, 0.0]), np.array([1.0, 0.0, 4.0, 0.0])
-    assert ev.frechet_distance_from_stats(np.zeros(4), np.diag(a0), np.zeros(4), np.diag(b0)) == pytest.approx(
+    assert frechet_distance_from_stats(np.zeros(4), np.diag(a0), np.zeros(4), np.diag(b0)) == pytest.approx(
         2.0, abs=1e-12
     )
 
@@ -122,8 +136,8 @@ def test_fd_equals_the_pytorch_fid_recipe_where_sqrtm_is_well_posed():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(500, 32))
     b = rng.normal(size=(400, 32)) @ rng.normal(size=(32, 32)) * 0.4 + 0.5
-    assert ev.frechet_distance(a, b) == pytest.approx(_pytorch_fid_reference(a, b), rel=1e-9)
-    assert ev.frechet_distance(a, b) == pytest.approx(ev.frechet_distance(b, a), rel=1e-9)
+    assert frechet_distance(a, b) == pytest.approx(_pytorch_fid_reference(a, b), rel=1e-9)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-9)
 
 
 def test_fd_stays_finite_and_quiet_on_singular_covariances():
@@ -133,24 +147,24 @@ def test_fd_stays_finite_and_quiet_on_singular_covariances():
     y[:, :40] = 0.0  # dead ReLU units: zero-variance features
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a LinAlgWarning, ComplexWarning or RuntimeWarning fails the test
-        fd_xy, fd_xx, fd_yy = ev.frechet_distance(x, y), ev.frechet_distance(x, x), ev.frechet_distance(y, y)
+        fd_xy, fd_xx, fd_yy = frechet_distance(x, y), frechet_distance(x, x), frechet_distance(y, y)
     assert np.isfinite(fd_xy) and fd_xy > 0
     assert fd_xx == pytest.approx(0, abs=1e-9) and fd_yy == pytest.approx(0, abs=1e-9)  # exact, no eps bias
     # against the diagonal closed form with most variances zero
     d = np.zeros(128)
     d[:5] = [1.0, 2.0, 3.0, 4.0, 5.0]
-    assert ev.frechet_distance_from_stats(np.zeros(128), np.diag(d), np.zeros(128), np.diag(d[::-1])) == pytest.approx(
+    assert frechet_distance_from_stats(np.zeros(128), np.diag(d), np.zeros(128), np.diag(d[::-1])) == pytest.approx(
         2 * ((np.sqrt(d[:5])) ** 2).sum(), rel=1e-12
     )
 
 
 def test_fd_refuses_what_is_not_two_feature_sets_or_not_psd():
     with pytest.raises(ValueError, match="N >= 2"):
-        ev.frechet_distance(np.zeros((1, 4)), np.zeros((5, 4)))
+        frechet_distance(np.zeros((1, 4)), np.zeros((5, 4)))
     with pytest.raises(ValueError, match="same D"):
-        ev.frechet_distance(np.zeros((5, 4)), np.zeros((5, 3)))
+        frechet_distance(np.zeros((5, 4)), np.zeros((5, 3)))
     with pytest.raises(ValueError, match="positive semi-definite"):
-        ev.frechet_distance_from_stats(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
+        frechet_distance_from_stats(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
 
 
 # -- nearest neighbours -------------------------------------------------------------------------------------------
@@ -160,14 +174,14 @@ def test_nearest_distances_find_a_copied_training_image_at_zero():
     rng = np.random.default_rng(3)
     train = rng.uniform(0, 1, size=(200, 28, 28))
     samples = np.stack([train[17], np.clip(train[5] + 0.01, 0, 1), rng.uniform(0, 1, size=(28, 28))])
-    d, idx = ev.nearest_distances(samples, train, chunk=2)
+    d, idx = nearest_distances(samples, train, chunk=2)
     assert d[0] == 0.0 and idx[0] == 17  # an exact copy reads exactly 0
     assert idx[1] == 5 and 0 < d[1] <= 0.01 * 28
     brute = np.sqrt(((samples.reshape(3, 1, -1) - train.reshape(1, 200, -1)) ** 2).sum(-1))
     np.testing.assert_allclose(d, brute.min(1), rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(idx, brute.argmin(1))
     # a copy is nearer than the 1% quantile of independent images: what the evaluation's memorisation share counts
-    held, _ = ev.nearest_distances(rng.uniform(0, 1, size=(100, 28, 28)), train)
+    held, _ = nearest_distances(rng.uniform(0, 1, size=(100, 28, 28)), train)
     assert d[0] < np.quantile(held, 0.01) and d[2] >= np.quantile(held, 0.01)
 
 
@@ -189,12 +203,12 @@ def test_a_tiny_evaluation_end_to_end(tmp_path):
     assert ck.CHECKPOINT_DIR == before  # the loader's folder is put back
     assert r == json.loads((folder / "eval.json").read_text())
     assert r["sampling_seeds"] == [5, 6] and r["num_samples"] == 6 and r["fd_set_size"] == 6
-    assert r["classifier_sha256"] == ev.CLASSIFIER_SHA256 and r["classifier_heldout_accuracy"] >= 0.97
+    assert r["classifier_sha256"] == CLASSIFIER_SHA256 and r["classifier_heldout_accuracy"] >= 0.97
     # the keys eval.json always had, as means; their spreads beside them
     for key in ("confident_fraction_0.9", "fd_samples_vs_heldout", "fd_real_vs_heldout", "fd_noise_vs_heldout"):
         assert isinstance(r[key], float) and r[key + "_std"] >= 0, key
     assert len(r["confident_fraction_0.9_per_seed"]) == 2 and len(r["fd_samples_vs_heldout_runs"]) == 2
-    assert len(r["fd_real_vs_heldout_runs"]) == ev.REAL_SETS and len(r["fd_noise_vs_heldout_runs"]) == 2
+    assert len(r["fd_real_vs_heldout_runs"]) == REAL_SETS and len(r["fd_noise_vs_heldout_runs"]) == 2
     assert len(r["class_histogram"]) == len(r["class_histogram_std"]) == 10
     assert sum(r["class_histogram"]) == pytest.approx(1, abs=1e-3)
     assert all(np.isfinite(r[k]) for k in ("fd_samples_vs_heldout", "fd_real_vs_heldout", "fd_noise_vs_heldout"))
@@ -204,7 +218,7 @@ def test_a_tiny_evaluation_end_to_end(tmp_path):
     assert 0 <= nn["share_samples_below_heldout_q01"] <= 1
     card = (folder / "README.md").read_text()
     assert card.count("## Evaluation") == 1 and "## Training" in card
-    assert "--num 6 --steps 3 --sampler ddpm --seeds 2 --seed 5" in card and ev.CLASSIFIER_SHA256 in card
+    assert "--num 6 --steps 3 --sampler ddpm --seeds 2 --seed 5" in card and CLASSIFIER_SHA256 in card
     assert f"{r['confident_fraction_0.9']:.1%}" in card and f"{r['fd_samples_vs_heldout']:.2f}" in card
     assert (folder / "samples.png").is_file()
     goal = r["as_real"]
@@ -221,7 +235,7 @@ def test_a_tiny_evaluation_end_to_end(tmp_path):
 
 
 def _result(conf: float, fd: float, near: float) -> dict:
-    """The figures :func:`ddpm_core.evaluate._as_real` reads, against the shipped ruler's real digits."""
+    """The figures :func:`ddpm_core.scoring.as_real` reads, against the shipped ruler's real digits."""
     return {
         "confident_fraction_0.9": conf,
         "confident_fraction_0.9_real_heldout": 0.952,
@@ -243,7 +257,7 @@ def _result(conf: float, fd: float, near: float) -> dict:
 )
 def test_digits_as_convincing_as_real_ones_is_judged_on_each_figure(conf, fd, near, hist_max, failed):
     hist = np.array([hist_max] + [(1 - hist_max) / 9] * 9)
-    goal = ev._as_real(_result(conf, fd, near), hist)
+    goal = as_real(_result(conf, fd, near), hist)
     assert {k for k, ok in goal["checks"].items() if not ok} == failed
     assert goal["met"] == (not failed)
 
@@ -251,7 +265,7 @@ def test_digits_as_convincing_as_real_ones_is_judged_on_each_figure(conf, fd, ne
 def test_the_recorded_evaluation_uses_the_shipped_ruler_and_reports_spreads():
     r = json.loads((CK / "eval.json").read_text())
     card = (CK / "README.md").read_text()
-    assert r["classifier_sha256"] == ev.CLASSIFIER_SHA256 and ev.CLASSIFIER_SHA256 in card
+    assert r["classifier_sha256"] == CLASSIFIER_SHA256 and CLASSIFIER_SHA256 in card
     assert r["num_seeds"] >= 3 and len(r["confident_fraction_0.9_per_seed"]) == r["num_seeds"]
     assert r["fd_samples_vs_heldout_std"] > 0 and r["fd_real_vs_heldout_std"] > 0
     # the model draws digits nearer to real ones than noise by far, and does not copy its training digits
@@ -263,9 +277,9 @@ def test_the_recorded_evaluation_uses_the_shipped_ruler_and_reports_spreads():
 def test_the_shipped_curve_belongs_to_the_shipped_weights():
     """The Space picks its default from curve.json: a curve measured on other weights would mislead it."""
     curve = json.loads((CK / "curve.json").read_text())
-    assert curve["weights_sha256"] == ev._weights_sha256(CK)
-    assert curve["classifier_sha256"] == ev.CLASSIFIER_SHA256
-    assert {(p["sampler"], p["steps"]) for p in curve["points"]} == set(ev.curve_points(1000))
+    assert curve["weights_sha256"] == weights_sha256(CK)
+    assert curve["classifier_sha256"] == CLASSIFIER_SHA256
+    assert {(p["sampler"], p["steps"]) for p in curve["points"]} == set(curve_points(1000))
 
 
 @pytest.fixture
@@ -283,7 +297,7 @@ def pipeline_copy(tmp_path, monkeypatch):
 def test_a_tiny_quality_curve_end_to_end(pipeline_copy):
     folder = pipeline_copy
     points = [("ddpm", 3), ("ddim", 2), ("dpmsolver++", 2)]
-    r = ev.quality_curve(folder, points, num=6, batch=3, seed=1, seeds=2, log=lambda line: None)
+    r = quality_curve(folder, points, num=6, batch=3, seed=1, seeds=2, log=lambda line: None)
     assert r == json.loads((folder / "curve.json").read_text())
     assert [(p["sampler"], p["steps"]) for p in r["points"]] == points
     # one network evaluation per step for each of these samplers (DPM-Solver++ 2M reuses the previous one)
@@ -294,7 +308,7 @@ def test_a_tiny_quality_curve_end_to_end(pipeline_copy):
     ref = r["reference"]
     assert 0.9 < ref["confident_real_heldout"] <= 1 and ref["fd_real_vs_heldout"] > 0
     assert r["command"] == "python -m ddpm_core.evaluate ddpm-mnist-28 --curve --num 6 --batch 3 --seeds 2 --seed 1"
-    assert r["sampling_seeds"] == [1, 2] and r["classifier_sha256"] == ev.CLASSIFIER_SHA256
+    assert r["sampling_seeds"] == [1, 2] and r["classifier_sha256"] == CLASSIFIER_SHA256
     with Image.open(folder / "curve.png") as im:
         assert im.size == (1000, 380)
 
@@ -302,17 +316,17 @@ def test_a_tiny_quality_curve_end_to_end(pipeline_copy):
 def test_a_curve_resumes_from_its_points_for_the_same_weights_only(pipeline_copy):
     folder = pipeline_copy
     drawn = []
-    first = ev.quality_curve(folder, [("ddim", 2)], num=4, batch=4, log=drawn.append)
-    both = ev.quality_curve(folder, [("ddim", 2), ("ddpm", 1)], num=4, batch=4, log=drawn.append)
+    first = quality_curve(folder, [("ddim", 2)], num=4, batch=4, log=drawn.append)
+    both = quality_curve(folder, [("ddim", 2), ("ddpm", 1)], num=4, batch=4, log=drawn.append)
     assert len(drawn) == 2 and "ddpm" in drawn[1]  # the DDIM point was kept, not drawn again
     assert both["points"][0] == first["points"][0]
     assert both["weights_sha256"] == first["weights_sha256"]
-    ev.quality_curve(folder, [("ddim", 2)], num=5, batch=5, log=drawn.append)  # other sizes: drawn again
+    quality_curve(folder, [("ddim", 2)], num=5, batch=5, log=drawn.append)  # other sizes: drawn again
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     state = load_file(weights)
     state["conv_out.bias"] = state["conv_out.bias"] + 1e-3
     save_file(state, weights)  # other weights: drawn again
-    ev.quality_curve(folder, [("ddim", 2)], num=5, batch=5, log=drawn.append)
+    quality_curve(folder, [("ddim", 2)], num=5, batch=5, log=drawn.append)
     assert len(drawn) == 4
 
 
@@ -340,22 +354,22 @@ def test_the_curve_goes_into_the_model_card_once_before_the_evaluation(tmp_path)
     }
     card = tmp_path / "README.md"
     card.write_text("# model\n\n## Training\n\ntext\n\n## Evaluation\n\nfigures\n")
-    ev._update_card_curve(tmp_path, curve)
-    ev._update_card_curve(tmp_path, curve)  # a second run replaces the section
+    write_curve(tmp_path, curve)
+    write_curve(tmp_path, curve)  # a second run replaces the section
     text = card.read_text()
     assert text.count("## Quality against steps") == 1
     assert text.index("## Training") < text.index("## Quality against steps") < text.index("## Evaluation")
     assert "| DDIM" in text and "![quality against steps](curve.png)" in text and text.endswith("figures\n")
     assert "**DDPM (fewer steps), 100 steps**" in text  # the cheapest within the margin of the best
-    fig = ev.curve_figure(curve, {"x": "NFE"})
-    assert fig.axes[0].get_xlabel() == "NFE" and fig.axes[1].get_title() == ev.CURVE_TEXT["fd"]
+    fig = curve_figure(curve, {"x": "NFE"})
+    assert fig.axes[0].get_xlabel() == "NFE" and fig.axes[1].get_title() == CURVE_TEXT["fd"]
     (tmp_path / "curve.json").write_text(json.dumps(curve))
-    assert ev.load_curve(tmp_path) == curve and ev.load_curve(tmp_path / "nowhere") is None
+    assert load_curve(tmp_path) == curve and load_curve(tmp_path / "nowhere") is None
 
 
 def test_curve_points_respect_the_models_steps():
-    assert ev.curve_points(1000) == [(s, n) for s in ev.CURVE_SAMPLERS for n in ev.CURVE_STEPS]
-    assert ev.curve_points(100, samplers=("ddim",)) == [
+    assert curve_points(1000) == [(s, n) for s in CURVE_SAMPLERS for n in CURVE_STEPS]
+    assert curve_points(100, samplers=("ddim",)) == [
         ("ddim", 5),
         ("ddim", 10),
         ("ddim", 20),
@@ -381,11 +395,11 @@ def test_the_cheapest_setting_within_a_margin_of_the_best():
         ],
     }
     # the default margin is the noise of a rate difference: sqrt(2 * 0.9 * 0.1 / 10,000) = 0.0042 < 0.005
-    assert ev.rate_margin(curve) == pytest.approx(0.0042426, rel=1e-4)
-    assert ev.cheapest_within(curve) == curve["points"][4]
-    assert ev.cheapest_within(curve, margin=0.01) == curve["points"][3]
-    assert ev.cheapest_within(curve, margin=0.0) == curve["points"][4]
+    assert rate_margin(curve) == pytest.approx(0.0042426, rel=1e-4)
+    assert cheapest_within(curve) == curve["points"][4]
+    assert cheapest_within(curve, margin=0.01) == curve["points"][3]
+    assert cheapest_within(curve, margin=0.0) == curve["points"][4]
     curve["num_samples"] = 500  # fewer samples, a wider margin: 0.019
-    assert ev.cheapest_within(curve) == curve["points"][3]
+    assert cheapest_within(curve) == curve["points"][3]
     # with loose margins both 10-evaluation points qualify: the higher rate wins the tie
-    assert ev.cheapest_within(curve, margin=0.5, fd_ratio=10) == curve["points"][5]
+    assert cheapest_within(curve, margin=0.5, fd_ratio=10) == curve["points"][5]

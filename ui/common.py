@@ -15,8 +15,8 @@ import gradio as gr
 import torch
 
 from ddpm_core.checkpoints import BUNDLED_DEFAULT, CHECKPOINT_DIR, HUB_MODELS, bundled_models, load_checkpoint
-from ddpm_core.evaluate import cheapest_within, load_curve
 from ddpm_core.imaging import MAX_SIDE_DEFAULT, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
+from ddpm_core.quality import cheapest_within, load_curve
 from ddpm_core.sampling import SampleResult, SamplingCancelled, pick_device
 from ui.components import short_repr
 from ui.errors import say
@@ -44,7 +44,7 @@ ON_CPU = DEVICE.type == "cpu"
 def default_setting() -> tuple[str, int]:
     """The default (sampler, steps) of the Sample tab: the cheapest setting within a stated margin of the best on
     the bundled model's measured quality-against-steps curve (its ``curve.json``; the margin is
-    ``ddpm_core.evaluate.cheapest_within``'s). Without a curve: DDPM, 100 steps on a CPU, all T on a GPU."""
+    ``ddpm_core.quality.cheapest_within``'s). Without a curve: DDPM, 100 steps on a CPU, all T on a GPU."""
     curve = load_curve(CHECKPOINT_DIR / BUNDLED_DEFAULT)
     if curve is None:
         return "ddpm", (100 if ON_CPU else 1000)

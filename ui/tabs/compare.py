@@ -8,7 +8,7 @@ import functools
 import gradio as gr
 import torch
 
-from ddpm_core import evaluate
+from ddpm_core import quality
 from ddpm_core.checkpoints import BUNDLED_DEFAULT, CHECKPOINT_DIR
 from ddpm_core.imaging import tensor_to_pil
 from ddpm_core.samplers import SAMPLERS
@@ -172,18 +172,18 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _curve_section(t_, add) -> None:
     """The bundled model's measured quality against steps (its ``curve.json``), where it ships one."""
-    curve = evaluate.load_curve(CHECKPOINT_DIR / BUNDLED_DEFAULT)
+    curve = quality.load_curve(CHECKPOINT_DIR / BUNDLED_DEFAULT)
     if curve is None:
         return
     fmt = dict(
         num=curve["num_samples"] * len(curve["sampling_seeds"]),
         command=curve["command"],
         default=f"{SAMPLERS[DEFAULT_SAMPLER].short_label} · {DEFAULT_STEPS}",  # read from this curve
-        margin=f"{100 * evaluate.rate_margin(curve):.1f}",
-        ratio=f"{evaluate.DEFAULT_FD_RATIO:g}",
+        margin=f"{100 * quality.rate_margin(curve):.1f}",
+        ratio=f"{quality.DEFAULT_FD_RATIO:g}",
     )
     add(gr.Markdown(t_("curve").format(**fmt), elem_id="compare-curve-text"), key="curve", attr="value", **fmt)
-    gr.Plot(evaluate.curve_figure(curve, CURVE_TEXT), show_label=False, elem_id="compare-curve")
+    gr.Plot(quality.curve_figure(curve, CURVE_TEXT), show_label=False, elem_id="compare-curve")
 
 
 def build(ctx) -> None:
