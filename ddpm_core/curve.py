@@ -10,21 +10,55 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .card import write_curve
 from .classifier import CLASSIFIER_SHA256, digits, heldout_accuracy, load_classifier
-from .quality import plot_curve
+from .quality import DEFAULT_FD_RATIO, plot_curve, rate_margin
+from .samplers import SAMPLERS, get_sampler
 from .scoring import FD_SET, check_sizes, classification_entries, classifier_entries, draw_runs, fd_entries
 
-#: Step counts of the quality curve; each sampler is drawn at those its schedule allows (at most T).
-CURVE_STEPS = (5, 10, 20, 50, 100, 250, 1000)
-CURVE_SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+#: Network-evaluation budgets at which every sampler of the curve is drawn.
+CURVE_EVALUATIONS = (5, 10, 20, 50, 100)
+#: Costlier budgets, drawn for a sampler only while its curve still changes (:func:`still_changing`): a converged
+#: sampler's curve is extended flat rather than paid for again.
+EXTENDED_EVALUATIONS = (250, 1000)
+#: Every sampler of the registry, in its order.
+CURVE_SAMPLERS = tuple(SAMPLERS)
 
 
-def curve_points(num_timesteps: int, samplers=CURVE_SAMPLERS, steps=CURVE_STEPS) -> list[tuple[str, int]]:
-    """The (sampler, steps) pairs of the quality curve for a model of ``num_timesteps`` steps."""
-    return [(sampler, n) for sampler in samplers for n in steps if n <= num_timesteps]
+def steps_for(diffusion, sampler: str, evaluations: int) -> int | None:
+    """The most steps of ``sampler`` whose run costs at most ``evaluations`` network evaluations (Heun: two a step
+    but the first), or None where no run of at most T steps fits."""
+    s = get_sampler(sampler)
+    for n in range(min(int(evaluations), diffusion.num_timesteps), 0, -1):
+        if s.evaluations(diffusion, n) <= evaluations:
+            return n if s.evaluations(diffusion, n) > evaluations // 2 else None
+    return None
+
+
+def curve_points(diffusion, samplers=CURVE_SAMPLERS, budgets=CURVE_EVALUATIONS) -> list[tuple[str, int]]:
+    """The (sampler, steps) pairs drawn at each evaluation budget of ``budgets``, for a model's ``diffusion``."""
+    pairs = [(s, steps_for(diffusion, s, e)) for s in samplers for e in budgets]
+    return list(dict.fromkeys((s, n) for s, n in pairs if n is not None))
+
+
+def timesteps_digest(diffusion, sampler: str, steps: int) -> str:
+    """A short hash of the timesteps a run visits: a point is reused only while its sampler visits the same ones."""
+    ts = np.asarray(get_sampler(sampler).timesteps(diffusion, steps), np.float64)
+    return hashlib.sha256(ts.tobytes()).hexdigest()[:16]
+
+
+def still_changing(rows: list[dict], margin: float) -> bool:
+    """Whether a sampler's two costliest points ``rows`` differ by more than the curve can resolve: confident rates
+    more than ``margin`` apart, or FDs more than :data:`DEFAULT_FD_RATIO` apart."""
+    if len(rows) < 2:
+        return True
+    a, b = sorted(rows, key=lambda r: r["evaluations"])[-2:]
+    return abs(a["confident"] - b["confident"]) > margin or max(a["fd"], b["fd"]) > DEFAULT_FD_RATIO * min(
+        a["fd"], b["fd"]
+    )
 
 
 def _curve_row(net, model, runs, real, Xd, m: int, seed: int, sampler: str, steps: int, seconds: float) -> dict:
@@ -39,6 +73,7 @@ def _curve_row(net, model, runs, real, Xd, m: int, seed: int, sampler: str, step
         "sampler": sampler,
         "steps": int(steps),
         "evaluations": evaluation_count(model.diffusion, steps, sampler=sampler),  # Heun: two a step
+        "timesteps": timesteps_digest(model.diffusion, sampler, steps),
         "confident": classified["confident_fraction_0.9"],
         "confident_std": classified["confident_fraction_0.9_std"],
         "fd": fd["fd_samples_vs_heldout"],
@@ -63,16 +98,21 @@ def weights_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _reusable_rows(path: Path, settings: dict) -> dict:
+def _reusable_rows(path: Path, settings: dict, diffusion) -> dict:
     """The points of an earlier ``curve.json`` made with the same ``settings`` (weights, classifier, sizes, seeds),
-    by (sampler, steps): a long curve can be computed over several runs, and an interrupted one resumes."""
+    by (sampler, steps), whose sampler still visits the same timesteps: a long curve can be computed over several
+    runs, and an interrupted one resumes."""
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     if any(old.get(k) != v for k, v in settings.items()):
         return {}
-    return {(p["sampler"], p["steps"]): {**p, "reference": old["reference"]} for p in old.get("points", [])}
+    return {
+        (p["sampler"], p["steps"]): {**p, "reference": old["reference"]}
+        for p in old.get("points", [])
+        if p["sampler"] in SAMPLERS and p.get("timesteps") == timesteps_digest(diffusion, p["sampler"], p["steps"])
+    }
 
 
 def _curve_result(settings: dict, acc, cls_info, classifier, device: str, rows: list[dict], command: str) -> dict:
@@ -98,10 +138,12 @@ def quality_curve(
     log=print,
 ) -> dict:
     """Sample quality against network evaluations: for each (sampler, steps) of ``points`` (default
-    :func:`curve_points`), ``num`` samples per seed drawn as :func:`evaluate` draws them, their confident-digit rate
-    and their FD to the held-out digits, with the real digits' figures as the reference lines. Writes ``curve.json``
-    (after every point, cheapest first) and ``curve.png`` in ``folder``; returns what ``curve.json`` holds. Points
-    already in ``curve.json`` for the same weights, classifier, sizes and seeds are kept, not drawn again."""
+    :func:`curve_points`: every sampler at :data:`CURVE_EVALUATIONS`), ``num`` samples per seed drawn as the
+    evaluation draws them, their confident-digit rate and their FD to the held-out digits, with the real digits'
+    figures as the reference lines. With the default points, then each sampler at :data:`EXTENDED_EVALUATIONS` while it
+    still changes (:func:`still_changing`). Writes ``curve.json`` (after every point, cheapest first) and
+    ``curve.png`` in ``folder``; returns what ``curve.json`` holds. Points already in ``curve.json`` for the same
+    weights, classifier, sizes, seeds and timesteps are kept, not drawn again."""
     from .checkpoints import ModelCache
     from .data import to_model_range
 
@@ -110,7 +152,8 @@ def quality_curve(
     net, cls_info = load_classifier(classifier, sha256=None if classifier is not None else CLASSIFIER_SHA256)
     acc = heldout_accuracy(net)
     model = ModelCache(size=1, root=folder.parent).get(folder.name)
-    points = points or curve_points(model.diffusion.num_timesteps)
+    extend = not points
+    points = points or curve_points(model.diffusion)
     Xh, _ = digits("heldout")
     Xd, _ = digits("diffusion")
     real = to_model_range(Xh)
@@ -128,19 +171,36 @@ def quality_curve(
         f"python -m ddpm_core.evaluate {_shown(folder)} --curve --num {num} --batch {batch} "
         f"--seeds {seeds} --seed {seed}" + (f" --classifier {classifier}" if classifier is not None else "")
     )
-    done = _reusable_rows(folder / "curve.json", settings)
-    for sampler, steps in sorted(points, key=lambda p: p[1]):
+    done = _reusable_rows(folder / "curve.json", settings, model.diffusion)
+    order = list(points)  # the rows' order in curve.json; drawn cheapest first
+
+    def drawn() -> list[dict]:
+        return [done[p] for p in order if p in done]
+
+    def draw(sampler: str, steps: int) -> dict:
         if (sampler, steps) not in done:
             t0 = time.time()
             runs = draw_runs(model, seed_list, num, batch, sampler, steps)
             r = _curve_row(net, model, runs, real, Xd, m, seed, sampler, steps, time.time() - t0)
             done[(sampler, steps)] = r
             log(
-                f"{sampler:>12} {steps:>5} steps: {r['confident']:.1%} confident, FD {r['fd']:.1f} ({r['evaluations']} evals)"
+                f"{sampler:>14} {steps:>5} steps: {r['confident']:.1%} confident, FD {r['fd']:.1f} ({r['evaluations']} evals)"
             )
-        rows = [done[p] for p in points if p in done]
-        result = _curve_result(settings, acc, cls_info, classifier, str(model.device), rows, command)
+        result = _curve_result(settings, acc, cls_info, classifier, str(model.device), drawn(), command)
         (folder / "curve.json").write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    for sampler, steps in sorted(points, key=lambda p: p[1]):
+        result = draw(sampler, steps)
+    if extend:
+        margin = rate_margin({"num_samples": num, "sampling_seeds": seed_list, "points": drawn()})
+        for budget in EXTENDED_EVALUATIONS:
+            for sampler in dict.fromkeys(s for s, _ in points):
+                steps = steps_for(model.diffusion, sampler, budget)
+                mine = [r for r in drawn() if r["sampler"] == sampler]
+                if steps is not None and ((sampler, steps) in done or still_changing(mine, margin)):
+                    order.append((sampler, steps))
+                    result = draw(sampler, steps)
     plot_curve(result, folder / "curve.png")
     write_curve(folder, result)
     return result

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from ddpm_core import GaussianDiffusion, NoiseSchedule
 from ddpm_core import evaluate as ev
 from ddpm_core.card import write_curve
 from ddpm_core.classifier import (
@@ -25,9 +26,19 @@ from ddpm_core.classifier import (
     load_classifier,
     save_classifier,
 )
-from ddpm_core.curve import CURVE_SAMPLERS, CURVE_STEPS, curve_points, quality_curve, weights_sha256
+from ddpm_core.curve import (
+    CURVE_EVALUATIONS,
+    CURVE_SAMPLERS,
+    curve_points,
+    quality_curve,
+    steps_for,
+    still_changing,
+    timesteps_digest,
+    weights_sha256,
+)
 from ddpm_core.metrics import frechet_distance, frechet_distance_from_stats, nearest_distances
 from ddpm_core.quality import CURVE_TEXT, cheapest_within, curve_figure, load_curve, rate_margin
+from ddpm_core.samplers import SAMPLERS, get_sampler
 from ddpm_core.scoring import REAL_SETS, as_real
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,7 +290,11 @@ def test_the_shipped_curve_belongs_to_the_shipped_weights():
     curve = json.loads((CK / "curve.json").read_text())
     assert curve["weights_sha256"] == weights_sha256(CK)
     assert curve["classifier_sha256"] == CLASSIFIER_SHA256
-    assert {(p["sampler"], p["steps"]) for p in curve["points"]} == set(curve_points(1000))
+    d = GaussianDiffusion.from_config(str(CK / "scheduler" / "scheduler_config.json"))
+    drawn = {(p["sampler"], p["steps"]) for p in curve["points"]}
+    assert set(curve_points(d)) <= drawn  # every sampler at every base budget
+    for p in curve["points"]:  # each point drawn on the timesteps its sampler visits today
+        assert p["timesteps"] == timesteps_digest(d, p["sampler"], p["steps"]), p
 
 
 @pytest.fixture
@@ -367,15 +382,29 @@ def test_the_curve_goes_into_the_model_card_once_before_the_evaluation(tmp_path)
     assert load_curve(tmp_path) == curve and load_curve(tmp_path / "nowhere") is None
 
 
-def test_curve_points_respect_the_models_steps():
-    assert curve_points(1000) == [(s, n) for s in CURVE_SAMPLERS for n in CURVE_STEPS]
-    assert curve_points(100, samplers=("ddim",)) == [
-        ("ddim", 5),
-        ("ddim", 10),
-        ("ddim", 20),
-        ("ddim", 50),
-        ("ddim", 100),
-    ]
+def test_curve_points_are_evaluation_budgets_within_the_models_steps():
+    d1000 = GaussianDiffusion(NoiseSchedule.make("linear", 1000))
+    d100 = GaussianDiffusion(NoiseSchedule.make("linear", 100))
+    assert CURVE_SAMPLERS == tuple(SAMPLERS)
+    points = curve_points(d1000)
+    assert len(points) == len(SAMPLERS) * len(CURVE_EVALUATIONS)
+    for sampler, steps in points:  # the most steps within each budget
+        e = get_sampler(sampler).evaluations(d1000, steps)
+        assert e <= CURVE_EVALUATIONS[[steps_for(d1000, sampler, b) for b in CURVE_EVALUATIONS].index(steps)]
+        assert get_sampler(sampler).evaluations(d1000, steps + 1) > e
+    assert ("heun-karras", 3) in points and ("heun-karras", 50) in points  # 5 and 99 evaluations
+    assert ("ddim", 100) in points and ("ddpm", 5) in points
+    assert curve_points(d100, samplers=("ddim",), budgets=(5, 100, 250)) == [("ddim", 5), ("ddim", 100)]
+
+
+def test_a_sampler_is_extended_only_while_its_curve_still_changes():
+    def row(evals, confident, fd):
+        return {"evaluations": evals, "confident": confident, "fd": fd}
+
+    assert still_changing([row(50, 0.80, 60.0)], margin=0.02)  # one point: nothing to compare
+    assert not still_changing([row(20, 0.70, 90.0), row(50, 0.80, 60.0), row(100, 0.81, 58.0)], margin=0.02)
+    assert still_changing([row(50, 0.80, 60.0), row(100, 0.84, 58.0)], margin=0.02)  # the rate still rises
+    assert still_changing([row(50, 0.80, 70.0), row(100, 0.80, 60.0)], margin=0.02)  # the FD still falls
 
 
 def test_the_cheapest_setting_within_a_margin_of_the_best():
