@@ -174,10 +174,12 @@ def quality_curve(
     done = _reusable_rows(folder / "curve.json", settings, model.diffusion)
     order = list(points)  # the rows' order in curve.json; drawn cheapest first
 
-    def drawn() -> list[dict]:
-        return [done[p] for p in order if p in done]
+    def drawn(final: bool = True) -> list[dict]:
+        # until the run ends, the file also keeps the reusable points not reached yet: a cut run loses none
+        rest = [] if final else [r for p, r in done.items() if p not in order]
+        return [done[p] for p in order if p in done] + rest
 
-    def draw(sampler: str, steps: int) -> dict:
+    def draw(sampler: str, steps: int) -> None:
         if (sampler, steps) not in done:
             t0 = time.time()
             runs = draw_runs(model, seed_list, num, batch, sampler, steps)
@@ -186,12 +188,11 @@ def quality_curve(
             log(
                 f"{sampler:>14} {steps:>5} steps: {r['confident']:.1%} confident, FD {r['fd']:.1f} ({r['evaluations']} evals)"
             )
-        result = _curve_result(settings, acc, cls_info, classifier, str(model.device), drawn(), command)
-        (folder / "curve.json").write_text(json.dumps(result, indent=2) + "\n")
-        return result
+        partial = _curve_result(settings, acc, cls_info, classifier, str(model.device), drawn(False), command)
+        (folder / "curve.json").write_text(json.dumps(partial, indent=2) + "\n")
 
     for sampler, steps in sorted(points, key=lambda p: p[1]):
-        result = draw(sampler, steps)
+        draw(sampler, steps)
     if extend:
         margin = rate_margin({"num_samples": num, "sampling_seeds": seed_list, "points": drawn()})
         for budget in EXTENDED_EVALUATIONS:
@@ -200,7 +201,9 @@ def quality_curve(
                 mine = [r for r in drawn() if r["sampler"] == sampler]
                 if steps is not None and ((sampler, steps) in done or still_changing(mine, margin)):
                     order.append((sampler, steps))
-                    result = draw(sampler, steps)
+                    draw(sampler, steps)
+    result = _curve_result(settings, acc, cls_info, classifier, str(model.device), drawn(), command)
+    (folder / "curve.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_curve(result, folder / "curve.png")
     write_curve(folder, result)
     return result

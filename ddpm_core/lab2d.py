@@ -284,6 +284,14 @@ def train(diffusion: GaussianDiffusion, data: torch.Tensor, labels=None, **kwarg
 
 
 # ---------------------------------------------------------------- sampling and measuring
+def run_timesteps(diffusion: GaussianDiffusion, sampler: str, steps: int | None) -> np.ndarray:
+    """The step timesteps ``[N]`` a ``steps``-step run of ``sampler`` visits, as its diffusers scheduler chooses them;
+    ``steps`` = T (or None) runs every step T-1..0 (a multistep scheduler's leading rule has no T-step run)."""
+    return get_sampler(sampler).timesteps(
+        diffusion, None if steps is None or steps >= diffusion.num_timesteps else steps
+    )
+
+
 def sample(
     diffusion: GaussianDiffusion,
     net: Callable,
@@ -296,7 +304,7 @@ def sample(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``n`` points ``[n x 2]`` from x_T ~ N(0, I) by the registry's ``sampler`` in ``steps`` steps (all T: None),
     and, with ``keep`` > 0, the first ``keep`` points' whole paths ``[steps + 1 x keep x 2]`` (x_T first)."""
-    timesteps = diffusion.inference_timesteps(steps)
+    timesteps = run_timesteps(diffusion, sampler, steps)
     g = torch.Generator().manual_seed(seed)
     paths, x = [], None
     for out in sample_loop_progressive(diffusion, get_sampler(sampler), net, (n, 2), timesteps, g, eta=eta):

@@ -76,3 +76,19 @@ def test_sample_pngs_equal_the_diffusers_schedulers(name, client, diffusers_unet
     worst = max(int(np.abs(a - b).max()) for a, b in zip(ours, want))
     assert worst <= 1, f"{sampler.label}: the Space's PNGs differ from diffusers' by up to {worst}/255"
     assert f"{STEPS} {sampler.short_label} steps" in out[4], out[4]
+
+
+def test_steps_compared_offers_every_sampler_and_measures_against_the_highest_order_run():
+    """Every registered sampler is offered (its ``offered_steps``), and the distance column's reference is the
+    chosen deterministic pair of the highest order, then the most network evaluations; none without one."""
+    from ddpm_core.samplers import SAMPLERS
+    from ui.tabs.compare import PAIRS, _reference
+
+    assert {name for name, _ in PAIRS.values()} == set(SAMPLERS)
+    assert _reference(["DDIM · 1000", "DPM-Solver++ · 10", "Heun Karras · 5"]) == "DPM-Solver++ · 10"
+    assert _reference(["DDIM · 200", "UniPC · 10", "DPM-Solver++ 3M · 20", "Heun Karras · 10"]) == (
+        "DPM-Solver++ 3M · 20"
+    )
+    assert _reference(["DPM-Solver++ · 10", "Heun Karras · 10"]) == "Heun Karras · 10"  # 19 evaluations to 10
+    assert _reference(["DDIM · 10", "Euler Karras · 20"]) == "Euler Karras · 20"
+    assert _reference(["DDPM · 100", "DPM-Solver++ 2M SDE · 20"]) is None  # both stochastic

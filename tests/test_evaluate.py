@@ -345,6 +345,23 @@ def test_a_curve_resumes_from_its_points_for_the_same_weights_only(pipeline_copy
     assert len(drawn) == 4
 
 
+def test_a_cut_curve_run_keeps_the_points_it_has_not_reached(pipeline_copy):
+    """A run stopped part-way (here by its log raising at its first new point) leaves every earlier point in
+    ``curve.json``, also those it would have reached later; a finished run keeps only its own points."""
+    folder = pipeline_copy
+    quality_curve(folder, [("ddim", 2), ("ddpm", 1)], num=4, batch=4, log=lambda line: None)
+
+    def cut(line):
+        raise KeyboardInterrupt(line)
+
+    with pytest.raises(KeyboardInterrupt, match="ddpm"):
+        quality_curve(folder, [("ddpm", 1), ("ddpm", 2)], num=4, batch=4, log=cut)
+    kept = {(p["sampler"], p["steps"]) for p in load_curve(folder)["points"]}
+    assert kept == {("ddim", 2), ("ddpm", 1)}
+    done = quality_curve(folder, [("ddpm", 1), ("ddpm", 2)], num=4, batch=4, log=lambda line: None)
+    assert [(p["sampler"], p["steps"]) for p in done["points"]] == [("ddpm", 1), ("ddpm", 2)]
+
+
 def test_the_curve_goes_into_the_model_card_once_before_the_evaluation(tmp_path):
     def point(sampler, steps, confident, fd):
         return dict(

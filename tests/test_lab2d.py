@@ -306,3 +306,20 @@ def test_first_points_keeps_smaller_picks_inside_larger_ones_and_refuses_bad_siz
     for bad in (0, 101, 2.5):
         with pytest.raises(ValueError, match="number of training points must be between 1 and 100"):
             L.first_points(data, None, bad)
+
+
+def test_the_lab_runs_each_sampler_on_its_diffusers_timesteps():
+    """A lab run visits the timesteps its sampler's diffusers scheduler chooses (DPM-Solver++: not DDPM's leading
+    ones), and T steps run every step, also for the multistep samplers whose leading rule has no T-step run."""
+    from ddpm_core import GaussianDiffusion, NoiseSchedule
+    from ddpm_core.samplers import SAMPLERS, get_sampler
+
+    d = GaussianDiffusion(NoiseSchedule.make("linear", 200))
+    assert list(L.run_timesteps(d, "dpmsolver++", 5)) == list(get_sampler("dpmsolver++").timesteps(d, 5))
+    assert list(L.run_timesteps(d, "dpmsolver++", 5)) != list(d.inference_timesteps(5))
+    for name in SAMPLERS:
+        ts = L.run_timesteps(d, name, 200)  # Karras sigmas: fractional timesteps, 199 up to rounding
+        assert len(ts) == 200 and abs(ts[0] - 199) < 1e-9, name
+    means, std = torch.tensor([[2.0, 0.0], [-2.0, 0.0]]), 0.3
+    x, paths = L.sample(d, L.true_epsilon(d, means.float(), std), 8, "unipc", 200, keep=3)
+    assert x.shape == (8, 2) and paths.shape == (201, 3, 2)

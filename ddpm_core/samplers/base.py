@@ -76,6 +76,11 @@ class Sampler:
     diffusers_kwargs: dict = {}
     #: the inference steps a UI or CLI proposes (None: all T)
     default_steps: int | None = 50
+    #: steps the Steps compared tab offers, most first (empty: ``default_steps`` alone)
+    offered_steps: tuple[int, ...] = ()
+    #: order of accuracy as an ODE solver (error per unit time ~ h^order): of two deterministic runs, the
+    #: higher order's is the nearer to the exact probability-flow ODE solution at equal steps
+    order = 1
     uses_eta = False
     #: timesteps are fractional (the model is called with float32 timesteps, as diffusers does)
     fractional_timesteps = False

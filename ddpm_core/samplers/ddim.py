@@ -19,6 +19,7 @@ class DDIM(Sampler):
     name = "ddim"
     label = "DDIM"
     default_steps = 50
+    offered_steps = (1000, 200, 50, 10)
     uses_eta = True
     deterministic = True  # at eta = 0
     diffusers_class = "DDIMScheduler"

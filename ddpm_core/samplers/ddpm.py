@@ -13,6 +13,7 @@ class DDPM(Sampler):
     name = "ddpm"
     label = "DDPM (fewer steps)"
     default_steps = None  # the paper's chain: all T steps
+    offered_steps = (1000, 100)
     deterministic = False
     diffusers_class = "DDPMScheduler"
 

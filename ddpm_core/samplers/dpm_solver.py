@@ -88,6 +88,8 @@ class DPMSolverPP2M(Sampler):
     name = "dpmsolver++"
     label = "DPM-Solver++ (2M)"
     default_steps = 20
+    offered_steps = (20, 10, 5)
+    order = 2
     diffusers_class = "DPMSolverMultistepScheduler"
     diffusers_kwargs = {"algorithm_type": "dpmsolver++", "solver_order": 2}
     solver_order = 2

@@ -15,3 +15,5 @@ class DPMSolverPP3M(DPMSolverPP2M):
     short_label = "DPM-Solver++ 3M"
     diffusers_kwargs = {"algorithm_type": "dpmsolver++", "solver_order": 3}
     solver_order = 3
+    offered_steps = (20, 10)
+    order = 3

@@ -17,3 +17,4 @@ class DPMSolverPP2MSDE(DPMSolverPP2M):
     deterministic = False
     diffusers_kwargs = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
     sde = True
+    offered_steps = (50, 20)

@@ -37,6 +37,7 @@ class EulerKarras(Sampler):
     label = "Euler (Karras sigmas)"
     short_label = "Euler Karras"
     default_steps = 20
+    offered_steps = (20, 10)
     diffusers_class = "EulerDiscreteScheduler"
     diffusers_kwargs = {"use_karras_sigmas": True}
     fractional_timesteps = True

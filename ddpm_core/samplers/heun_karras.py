@@ -29,6 +29,8 @@ class HeunKarras(EulerKarras):
     label = "Heun (Karras sigmas)"
     short_label = "Heun Karras"
     default_steps = 10
+    offered_steps = (10, 5)  # 19 and 9 network evaluations
+    order = 2
     evaluations_per_step = 2
     diffusers_class = "HeunDiscreteScheduler"
     terminal_abar_floor = None  # HeunDiscreteScheduler has none: a zero terminal SNR is a ValueError here

@@ -63,6 +63,8 @@ class UniPC(Sampler):
     label = "UniPC (bh2)"
     short_label = "UniPC"
     default_steps = 10
+    offered_steps = (10, 5)
+    order = 3  # the corrector (UniC) raises the order-2 predictor's by one (Zhao et al. 2023)
     diffusers_class = "UniPCMultistepScheduler"
     diffusers_kwargs = {"solver_type": "bh2", "solver_order": 2}
     solver_order = 2

@@ -33,24 +33,11 @@ from ui.components import StrictCheckboxGroup, StrictNumber
 from ui.files import png
 from ui.i18n import tr
 
-# (sampler, steps) pairs offered, as "label · steps"; the default six run in seconds on a 2-core CPU at batch 1
-# (the 1000-step pairs are offered, not ticked: alone they take longer than the other six together).
-#: steps offered per registered sampler (its ``short_label · steps`` is the API's value); a sampler not listed here
-#: is offered at its default steps
-OFFERED_STEPS = {
-    "ddpm": (1000, 100),
-    "ddim": (1000, 200, 50, 10),
-    "dpmsolver++": (20, 10, 5),
-    "dpmsolver++3m": (20, 10),
-    "dpmsolver++2m-sde": (50, 20),
-    "unipc": (10, 5),
-    "euler-karras": (20, 10),
-    "heun-karras": (10, 5),  # 19 and 9 network evaluations
-}
+#: (sampler, steps) pairs offered, as ``short_label · steps`` (the API's value), each sampler's ``offered_steps``
 PAIRS = {
     f"{s.short_label} · {steps}": (name, steps)
     for name, s in SAMPLERS.items()
-    for steps in OFFERED_STEPS.get(name, (s.default_steps or 1000,))
+    for steps in s.offered_steps or (s.default_steps or 1000,)
 }
 DEFAULT_PAIRS = ["DDPM · 100", "DDIM · 200", "DDIM · 50", "DDIM · 10", "DPM-Solver++ · 20", "DPM-Solver++ · 10"]
 DETERMINISTIC = {name for name, s in SAMPLERS.items() if s.deterministic}  # DDIM here runs with eta = 0
@@ -71,8 +58,10 @@ TEXT = {
         "compare": r"""### How many steps does it take?
 Every pair starts from **the same initial noise** $x_T$. DDIM (with $\eta = 0$) and DPM-Solver++ are
 *deterministic*: both follow the same probability-flow ODE from $x_T$, so as their steps grow their images converge
-to one image, and the distance column (root-mean-square pixel difference in $[0, 1]$ to the deterministic pair
-with the most steps) shrinks. DPM-Solver++ gets there in far fewer steps: it is a second-order solver.
+to one image, and the distance column (root-mean-square pixel difference in $[0, 1]$ to the most precise
+deterministic pair chosen: the highest-order solver's, with the most evaluations) shrinks. Higher-order solvers get
+there in far fewer steps: DDIM and Euler are first order, DPM-Solver++ 2M and Heun second, DPM-Solver++ 3M and UniPC
+third.
 
 One catch: a model that clips $\hat x_0$ to $[-1, 1]$ (the bundled one and `google/ddpm-cifar10-32` do) bends
 DDIM off that path. DDIM, as diffusers runs it, builds $x_{t-1}$ from the clipped $\hat x_0$ and the network's
@@ -102,8 +91,9 @@ best (closer than that, {num} samples cannot tell two settings apart) and whose 
         "no_ref": "未选确定性组合",
         "compare": r"""### 需要多少步？
 所有组合都从**同一个初始噪声** $x_T$ 出发。DDIM（$\eta = 0$）与 DPM-Solver++ 是*确定性*的：二者沿同一条概率流常微分方程
-从 $x_T$ 出发，步数越多，图像越收敛到同一张图，距离一列（与步数最多的确定性组合在 $[0, 1]$ 像素上的均方根差）随之变小。
-DPM-Solver++ 是二阶求解器，所需步数少得多。
+从 $x_T$ 出发，步数越多，图像越收敛到同一张图，距离一列（与所选组合中最精确的确定性组合，即阶数最高、网络调用次数最多者，
+在 $[0, 1]$ 像素上的均方根差）随之变小。阶数越高，所需步数越少：DDIM 与 Euler 是一阶，DPM-Solver++ 2M 与 Heun 是二阶，
+DPM-Solver++ 3M 与 UniPC 是三阶。
 
 但有一个例外：若模型把 $\hat x_0$ 截断到 $[-1, 1]$（内置模型和 `google/ddpm-cifar10-32` 都如此），DDIM 会偏离这条路径。
 DDIM（按 diffusers 的做法）用截断后的 $\hat x_0$ 和网络未截断的 $\hat\epsilon$ 构造 $x_{t-1}$，二者不再一致；步数越多，偏得越远
@@ -133,9 +123,11 @@ def _pairs(chosen) -> list[str]:
 
 
 def _reference(chosen: list[str]) -> str | None:
-    """The deterministic pair with the most steps: the others' distances are measured to it."""
+    """The most precise deterministic pair: the highest-order sampler's, with the most network evaluations (DDIM,
+    first order and bent off the ODE's path by clipping, is the reference only where nothing better is chosen)."""
     det = [c for c in chosen if PAIRS[c][0] in DETERMINISTIC]
-    return max(det, key=lambda c: PAIRS[c][1]) if det else None
+    s = {c: SAMPLERS[PAIRS[c][0]] for c in det}
+    return max(det, key=lambda c: (s[c].order, PAIRS[c][1] * s[c].evaluations_per_step)) if det else None
 
 
 @gpu(duration=120)

@@ -311,7 +311,7 @@ def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
     info += "\n\n" + _memorisation_text(L.memorisation(x, run.data, held), lang)
     title = f"{name} · {steps}"  # as the Steps compared tab names a pair
     figure = P.reverse_figure(x, every[:, :N_PATHS], run.data[:N_SHOW], title)
-    return figure, info, _animation(run, every, steps)
+    return figure, info, _animation(run, every, sampler, steps)
 
 
 def _memorisation_text(m: L.Memorisation, lang) -> str:
@@ -329,9 +329,9 @@ def _memorisation_text(m: L.Memorisation, lang) -> str:
     )
 
 
-def _animation(run: L.LabRun, every: torch.Tensor, steps: int) -> str:
+def _animation(run: L.LabRun, every: torch.Tensor, sampler: str, steps: int) -> str:
     """The cloud at ``N_FRAMES`` evenly spaced steps of its path ``every`` ``[S + 1 x N x 2]`` as a GIF's path."""
-    timesteps = run.diffusion.inference_timesteps(steps).tolist() + [0]
+    timesteps = L.run_timesteps(run.diffusion, sampler, steps).tolist() + [0]
     picks = sorted(set(np.linspace(0, len(every) - 1, N_FRAMES).round().astype(int).tolist()))
     frames = P.reverse_frames([(timesteps[k], every[k]) for k in picks], run.data[:N_SHOW])
     return str(save_animation(frames, out_path("reverse-2d.gif"), duration_ms=180, last_hold_ms=1500))
