@@ -56,8 +56,8 @@ TEXT = {
         "table": "| sampler · steps | network evaluations | seconds | distance to {ref} |\n|---|---|---|---|\n",
         "no_ref": "no deterministic pair chosen",
         "compare": r"""### How many steps does it take?
-Every pair starts from **the same initial noise** $x_T$. DDIM (with $\eta = 0$) and DPM-Solver++ are
-*deterministic*: both follow the same probability-flow ODE from $x_T$, so as their steps grow their images converge
+Every pair starts from **the same initial noise** $x_T$. DDIM (with $\eta = 0$), DPM-Solver++ 2M and 3M, UniPC,
+Euler and Heun are *deterministic*: all follow the same probability-flow ODE from $x_T$, so as their steps grow their images converge
 to one image, and the distance column (root-mean-square pixel difference in $[0, 1]$ to the most precise
 deterministic pair chosen: the highest-order solver's, with the most evaluations) shrinks. Higher-order solvers get
 there in far fewer steps: DDIM and Euler are first order, DPM-Solver++ 2M and Heun second, DPM-Solver++ 3M and UniPC
@@ -72,7 +72,8 @@ DDPM is *stochastic*: it adds fresh noise at every step, so it ends at another s
 not at a worse copy of the same image (so is DPM-Solver++ 2M SDE). Each step calls the network once, Heun's twice
 (but on its last step): the evaluations column is the cost.""",
         "curve": """### Quality against steps, measured
-The bundled model, {num} samples per point, each sampler at 5 to 1000 steps. Left: the share of samples the
+The bundled model, {num} samples per point, each sampler at 5 to 100 network evaluations (and at 250 and 1000
+while it still changes). Left: the share of samples the
 evaluation classifier reads as a digit with confidence at least 0.9 (higher is better). Right: the Fréchet distance
 (FD) of their classifier features to those of held-out real digits (lower is better). Dashed: real held-out digits
 ("real"). Across: network function evaluations (NFE), the cost. Computed once by
@@ -90,7 +91,7 @@ best (closer than that, {num} samples cannot tell two settings apart) and whose 
         "table": "| 采样器 · 步数 | 网络调用次数 | 秒 | 与 {ref} 的距离 |\n|---|---|---|---|\n",
         "no_ref": "未选确定性组合",
         "compare": r"""### 需要多少步？
-所有组合都从**同一个初始噪声** $x_T$ 出发。DDIM（$\eta = 0$）与 DPM-Solver++ 是*确定性*的：二者沿同一条概率流常微分方程
+所有组合都从**同一个初始噪声** $x_T$ 出发。DDIM（$\eta = 0$）、DPM-Solver++ 2M 与 3M、UniPC、Euler 与 Heun 是*确定性*的：它们沿同一条概率流常微分方程
 从 $x_T$ 出发，步数越多，图像越收敛到同一张图，距离一列（与所选组合中最精确的确定性组合，即阶数最高、网络调用次数最多者，
 在 $[0, 1]$ 像素上的均方根差）随之变小。阶数越高，所需步数越少：DDIM 与 Euler 是一阶，DPM-Solver++ 2M 与 Heun 是二阶，
 DPM-Solver++ 3M 与 UniPC 是三阶。
@@ -103,7 +104,7 @@ DDPM 是*随机*的：每一步都加入新的噪声，因此它得到的是同�
 而不是同一张图的较差版本（DPM-Solver++ 2M SDE 也是如此）。每一步调用一次网络，Heun 每步两次（最后一步一次）：
 网络调用次数一列就是代价。""",
         "curve": """### 质量随步数的变化（实测）
-内置模型，每个点 {num} 个样本，每个采样器从 5 步到 1000 步。左：评估分类器以至少 0.9 的置信度认作数字的样本比例（越高越好）。
+内置模型，每个点 {num} 个样本，每个采样器从 5 到 100 次网络调用（仍在变化的采样器再测 250 与 1000 次）。左：评估分类器以至少 0.9 的置信度认作数字的样本比例（越高越好）。
 右：样本在分类器特征空间中与留出真实数字的 Fréchet 距离（FD，越低越好）。虚线（"real"）：留出的真实数字。横轴：网络调用次数
 （NFE），即代价。由 `{command}` 一次算出（在 CPU 上实时计算太慢），随检查点一起发布，模型卡列出了每个点。
 “采样”页的默认设置 **{default}**，是置信比例与最好的点相差不超过 {margin} 个百分点（差得更少时，{num} 个样本分不出两个设置的高下）、FD 不超过最低值 {ratio} 倍的点中最便宜的一个。""",
