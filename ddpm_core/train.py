@@ -10,7 +10,7 @@ over NCCL, or CPU processes over gloo): ``torchrun --nproc_per_node N -m ddpm_co
 optimiser step sees the effective batch N x batch-size, and N processes train exactly as one process with N times
 the batch: step k's global batch is a fixed slice of a per-epoch permutation of the data, its t and noise come
 from a generator seeded with (seed, step), and rank r takes the r-th part of both. Checkpoints
-(``--save-every``) hold the model, the optimiser, the LR schedule, the EMA and the RNG states; ``--resume latest``
+(``--save-every`` steps, and at least every ``--save-minutes``, 15 by default) hold the model, the optimiser, the LR schedule, the EMA and the RNG states; ``--resume latest``
 continues from the newest one, on the very batch where it stopped.
 The output folder holds ``model_index.json``, ``unet/`` (safetensors, EMA weights), ``scheduler/`` and a
 model card; ``DDPMPipeline.from_pretrained`` and :func:`ddpm_core.checkpoints.load_checkpoint` both load it.
@@ -23,7 +23,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     p.add_argument("--save-every", type=int, default=500, help="resumable checkpoint every N steps")
+    p.add_argument(
+        "--save-minutes",
+        type=float,
+        default=15.0,
+        help="also a resumable checkpoint once this many minutes have passed since the last (0: by steps only)",
+    )
     p.add_argument(
         "--log-every", type=int, default=50, help="a train_log.jsonl row (mean loss, LR, time) every N steps"
     )
@@ -227,6 +233,8 @@ class _Training:
     ema: Any
     optimizer: torch.optim.Optimizer
     lr_sched: Any
+    #: when the last resumable checkpoint was written (or the sitting began), by ``time.monotonic``
+    last_save: float = field(default_factory=time.monotonic)
 
 
 def _make_accelerator(mixed_precision: str, out: Path):
@@ -371,13 +379,25 @@ def _save_checkpoint(accelerator, out: Path, step: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _minutes_passed(tr: _Training, args) -> bool:
+    """Whether ``--save-minutes`` have passed since the last checkpoint, as the main process's clock says (every
+    process must save together, so the others follow its answer)."""
+    due = bool(args.save_minutes) and time.monotonic() - tr.last_save >= 60 * args.save_minutes
+    if tr.accelerator.num_processes > 1:
+        from accelerate.utils import broadcast
+
+        due = bool(broadcast(torch.tensor([float(due)], device=tr.accelerator.device), from_process=0).item())
+    return due
+
+
 def _after_step(tr: _Training, args, out: Path, step: int, losses: list[float], t0: float, generator) -> None:
     """What is due after optimiser step ``step``: a log row, a checkpoint, a sample grid."""
     accelerator = tr.accelerator
     if accelerator.is_main_process and args.log_every and step % args.log_every == 0:
         _append_log_row(out / "train_log.jsonl", step, losses[-args.log_every :], tr.lr_sched.get_last_lr()[0], t0)
-    if args.save_every and step % args.save_every == 0 and step < args.steps:
+    if step < args.steps and ((args.save_every and step % args.save_every == 0) or _minutes_passed(tr, args)):
         _save_checkpoint(accelerator, out, step)
+        tr.last_save = time.monotonic()
     if accelerator.is_main_process and args.sample_every and step % args.sample_every == 0:
         from .imaging import make_grid, tensor_to_pil
 

@@ -147,3 +147,14 @@ def test_the_ema_update_is_a_few_batched_ops_and_equals_the_per_tensor_one():
     bound = 20 * torch.finfo(torch.float32).eps * max(r.abs().max().item() for r in reference.shadow_params)
     for ours, ref in zip(tr.ema.shadow_params, reference.shadow_params):
         torch.testing.assert_close(ours, ref, rtol=0, atol=bound)
+
+
+def test_a_checkpoint_is_written_by_the_clock_too(tmp_path):
+    """``--save-minutes``: a resumable checkpoint once that much time has passed since the last, whatever
+    ``--save-every`` says (here: never by steps), the newest two kept."""
+    out = tmp_path / "clock"
+    args = ["--data", "mnist", "--model-size", "tiny", "--batch-size", "4", "--sample-every", "0", "--threads", "1"]
+    train_main(args + ["--steps", "4", "--save-every", "0", "--save-minutes", "1e-9", "--out", str(out)])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    train_main(args + ["--steps", "3", "--save-every", "0", "--save-minutes", "0", "--out", str(tmp_path / "never")])
+    assert not list((tmp_path / "never").glob("checkpoint-*"))
