@@ -117,7 +117,7 @@ def launch(demo: gr.Blocks | None = None, warm: bool = True, **kwargs):
     demo = demo or build_demo()
     if warm:
         # before serving, not beside it: a first request that arrives during a background warm-up shares the CPU
-        # with it and took twice as long as the second (bench/startup.py --server); a Space wakes on that request
+        # with it (bench/startup.py --server measures the cost); a Space wakes on that request
         warm_up_default()
     kwargs.setdefault("server_name", os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
     kwargs.setdefault("server_port", int(os.environ.get("GRADIO_SERVER_PORT", 7860)))

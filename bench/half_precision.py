@@ -33,7 +33,9 @@ def main():
     device = torch.device(args.device)
     kw = dict(batch_size=args.batch, seed=args.seed, num_inference_steps=args.steps, n_snapshots=0, n_frames=0)
     ref = {
-        fast: to01(generate(load_model(args.model, device, torch.float32), fast=fast, **kw).samples)
+        fast: to01(
+            generate(load_model(args.model, device, torch.float32), mode=None if fast else "plain", **kw).samples
+        )
         for fast in (True, False)
     }
     dev = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
@@ -47,7 +49,7 @@ def main():
     for name in args.dtypes:
         model = load_model(args.model, device, getattr(torch, name))
         for fast, label in ((True, "fast path (float32 state)"), (False, f"plain loop ({name} state)")):
-            res = generate(model, fast=fast, **kw)
+            res = generate(model, mode=None if fast else "plain", **kw)
             d = (to01(res.samples) - ref[fast]).abs()
             print(
                 f"| {name} | {label} | {d.max():.3f} | {d.mean():.5f} | {100 * (d > 1 / 255).float().mean():.2f}% | "

@@ -199,7 +199,9 @@ def build_runs(model: LoadedModel, args, device, dtype, info: dict) -> tuple[dic
             plain_unet, x_fixed, t_fixed, args.steps, device, graph=False
         )
     if args.compile:
-        runs["ours + torch.compile"] = ours_runner(model, args.batch, args.steps, info, compile=True)
+        runs["ours + torch.compile"] = ours_runner(
+            model, args.batch, args.steps, info, mode=default_mode(device, compile=True)
+        )
         lazy["UNet only, torch.compile"] = lambda: unet_only_runner(
             compiled(model.unet), x_cl, t_fixed, args.steps, device, graph=True
         )

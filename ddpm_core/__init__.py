@@ -4,8 +4,10 @@
 >>> diffusion = GaussianDiffusion(NoiseSchedule.make("linear", 1000), variance_type="fixed_small")
 """
 
-from .diffusion import PREDICTION_TYPES, VARIANCE_TYPES, GaussianDiffusion, StepOutput, call_model
+from .config import PREDICTION_TYPES, VARIANCE_TYPES
+from .diffusion import GaussianDiffusion
 from .schedule import SCHEDULES, NoiseSchedule
+from .tensors import StepOutput, call_model
 from .timesteps import SPACINGS, inference_timesteps
 
 __all__ = [

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from .diffusion import VARIANCE_TYPES
 from .schedule import NoiseSchedule
 
 if TYPE_CHECKING:
     from .diffusion import GaussianDiffusion
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned_range")
 
 # Keys of a diffusers scheduler config and what we do with them. Keys starting with "_" are metadata.
 CONFIG_KEYS = {

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from .imaging import to_model_range
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 #: Sizes of the fixed MNIST split (5,000 digits, 500 per class): diffusion training / classifier / held-out.
@@ -39,12 +41,6 @@ def mnist_split(part: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[bounds[k] : bounds[k + 1]] for c in range(10)])
     idx = np.sort(idx)
     return X[idx], y[idx]
-
-
-def to_model_range(images_uint8: np.ndarray) -> torch.Tensor:
-    """``[N x H x W]`` or ``[N x H x W x C]`` uint8 -> float32 ``[N x C x H x W]`` in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).float() / 127.5 - 1.0
-    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
 
 
 class ImageFolder(Dataset):

@@ -1,10 +1,13 @@
-"""GaussianDiffusion: the forward process, the true posterior, the reverse step and loop, the DDIM loop, the loss.
+"""GaussianDiffusion: the forward process, the true posterior, the reverse step, the loss, in closed form.
+
+The loops are the sampler registry's (:mod:`ddpm_core.samplers`); ``p_sample_loop`` and ``sample`` are the seed's
+names for them.
 
 Equation numbers refer to Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (DDPM) unless marked
 DDIM (Song et al. 2021) or IDDPM (Nichol & Dhariwal 2021). Method names follow the teaching notes
 (``q_sample``, ``q_posterior``, ``predict_start_from_noise``, ``p_sample``, ``p_sample_loop``, ``sample``,
 ``p_losses``). diffusers' ``DDPMScheduler`` / ``DDIMScheduler`` are the numerical reference: with the same
-``torch.Generator``, the loops here draw the same random numbers in the same order (initial noise first, then one
+``torch.Generator``, the loops draw the same random numbers in the same order (initial noise first, then one
 draw per step) and reproduce DDPMPipeline and DDIMScheduler.
 
 Shapes: samples are ``[B x C x H x W]`` (any trailing dims work) in [-1, 1]; ``t`` is a LongTensor ``[B]`` of
@@ -13,6 +16,7 @@ indices into this diffusion's schedule (a Python int is broadcast over the batch
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -20,32 +24,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import PREDICTION_TYPES, VARIANCE_TYPES, diffusion_config, diffusion_kwargs
+from .samplers import DDIM, Sampler, get_sampler, sample_loop_progressive
+from .samplers.loop import final_sample
 from .schedule import NoiseSchedule
+from .tensors import StepOutput, call_model, randn
 from .timesteps import SPACINGS, inference_timesteps
 
 Tensor = torch.Tensor
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned_range")
 #: ``p_losses``' objectives: L_simple (eq. 14), IDDPM's L_hybrid = L_simple + lambda L_vlb (sec. 3.1), the bound L_vlb.
 LOSS_TYPES = ("simple", "hybrid", "vlb")
+_DDIM_DEPRECATED = "ddim_sample_loop* will go in the next release: use p_sample_loop*(..., sampler='ddim', eta=eta)"
 #: IDDPM's lambda for L_hybrid (sec. 3.1): small enough that L_simple still drives the mean.
 HYBRID_LAMBDA = 0.001
-
-
-@dataclass
-class StepOutput:
-    """One reverse step: ``x_t`` -> ``prev_sample`` (x_{t-1}), with the model's predicted x_0.
-
-    ``index`` counts the loop's steps from 0; ``timestep`` is the original training timestep t the model saw.
-    Tensors are ``[B x C x H x W]``.
-    """
-
-    prev_sample: Tensor
-    pred_original_sample: Tensor
-    index: int = -1
-    timestep: int = -1
-    x_t: Tensor | None = None
 
 
 @dataclass
@@ -57,24 +49,6 @@ class ModelPrediction:
     pred_xstart: Tensor
     pred_noise: Tensor
     var_values: Tensor | None = None
-
-
-def randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Standard normal noise drawn as diffusers' ``randn_tensor`` draws it (on the generator's device, then moved)."""
-    rand_device = generator.device if generator is not None else device
-    return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
-
-
-def call_model(model: Callable, x: Tensor, timesteps: Tensor) -> Tensor:
-    """``model(x [B x C x H x W], timesteps [B])`` -> Tensor; unwraps diffusers' ``.sample`` and tuples."""
-    out = model(x, timesteps)
-    if hasattr(out, "sample"):
-        out = out.sample
-    elif isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
-        raise ValueError(f"the model returned {type(out).__name__}, expected a tensor or an object with .sample")
-    return out
 
 
 class GaussianDiffusion:
@@ -159,15 +133,11 @@ class GaussianDiffusion:
         Every DDPMScheduler key is honoured; unknown keys or unsupported values raise ``ValueError`` naming them.
         ``overrides`` replace config values (e.g. ``variance_type="fixed_small"``). See :mod:`ddpm_core.config`.
         """
-        from .config import diffusion_kwargs
-
         schedule, kwargs = diffusion_kwargs(config, **overrides)
         return cls(schedule, **kwargs)
 
     def to_config(self) -> dict[str, Any]:
         """A DDPMScheduler config dict that rebuilds this diffusion (custom schedules as ``trained_betas``)."""
-        from .config import diffusion_config
-
         return diffusion_config(self)
 
     # ------------------------------------------------------------------ tensors
@@ -253,13 +223,14 @@ class GaussianDiffusion:
         self._same_shape(x_start, x_t, "q_posterior(x_start, x_t)")
         t = self._timesteps(t, x_t)
         return (
-            self._posterior_mean(x_start, x_t, t),
+            self.posterior_mean(x_start, x_t, t),
             self._extract("posterior_variance", t, x_t),
             self._extract("posterior_log_variance_clipped", t, x_t),
         )
 
-    def _posterior_mean(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        # eq. 7: mu~_t = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t
+    def posterior_mean(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """mu~_t(x_t, x_0) of eq. 7 ``[B x C x H x W]``, tensor-only (``t``: indices ``[B]``)."""
+        # mu~_t = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t
         return (
             self._extract("posterior_mean_coef1", t, x_t) * x_start
             + self._extract("posterior_mean_coef2", t, x_t) * x_t
@@ -291,9 +262,10 @@ class GaussianDiffusion:
     def predict_noise_from_start(self, x_t: Tensor, t: int | Tensor, x_start: Tensor) -> Tensor:
         """eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t)."""
         self._same_shape(x_t, x_start, "predict_noise_from_start(x_t, x_start)")
-        return self._noise_from_start(x_t, self._timesteps(t, x_t), x_start)
+        return self.noise_from_start(x_t, self._timesteps(t, x_t), x_start)
 
-    def _noise_from_start(self, x_t: Tensor, t: Tensor, x_start: Tensor) -> Tensor:
+    def noise_from_start(self, x_t: Tensor, t: Tensor, x_start: Tensor) -> Tensor:
+        """eps from x_t and x_0 ``[B x C x H x W]``, tensor-only (``t``: indices ``[B]``)."""
         return (x_t - self._extract("sqrt_alphas_cumprod", t, x_t) * x_start) / self._extract(
             "sqrt_one_minus_alphas_cumprod", t, x_t
         )
@@ -354,7 +326,7 @@ class GaussianDiffusion:
         if self.prediction_type == "epsilon":
             x0, eps = self._start_from_noise(x_t, t, pred), pred  # eq. 15
         elif self.prediction_type == "sample":
-            x0, eps = pred, self._noise_from_start(x_t, t, pred)
+            x0, eps = pred, self.noise_from_start(x_t, t, pred)
         else:  # v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022)
             a, b = self._extract("sqrt_alphas_cumprod", t, x_t), self._extract("sqrt_one_minus_alphas_cumprod", t, x_t)
             x0, eps = self._start_from_v(x_t, t, pred), a * pred + b * x_t
@@ -373,10 +345,6 @@ class GaussianDiffusion:
             x0 = alpha * x_t - sigma * pred
         return self._threshold(x0)
 
-    def posterior_mean(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        """mu~_t(x_t, x_0) of eq. 7, tensor-only (``t``: indices ``[B]``)."""
-        return self._posterior_mean(x_start, x_t, t)
-
     def reverse_std(self, x_t: Tensor, t: Tensor, var_values: Tensor | None = None) -> Tensor:
         """sigma_t of the reverse step: ``[B x 1 x ...]`` for fixed variances, ``[B x C x ...]`` for learned_range."""
         if self.variance_type == "fixed_small":
@@ -392,20 +360,11 @@ class GaussianDiffusion:
             "posterior_log_variance_clipped", t, x_t
         )
 
-    def noise_from_start(self, x_t: Tensor, t: Tensor, x_start: Tensor) -> Tensor:
-        """eps from x_t and x_0, tensor-only (``t``: indices ``[B]``)."""
-        return self._noise_from_start(x_t, t, x_start)
-
     def model_timesteps(self, t: Tensor) -> Tensor:
         """The original training timesteps the model sees at indices ``t`` ``[B]`` (respacing-aware)."""
         return self._coef("timestep_map", t.device, torch.long).index_select(0, t)
 
     # ------------------------------------------------------------------ reverse process
-    def model_output(self, model: Callable, x_t: Tensor, t: int | Tensor) -> Tensor:
-        """Run ``model`` on ``x_t`` with the original training timesteps of indices ``t`` (respacing-aware)."""
-        t = self._timesteps(t, x_t)
-        return call_model(model, x_t, self.model_timesteps(t))
-
     def p_mean_variance(
         self,
         model: Callable | None,
@@ -420,11 +379,15 @@ class GaussianDiffusion:
         for fixed variances, ``[B x C x H x W]`` for ``learned_range``), and the raw ``model_output``.
         """
         t = self._timesteps(t, x_t)
-        if model_output is None:
-            if model is None:
-                raise ValueError("p_mean_variance needs a model or a model_output")
-            model_output = call_model(model, x_t, self.model_timesteps(t))
+        model_output = self._output_of(model, x_t, t, model_output, "p_mean_variance")
         return self._p_mean_variance(model_output, x_t, t, clip_denoised)
+
+    def _output_of(self, model: Callable | None, x_t: Tensor, t: Tensor, model_output: Tensor | None, who: str):
+        if model_output is not None:
+            return model_output
+        if model is None:
+            raise ValueError(f"{who} needs a model or a model_output")
+        return call_model(model, x_t, self.model_timesteps(t))
 
     def _p_mean_variance(
         self, model_output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True
@@ -449,6 +412,24 @@ class GaussianDiffusion:
             "model_output": model_output,
         }
 
+    def p_sample_step(
+        self,
+        model_output: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+        noise: Tensor | None = None,
+        noise_mask: Tensor | float = 1.0,
+    ) -> tuple[Tensor, Tensor]:
+        """Algorithm 2, line 4: x_{t-1} = mu~_t(x_t, x0_hat) + sigma_t z, with mu~_t of eq. 7 at the predicted x_0
+        (eq. 15); returns (x_{t-1}, x0_hat), both ``[B x C x H x W]``. Tensor-only (``t``: indices ``[B]``), the
+        DDPM sampler's step and :meth:`p_sample`'s. ``noise=None`` returns the mean; ``noise_mask`` (``[B x 1 x
+        ...]``, 0 or 1) zeroes the noise where the original timestep is 0."""
+        pred = self.model_predictions(model_output, x_t, t)
+        mean = self.posterior_mean(pred.pred_xstart, x_t, t)
+        if noise is None:
+            return mean, pred.pred_xstart
+        return mean + noise_mask * self.reverse_std(x_t, t, pred.var_values) * noise, pred.pred_xstart
+
     def p_sample(
         self,
         model: Callable | None,
@@ -464,14 +445,14 @@ class GaussianDiffusion:
         ``model_output`` to skip the model call, ``noise`` to fix the draw.
         """
         t = self._timesteps(t, x_t)
-        out = self.p_mean_variance(model, x_t, t, model_output)
+        model_output = self._output_of(model, x_t, t, model_output, "p_sample")
         last = self.model_timesteps(t) == 0  # the last step (original t = 0) returns the mean
         if bool(last.all()):
-            return StepOutput(out["mean"], out["pred_xstart"])
+            return StepOutput(*self.p_sample_step(model_output, x_t, t))
         if noise is None:
-            noise = randn(out["mean"].shape, generator, x_t.device, x_t.dtype)
+            noise = randn(x_t.shape, generator, x_t.device, x_t.dtype)
         mask = (~last).to(noise.dtype).reshape(-1, *([1] * (noise.ndim - 1)))
-        return StepOutput(out["mean"] + mask * out["std"] * noise, out["pred_xstart"])
+        return StepOutput(*self.p_sample_step(model_output, x_t, t, noise, mask))
 
     # ------------------------------------------------------------------ respacing
     def respace(self, timesteps: Sequence[int] | np.ndarray | Tensor) -> "GaussianDiffusion":
@@ -519,45 +500,34 @@ class GaussianDiffusion:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         timesteps: Sequence[int] | None = None,
+        sampler: str | Sampler = "ddpm",
+        eta: float = 0.0,
     ) -> Iterator[StepOutput]:
-        """Yield a :class:`StepOutput` after every reverse step of Algorithm 2, from x_T = ``noise`` (or fresh noise).
+        """Yield a :class:`StepOutput` after every reverse step of Algorithm 2 (or of ``sampler``, a name of
+        :data:`ddpm_core.samplers.SAMPLERS` or a :class:`~ddpm_core.samplers.Sampler`), from x_T = ``noise`` (or
+        fresh noise ``[B x C x H x W]`` of ``shape``): :func:`ddpm_core.samplers.sample_loop_progressive`.
 
-        ``num_inference_steps=None`` runs all T steps; fewer steps use this diffusion's ``timestep_spacing`` and
-        respaced betas; ``timesteps`` (descending original timesteps) overrides both, e.g. to start from x_t.
+        ``num_inference_steps=None`` runs all T steps; fewer steps use the sampler's timesteps (for DDPM and DDIM,
+        this diffusion's ``timestep_spacing``) and respaced betas; ``timesteps`` (descending original timesteps)
+        overrides both, e.g. to start from x_t. ``eta``: DDIM's (eq. 16).
         """
-        from .samplers import get_sampler, sample_loop_progressive
-
+        sampler = get_sampler(sampler) if isinstance(sampler, str) else sampler
         if timesteps is None:
-            timesteps = self.inference_timesteps(num_inference_steps)
+            timesteps = sampler.timesteps(self, num_inference_steps)
         yield from sample_loop_progressive(
-            self, get_sampler("ddpm"), model, shape, timesteps, generator, noise, device, dtype
+            self, sampler, model, shape, timesteps, generator, noise, device, dtype, eta
         )
 
     def p_sample_loop(
-        self,
-        model: Callable,
-        shape: Sequence[int] | None = None,
-        num_inference_steps: int | None = None,
-        generator: torch.Generator | None = None,
-        noise: Tensor | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        timesteps: Sequence[int] | None = None,
-        callback: Callable[[StepOutput], None] | None = None,
+        self, model: Callable, *args: Any, callback: Callable[[StepOutput], None] | None = None, **kwargs: Any
     ) -> Tensor:
         """Algorithm 2 of DDPM: from x_T ~ N(0, I) ``[B x C x H x W]`` down to x_0; returns x_0 (not clamped).
+        Arguments as :meth:`p_sample_loop_progressive`; ``callback`` sees every :class:`StepOutput` (t, x_t,
+        x_{t-1}, predicted x_0).
 
         With the same generator this reproduces DDPMPipeline (its ``output_type="np"`` is ``(x_0 / 2 + 0.5).clamp(0, 1)``).
-        ``callback`` sees every :class:`StepOutput` (t, x_t, x_{t-1}, predicted x_0).
         """
-        x = None
-        for out in self.p_sample_loop_progressive(
-            model, shape, num_inference_steps, generator, noise, device, dtype, timesteps
-        ):
-            if callback is not None:
-                callback(out)
-            x = out.prev_sample
-        return x
+        return final_sample(self.p_sample_loop_progressive(model, *args, **kwargs), callback)
 
     def sample(
         self, model: Callable, image_size: int, batch_size: int = 16, channels: int = 3, **kwargs: Any
@@ -565,7 +535,6 @@ class GaussianDiffusion:
         """``p_sample_loop`` for ``batch_size`` square images: returns ``[batch_size x channels x image_size x image_size]``."""
         return self.p_sample_loop(model, (batch_size, channels, image_size, image_size), **kwargs)
 
-    # ------------------------------------------------------------------ DDIM
     def ddim_sample_loop_progressive(
         self,
         model: Callable,
@@ -579,20 +548,10 @@ class GaussianDiffusion:
         timesteps: Sequence[int] | None = None,
         use_clipped_model_output: bool = False,
     ) -> Iterator[StepOutput]:
-        """DDIM (Song et al. 2021, eq. 12) over the kept timesteps; ``eta=0`` is deterministic, ``eta=1`` is DDPM-like.
-
-        x_{prev} = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z, with
-        sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev) (eq. 16). After the last step
-        abar_prev is 1 (``set_alpha_to_one``) or abar_0. The previous timestep is the next kept one; diffusers
-        instead uses t - T // N, which agrees for ``leading`` spacing and for N dividing T.
-        """
-        from .samplers import DDIM, sample_loop_progressive
-
-        if timesteps is None:
-            timesteps = self.inference_timesteps(num_inference_steps)
-        yield from sample_loop_progressive(
-            self, DDIM(use_clipped_model_output), model, shape, timesteps, generator, noise, device, dtype, eta
-        )
+        """Deprecated: ``p_sample_loop_progressive(..., sampler=DDIM(use_clipped_model_output), eta=eta)``."""
+        warnings.warn(_DDIM_DEPRECATED, DeprecationWarning, stacklevel=2)
+        args = (shape, num_inference_steps, generator, noise, device, dtype, timesteps)
+        return self.p_sample_loop_progressive(model, *args, sampler=DDIM(use_clipped_model_output), eta=eta)
 
     def ddim_sample_loop(
         self,
@@ -603,13 +562,10 @@ class GaussianDiffusion:
         callback: Callable[[StepOutput], None] | None = None,
         **kwargs: Any,
     ) -> Tensor:
-        """Run :meth:`ddim_sample_loop_progressive` to the end; returns x_0 ``[B x C x H x W]``."""
-        x = None
-        for out in self.ddim_sample_loop_progressive(model, shape, num_inference_steps, eta, **kwargs):
-            if callback is not None:
-                callback(out)
-            x = out.prev_sample
-        return x
+        """Deprecated: ``p_sample_loop(..., sampler="ddim", eta=eta)``."""
+        warnings.warn(_DDIM_DEPRECATED, DeprecationWarning, stacklevel=2)
+        steps = self.p_sample_loop_progressive(model, shape, num_inference_steps, sampler="ddim", eta=eta, **kwargs)
+        return final_sample(steps, callback)
 
     # ------------------------------------------------------------------ the bound (eq. 5), see ddpm_core.likelihood
     def vb_terms_bpd(self, model: Callable | None, x_start: Tensor, x_t: Tensor, t: int | Tensor, **kwargs: Any):

@@ -9,8 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .diffusion import GaussianDiffusion, randn
+from .diffusion import GaussianDiffusion
 from .schedule import NoiseSchedule
+from .tensors import randn
+from .timesteps import evenly_spaced
 
 #: The keys of :func:`curves`' per-timestep schedule curves (besides ``t``, ``beta``, ``posterior_variance``).
 #: log-SNR = log(abar / (1 - abar)).
@@ -76,7 +78,7 @@ class ForwardViews:
 
 def strip_timesteps(num_timesteps: int, n: int = 8) -> list[int]:
     """``n`` timesteps evenly spread over [0, T-1] (0 and T-1 included)."""
-    return sorted({int(round(v)) for v in np.linspace(0, num_timesteps - 1, min(n, num_timesteps))})
+    return sorted(set(evenly_spaced(num_timesteps - 1, n).tolist()))
 
 
 def forward_views(

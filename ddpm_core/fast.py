@@ -28,9 +28,10 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .diffusion import GaussianDiffusion, StepOutput, call_model
+from .diffusion import GaussianDiffusion
 from .samplers import get_sampler
 from .samplers.loop import plain_timestep
+from .tensors import StepOutput, call_model
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +122,13 @@ def compiled(unet: torch.nn.Module) -> Callable:
         return store["compiled"]
 
 
-def default_mode(device: torch.device) -> str:
-    """``graph`` on CUDA (one CUDA graph per step, eager UNet inside), ``frozen`` (TorchScript) on the CPU.
+def default_mode(device: torch.device, compile: bool = False) -> str:
+    """``graph`` on CUDA (one CUDA graph per step, eager UNet inside), ``frozen`` (TorchScript) on the CPU; with
+    ``compile``, the torch.compile modes: ``compile+graph`` on CUDA, ``compile`` on the CPU.
 
     A deployment where a graph cannot outlive a request (ZeroGPU attaches a GPU per request) passes ``eager``."""
+    if compile:
+        return "compile+graph" if torch.device(device).type == "cuda" else "compile"
     return "graph" if torch.device(device).type == "cuda" else "frozen"
 
 

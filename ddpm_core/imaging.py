@@ -438,9 +438,14 @@ def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """8-bit PIL image -> float32 ``[1 x C x H x W]`` in [-1, 1] (C = 1 for mode L, 3 for RGB)."""
-    a = np.asarray(img, dtype=np.float32)
-    a = a[..., None] if a.ndim == 2 else a
-    return torch.from_numpy(a / 127.5 - 1.0).permute(2, 0, 1).unsqueeze(0).contiguous()
+    return to_model_range(np.array(img, dtype=np.uint8)[None])  # a copy: PIL's buffer is read-only
+
+
+def to_model_range(images_uint8: np.ndarray) -> torch.Tensor:
+    """``[N x H x W]`` or ``[N x H x W x C]`` uint8 -> float32 ``[N x C x H x W]`` in [-1, 1]: x / 127.5 - 1
+    (the inverse of :func:`to_uint8`)."""
+    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).float() / 127.5 - 1.0
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from .diffusion import call_model, randn
+from .tensors import call_model, randn
 
 if TYPE_CHECKING:
     from .diffusion import GaussianDiffusion

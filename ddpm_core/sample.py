@@ -130,6 +130,7 @@ def _remove_stale_tmp(out: Path, batch: int, world: int, rank: int) -> None:
 
 def _draw_batch(model, args, b: int, steps: int, compile_: bool, out: Path, rank: int) -> int:
     """Draw batch ``b`` and write its PNGs to ``out``; returns how many images were written."""
+    from .fast import default_mode
     from .imaging import tensor_to_pil
     from .sampling import generate
 
@@ -143,7 +144,7 @@ def _draw_batch(model, args, b: int, steps: int, compile_: bool, out: Path, rank
         eta=args.eta,
         n_snapshots=0,
         n_frames=0,
-        compile=compile_,
+        mode=default_mode(model.device, compile=True) if compile_ else None,
     )
     written = 0
     for path, img in zip(batch_files(out, b, args.batch, args.num), tensor_to_pil(res.samples.clamp(-1, 1))):

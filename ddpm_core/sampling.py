@@ -1,14 +1,15 @@
-"""High-level sampling for the Space and the CLIs: device/dtype choice, the fast path, trajectory capture.
+"""High-level sampling for the Space and the CLIs: a request, its timesteps before it runs, the fast path,
+trajectory capture.
 
 Every sample here is drawn by :class:`ddpm_core.GaussianDiffusion`'s steps (never by DDPMPipeline). The fast path
 (:mod:`ddpm_core.fast`) runs those steps on static buffers: a frozen channels_last UNet on the CPU, one CUDA graph
-per step on a GPU; ``fast=False`` runs the plain reference loops.
+per step on a GPU; ``mode="plain"`` runs the plain reference loop.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -19,10 +20,7 @@ from .diffusion import GaussianDiffusion
 from .fast import UPGRADES, fast_loop
 from .samplers import get_sampler, sample_loop_progressive
 from .samplers.loop import plain_timestep
-
-
-class SamplingCancelled(RuntimeError):
-    """Raised inside the loop when the caller's ``should_stop`` says so (a cancelled or disconnected user)."""
+from .timesteps import evenly_spaced
 
 
 def pick_device(prefer: str | None = None) -> tuple[torch.device, torch.dtype]:
@@ -50,7 +48,7 @@ class SampleResult:
 
 def snapshot_steps(n_steps: int, count: int) -> set[int]:
     """About ``count`` loop positions evenly spread over ``n_steps`` (always including the first and last)."""
-    return {int(round(v)) for v in np.linspace(0, n_steps - 1, min(count, n_steps))}
+    return set(evenly_spaced(n_steps - 1, count).tolist())
 
 
 def diffusion_for(model: LoadedModel, variance_type: str | None = None) -> GaussianDiffusion:
@@ -82,7 +80,7 @@ def reverse_timesteps(
     if not 0 <= int(start_t) < T:
         raise ValueError(f"start timestep must be in [0, {T - 1}], got {start_t}")
     n = int(start_t) + 1 if num_inference_steps is None else min(int(num_inference_steps), int(start_t) + 1)
-    return np.unique(np.round(np.linspace(0, int(start_t), n)).astype(np.int64))[::-1].copy()
+    return np.unique(evenly_spaced(int(start_t), n))[::-1].copy()
 
 
 def evaluation_count(
@@ -96,76 +94,112 @@ def evaluation_count(
     return len(get_sampler(sampler).evaluation_timesteps(steps))
 
 
-def generate(model: LoadedModel, **kwargs) -> SampleResult:
-    """Run :func:`generate_steps` to the end and return its :class:`SampleResult` (same arguments)."""
-    for item in generate_steps(model, **kwargs):
-        if isinstance(item, SampleResult):
-            return item
-    raise RuntimeError("generate_steps ended without a result")  # pragma: no cover
+@dataclass(frozen=True)
+class SampleRequest:
+    """One sampling run, as :func:`generate_steps` takes it.
+
+    ``num_inference_steps=None`` runs all T steps (DDPM). ``start=(x_t, t)`` starts the reverse process from a
+    given noisy batch ``x_t`` ``[B x C x H x W]`` at timestep ``t`` instead of pure noise ("noise, then denoise";
+    ``batch_size`` is then x_t's). ``variance_type``: another reverse-step variance than the model's
+    (:func:`diffusion_for`). ``n_snapshots`` / ``n_frames``: how many (t, x_t, x0_hat) and x_t copies the
+    :class:`SampleResult` keeps. ``mode``: ``"plain"`` runs the reference loop
+    (:func:`ddpm_core.samplers.sample_loop_progressive`); any other value runs :mod:`ddpm_core.fast` in that mode
+    (one of its ``MODES``; None: its default for the device); ``upgrade``: a fast mode built in the background for
+    later calls (:func:`ddpm_core.fast.fast_loop`).
+    """
+
+    batch_size: int = 8
+    seed: int = 0
+    sampler: str = "ddpm"
+    num_inference_steps: int | None = None
+    eta: float = 0.0
+    variance_type: str | None = None
+    start: tuple[torch.Tensor, int] | None = None
+    n_snapshots: int = 10
+    n_frames: int = 40
+    mode: str | None = None
+    upgrade: str | None = None
+
+    @property
+    def fast(self) -> bool:
+        return self.mode != PLAIN
+
+
+#: ``SampleRequest.mode`` for the plain reference loop
+PLAIN = "plain"
+
+
+class SamplingRun:
+    """A sampling run set up but not started: ``timesteps`` (its N step timesteps, descending) and ``evaluations``
+    (its network evaluations: the loop's positions, a progress bar's total) are known before it runs. Iterating
+    it runs it: a :class:`ddpm_core.StepOutput` after every network evaluation, then the :class:`SampleResult`.
+    A consumer that stops iterating (a cancelled web request) stops the loop there; ``before_step()`` is called
+    before every evaluation (an exception it raises stops the run)."""
+
+    def __init__(self, model: LoadedModel, request: SampleRequest, before_step: Callable[[], None] | None = None):
+        self.model, self.request, self.before_step = model, request, before_step
+        self.sampler = get_sampler(request.sampler)
+        self.diffusion = diffusion_for(model, request.variance_type)
+        start_t = None if request.start is None else request.start[1]
+        self.timesteps = reverse_timesteps(self.diffusion, request.num_inference_steps, start_t, request.sampler)
+        self.evaluation_timesteps = [plain_timestep(t) for t in self.sampler.evaluation_timesteps(self.timesteps)]
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.evaluation_timesteps)
+
+    def __iter__(self):
+        r, model = self.request, self.model
+        device, dtype = model.device, model.dtype
+        # the fast path draws its noise where it runs (a CPU generator cannot feed a CUDA graph without a sync)
+        generator = torch.Generator(device if r.fast else "cpu").manual_seed(int(r.seed))
+        shape, noise = _first_sample(model, r.batch_size, r.start, generator, r.fast)
+        loop = None
+        if r.fast:
+            loop = fast_loop(
+                model.unet, self.diffusion, shape, self.timesteps, r.sampler, r.eta, r.mode, upgrade=r.upgrade
+            )
+        if loop is not None and r.start is None and loop.plan.x_T_scale != 1.0:
+            noise = noise * loop.plan.x_T_scale  # diffusers' init_noise_sigma (Euler, Heun), as the plain loop scales
+        result = SampleResult(
+            samples=torch.empty(0),
+            timesteps=list(self.evaluation_timesteps),
+            device=str(device),
+            dtype=str(dtype).replace("torch.", ""),
+            path=loop.path if loop else "plain loop",
+            setup_seconds=loop.setup_seconds if loop and loop.runs == 0 and not loop.built_ahead else 0.0,
+        )
+        if noise is not None:
+            result.frames.append(_copy(noise))
+        if loop is not None:
+            steps = loop.run(noise, generator)
+        else:
+            args = (None if noise is not None else shape, self.timesteps, generator, noise, device, dtype, r.eta)
+            steps = sample_loop_progressive(self.diffusion, self.sampler, model.unet, *args)
+        yield from _recorded(steps, result, r.n_snapshots, r.n_frames, self.before_step)
 
 
 def generate_steps(
     model: LoadedModel,
-    batch_size: int = 8,
-    seed: int = 0,
-    sampler: str = "ddpm",
-    num_inference_steps: int | None = None,
-    eta: float = 0.0,
-    variance_type: str | None = None,
-    start: tuple[torch.Tensor, int] | None = None,
-    n_snapshots: int = 10,
-    n_frames: int = 40,
-    progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    fast: bool = True,
-    compile: bool = False,
-    mode: str | None = None,
-    upgrade: str | None = None,
-):
-    """Sample ``batch_size`` images from ``model`` with any registered sampler, as a generator.
+    request: SampleRequest | None = None,
+    before_step: Callable[[], None] | None = None,
+    **fields,
+) -> SamplingRun:
+    """Sample from ``model`` with any registered sampler: the :class:`SamplingRun` of ``request`` (a
+    :class:`SampleRequest`; ``fields`` replace its fields, or make one). The random stream is a
+    ``torch.Generator`` seeded with ``seed``, on the model's device for the fast path (a CUDA graph cannot wait on
+    host-drawn noise) and on the CPU for the plain loop: the same seed gives the same images on the same kind of
+    device, and fast and plain loops agree on the CPU. Bad arguments raise ``ValueError`` here, before the run."""
+    request = SampleRequest(**fields) if request is None else replace(request, **fields)
+    return SamplingRun(model, request, before_step)
 
-    Yields a :class:`ddpm_core.StepOutput` after every reverse step, then the :class:`SampleResult`. A consumer
-    that stops iterating (a cancelled web request) stops the loop there.
 
-    ``num_inference_steps=None`` runs all T steps (DDPM). ``start=(x_t, t)`` starts the reverse process from a
-    given noisy batch ``x_t`` ``[B x C x H x W]`` at timestep ``t`` instead of pure noise ("noise, then denoise").
-    The random stream is a ``torch.Generator`` seeded with ``seed``, on the model's device for the fast path (a
-    CUDA graph cannot wait on host-drawn noise) and on the CPU for ``fast=False``: the same seed gives the same
-    images on the same kind of device, and fast and plain loops agree on the CPU. ``fast=True`` runs
-    :mod:`ddpm_core.fast` in ``mode`` (one of its ``MODES``; None: its default for the device; ``compile=True``:
-    the torch.compile mode; ``upgrade``: a mode built in the background for later calls, see
-    :func:`ddpm_core.fast.fast_loop`). ``progress(step, total)`` is called after each step; ``should_stop()`` returning
-    True raises :class:`SamplingCancelled`.
-    """
-    sampler_ = get_sampler(sampler)
-    diffusion = diffusion_for(model, variance_type)
-    device, dtype = model.device, model.dtype
-    fast = fast or compile or mode is not None
-    # the fast path draws its noise where it runs (a CPU generator cannot feed a CUDA graph without a sync)
-    generator = torch.Generator(device if fast else "cpu").manual_seed(int(seed))
-    timesteps = reverse_timesteps(diffusion, num_inference_steps, None if start is None else start[1], sampler)
-    shape, noise = _first_sample(model, batch_size, start, generator, fast)
-    if compile and mode is None:
-        mode = "compile+graph" if device.type == "cuda" else "compile"
-    loop = fast_loop(model.unet, diffusion, shape, timesteps, sampler, eta, mode, upgrade=upgrade) if fast else None
-    if loop is not None and start is None and loop.plan.x_T_scale != 1.0:
-        noise = noise * loop.plan.x_T_scale  # diffusers' init_noise_sigma (Euler, Heun), as the plain loop scales
-    result = SampleResult(
-        samples=torch.empty(0),
-        timesteps=[plain_timestep(t) for t in sampler_.evaluation_timesteps(timesteps)],
-        device=str(device),
-        dtype=str(dtype).replace("torch.", ""),
-        path=loop.path if loop else "plain loop",
-        setup_seconds=loop.setup_seconds if loop and loop.runs == 0 and not loop.built_ahead else 0.0,
-    )
-    if noise is not None:
-        result.frames.append(_copy(noise))
-    if loop is not None:
-        steps = loop.run(noise, generator)
-    else:
-        args = (None if noise is not None else shape, timesteps, generator, noise, device, dtype, eta)
-        steps = sample_loop_progressive(diffusion, sampler_, model.unet, *args)
-    yield from _recorded(steps, result, n_snapshots, n_frames, progress, should_stop)
+def generate(model: LoadedModel, request: SampleRequest | None = None, **fields) -> SampleResult:
+    """Run :func:`generate_steps` to the end and return its :class:`SampleResult` (same arguments)."""
+    for item in generate_steps(model, request, **fields):
+        if isinstance(item, SampleResult):
+            return item
+    raise RuntimeError("generate_steps ended without a result")  # pragma: no cover
 
 
 def _first_sample(model: LoadedModel, batch_size: int, start, generator: torch.Generator, fast: bool):
@@ -177,22 +211,24 @@ def _first_sample(model: LoadedModel, batch_size: int, start, generator: torch.G
     return shape, torch.randn(shape, generator=generator, device=model.device) if fast else None
 
 
-def _recorded(steps, result: SampleResult, n_snapshots: int, n_frames: int, progress, should_stop):
-    """Pass the loop's steps on, keeping the snapshots and frames ``result`` shows, reporting progress and
-    honouring cancellation; then fill in the samples and the time taken and yield ``result``."""
+def _recorded(steps, result: SampleResult, n_snapshots: int, n_frames: int, before_step):
+    """Pass the loop's steps on, keeping the snapshots and frames ``result`` shows, calling ``before_step``
+    before each; then fill in the samples and the time taken and yield ``result``."""
     n_steps = len(result.timesteps)
     snaps, frame_steps = snapshot_steps(n_steps, n_snapshots), snapshot_steps(n_steps, n_frames)
     t0 = time.perf_counter()
     x = None
-    for out in steps:
-        if should_stop is not None and should_stop():
-            raise SamplingCancelled("sampling was cancelled")
+    steps = iter(steps)
+    while True:
+        if before_step is not None:
+            before_step()
+        out = next(steps, None)
+        if out is None:
+            break
         if out.index in snaps:
             result.snapshots.append((out.timestep, _copy(out.x_t), _copy(out.pred_original_sample)))
         if out.index in frame_steps:
             result.frames.append(_copy(out.prev_sample))
-        if progress is not None:
-            progress(out.index + 1, n_steps)
         x = out.prev_sample
         yield out
     result.samples = _copy(x)
@@ -206,11 +242,11 @@ def compare_steps(
     seed: int = 0,
     mode: str | None = None,
     upgrade: str | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    before_step: Callable[[], None] | None = None,
 ):
     """Each ``(sampler, steps)`` pair (``steps`` None: all T) run on one sample from the same x_T (the seed's first
     draw, as :func:`generate_steps` draws it), in order; yields ``(sampler, steps, SampleResult)`` as each ends.
-    ``should_stop`` is called before every step of every pair, as by :func:`generate_steps`.
+    ``before_step`` is called before every step of every pair, as by :class:`SamplingRun`.
 
     Deterministic samplers (DDIM with eta = 0, DPM-Solver++) integrate the same probability-flow ODE from x_T, so
     their images converge to one image as steps grow (for DDIM only while x0_hat is not clipped, or with eps_hat
@@ -220,6 +256,7 @@ def compare_steps(
     for sampler, steps in pairs:
         result = generate(
             model,
+            before_step=before_step,
             batch_size=1,
             seed=seed,
             sampler=sampler,
@@ -228,7 +265,6 @@ def compare_steps(
             n_frames=0,
             mode=mode,
             upgrade=upgrade,
-            should_stop=should_stop,
         )
         yield sampler, steps, result
 
@@ -238,7 +274,7 @@ def warm_up(
     batch_size: int = 8,
     num_inference_steps: int | None = None,
     sampler: str = "ddpm",
-    compile: bool = False,
+    mode: str | None = None,
     upgrade: str | None = None,
 ) -> float:
     """Pay the fast path's one-off costs for these settings now (TorchScript trace on a CPU, CUDA graph capture,
@@ -253,7 +289,7 @@ def warm_up(
         sampler=sampler,
         n_snapshots=0,
         n_frames=0,
-        compile=compile,
+        mode=mode,
         upgrade=upgrade,
     ).setup_seconds
     if upgrade is not None:

@@ -224,6 +224,17 @@ class NoiseSchedule:
         return f"NoiseSchedule({self.name!r}, T={self.num_timesteps})"
 
 
+def min_timesteps(name: str, beta_end: float = 0.02) -> int:
+    """The smallest T the schedule ``name`` allows: 1, except ``linear_improved``, whose beta_end 1000 / T must stay
+    below 1 (21 for the default beta_end = 0.02)."""
+    if _ALIASES.get(name, name) != "linear_improved":
+        return 1
+    T = max(1, int(1000.0 * beta_end))
+    while not beta_end * (1000.0 / T) < 1:
+        T += 1
+    return T
+
+
 def _named_betas(key: str, T: int, beta_start: float, beta_end: float) -> torch.Tensor:
     """``[T]`` float64 betas of the schedule ``key`` (see :meth:`NoiseSchedule.make`)."""
     if key not in SCHEDULES:
@@ -234,7 +245,7 @@ def _named_betas(key: str, T: int, beta_start: float, beta_end: float) -> torch.
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
     if key == "linear_improved":
         scale = 1000.0 / T
-        if not beta_end * scale < 1:
+        if T < min_timesteps(key, beta_end):
             raise ValueError(f"linear_improved with T={T} scales beta_end to {beta_end * scale:.3g} >= 1")
         return torch.linspace(beta_start * scale, beta_end * scale, T, dtype=torch.float64)
     if key == "scaled_linear":

@@ -7,6 +7,12 @@ import numpy as np
 SPACINGS = ("leading", "trailing", "linspace")
 
 
+def evenly_spaced(last: int, n: int) -> np.ndarray:
+    """At most ``n`` int64 indices evenly spread over [0, ``last``], ascending, both ends included:
+    ``round(linspace(0, last, min(n, last + 1)))`` (round half to even). Ties may repeat an index."""
+    return np.round(np.linspace(0, int(last), min(int(n), int(last) + 1))).astype(np.int64)
+
+
 def inference_timesteps(
     num_train_timesteps: int, num_inference_steps: int | None = None, spacing: str = "leading", steps_offset: int = 0
 ) -> np.ndarray:

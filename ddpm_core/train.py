@@ -276,9 +276,8 @@ def _set_up(args, accelerator):
     unet = build_unet(args.model_size, args.resolution, args.channels, args.variance_type == "learned_range")
     if args.init_from:
         load_initial_weights(unet, Path(args.init_from))
-    # foreach: two batched operators per update instead of three per parameter tensor. With AdamW batched too, as
-    # on a GPU by default, a `medium` step dispatches 1,631 operators instead of 2,181 (counted on a CPU); on a GPU
-    # each is a kernel launch, and launches, not arithmetic, bound a step of a UNet this small
+    # foreach: a few batched operators per update rather than some per parameter tensor; on a GPU each operator is
+    # a kernel launch, and launches, not arithmetic, bound a step of a UNet this small
     ema = EMAModel(
         unet.parameters(), decay=args.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4, foreach=True
     )

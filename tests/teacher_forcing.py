@@ -23,8 +23,8 @@ from error_analysis import (
     ours_ddpm_coefs,
 )
 
-from ddpm_core.diffusion import StepOutput, call_model
 from ddpm_core.samplers import get_sampler
+from ddpm_core.tensors import StepOutput, call_model
 
 
 def same_tables(coefs):

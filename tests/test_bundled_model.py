@@ -50,7 +50,7 @@ def test_both_loaders_load_it_and_agree():
         batch_size=2, num_inference_steps=20, generator=torch.Generator().manual_seed(1), output_type="np"
     ).images
     ours = generate(
-        ModelCache().get("ddpm-mnist-28"), batch_size=2, seed=1, num_inference_steps=20, fast=False
+        ModelCache().get("ddpm-mnist-28"), batch_size=2, seed=1, num_inference_steps=20, mode="plain"
     ).samples
     assert abs((ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() - ref).max() < 1e-4
 

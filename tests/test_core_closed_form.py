@@ -196,7 +196,7 @@ def test_loops_run_in_the_sample_dtype(dtype, unet3):
         (o.x_t, o.pred_original_sample, o.prev_sample, o.timestep)
         for o in d.p_sample_loop_progressive(model, (1, 3, 8, 8), num_inference_steps=5, generator=g, dtype=dtype)
     ]
-    y = d.ddim_sample_loop(unet, (1, 3, 8, 8), 5, generator=torch.Generator().manual_seed(0))
+    y = d.p_sample_loop(unet, (1, 3, 8, 8), 5, generator=torch.Generator().manual_seed(0), sampler="ddim")
     x = steps[-1][2]
     assert x.dtype == dtype and y.dtype == dtype and torch.isfinite(x).all() and torch.isfinite(y).all()
     # each step in the sample dtype follows the float32 step from the same x_t, model output and noise to the
@@ -272,7 +272,7 @@ def test_bad_input_raises_value_errors(diffusion, unet3):
     with pytest.raises(ValueError, match="learned-variance"):
         diffusion.p_sample(None, x, 5, model_output=torch.zeros(2, 6, 8, 8))
     with pytest.raises(ValueError, match="eta"):
-        diffusion.ddim_sample_loop(unet3, (1, 3, 8, 8), 5, eta=2)
+        diffusion.p_sample_loop(unet3, (1, 3, 8, 8), 5, sampler="ddim", eta=2)
     with pytest.raises(ValueError, match="betas must lie"):
         NoiseSchedule([0.1, 1.5])
 
@@ -332,3 +332,17 @@ def test_p_losses_trains_a_unet_a_little(unet3):
         loss.backward()
         opt.step()
     assert loss.item() < 0.8 * first
+
+
+def test_the_deprecated_ddim_loops_warn_and_run_the_ddim_sampler(unet3, one_intra_op_thread):
+    """``ddim_sample_loop(_progressive)`` stay for one release: a DeprecationWarning, then the registry's DDIM."""
+    d = GaussianDiffusion(NoiseSchedule.make("linear", 100))
+    x_T = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    new = d.p_sample_loop(
+        unet3, noise=x_T, num_inference_steps=5, sampler="ddim", eta=0.5, generator=torch.Generator()
+    )
+    with pytest.warns(DeprecationWarning, match="p_sample_loop"):
+        old = d.ddim_sample_loop(unet3, None, 5, eta=0.5, noise=x_T, generator=torch.Generator())
+    with pytest.warns(DeprecationWarning, match="p_sample_loop"):
+        steps = list(d.ddim_sample_loop_progressive(unet3, None, 5, 0.5, torch.Generator(), x_T))
+    assert torch.equal(old, new) and torch.equal(steps[-1].prev_sample, new) and len(steps) == 5

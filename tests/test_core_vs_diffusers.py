@@ -47,6 +47,7 @@ from error_analysis import (
 )
 
 from ddpm_core import GaussianDiffusion, NoiseSchedule
+from ddpm_core.samplers import DDIM
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -357,13 +358,13 @@ def compare_ddim_loop(diffusion, sched, model, x_T, N, eta, seed, dtype, clipped
 
     g_ours, g_ref = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
     rec = {key: [] for key in ("x", "x0", "prev", "x0_ref", "prev_ref", "z")}
-    outs = diffusion.ddim_sample_loop_progressive(
+    outs = diffusion.p_sample_loop_progressive(
         recording,
         noise=x_T.clone(),
         num_inference_steps=N,
         eta=eta,
         generator=g_ours,
-        use_clipped_model_output=clipped_eps,
+        sampler=DDIM(use_clipped_model_output=clipped_eps),
     )
     for k, out in enumerate(outs):
         t = ts[k]

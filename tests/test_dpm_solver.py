@@ -39,9 +39,10 @@ from teacher_forcing import model_rounding_scale, record
 from torch.overrides import TorchFunctionMode
 
 from conftest import tiny_unet
-from ddpm_core.diffusion import GaussianDiffusion, call_model
+from ddpm_core.diffusion import GaussianDiffusion
 from ddpm_core.fast import FastLoop
 from ddpm_core.samplers import DPMSolverPP2M, get_sampler, sample_loop_progressive
+from ddpm_core.tensors import call_model
 from helpers import HostSyncs
 
 U32, U64 = 2.0**-24, 2.0**-53

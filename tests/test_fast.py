@@ -438,5 +438,5 @@ def test_generate_on_a_non_square_model_uses_the_fast_path():
     g = torch.Generator().manual_seed(3)
     assert torch.equal(steps[0].x_t, torch.randn(2, 3, 8, 16, generator=g))  # x_T, drawn first
     compare_with_plain_steps(model.diffusion, steps, tiny_unet(3, sample_size=(8, 16)), "ddpm", 0.0, g)
-    plain = generate(model, batch_size=2, seed=3, num_inference_steps=10, fast=False)
+    plain = generate(model, batch_size=2, seed=3, num_inference_steps=10, mode="plain")
     assert plain.path == "plain loop" and plain.samples.shape == (2, 3, 8, 16)

@@ -22,12 +22,11 @@ from PIL import Image
 import ddpm_core.checkpoints as ck
 from conftest import tiny_unet
 from ddpm_core.imaging import MAX_ASPECT, MAX_FILE_BYTES, load_image
-from ddpm_core.sampling import SamplingCancelled
 from helpers import prefill_hub_cache, save_flat_folder, save_pipeline_folder
-from ui import common
+from ui import common, schedule_choices
 from ui.errors import FALLBACK_ZH, ZH, say, zh_pattern
-from ui.fair import check_cost
-from ui.tabs import compare, forward, lab2d, sample, schedules
+from ui.fair import Cancelled, check_cost
+from ui.tabs import compare, lab2d, sample, schedules
 
 #: Patterns only a reachable Hub produces (a network error, a missing or gated repo, a repo with no UNet anywhere).
 ONLINE_ONLY = {
@@ -103,8 +102,8 @@ def _argument_messages() -> list:
         lambda: sample.sample("ddpm-mnist-28", "DPM-Solver++ (2M)", 1000, 0.0, "model default", 1, 0),
         lambda: compare._pairs([]),
         lambda: compare._pairs(["nonsense"]),
-        lambda: forward.schedule_name("bogus"),
-        lambda: forward.schedule_args("linear_improved", 10),
+        lambda: schedule_choices.schedule_name("bogus"),
+        lambda: schedule_choices.schedule_args("linear_improved", 10),
         lambda: schedules.schedule_plots(5, 1000),
         lambda: schedules.schedule_plots([], 1000),
         lambda: lab2d.lab_forward(None, 10),
@@ -113,7 +112,7 @@ def _argument_messages() -> list:
         lambda: next(lab2d.lab_train("moons", "linear", "x0")),
         lambda: next(lab2d.lab_train("drawn", "linear", "epsilon", {"composite": np.zeros((64, 64, 4), np.uint8)})),
         lambda: _raise(common._user_message(MemoryError(), "en")),
-        lambda: _raise(common._user_message(SamplingCancelled(), "en")),
+        lambda: _raise(common._user_message(Cancelled(), "en")),
         lambda: check_cost(tiny_unet(3), 10**5, 16),  # a few images would fit
         lambda: check_cost(tiny_unet(3), 10**9, 1),  # not even one image
         lambda: lab2d.lab_sample(_unlabelled_run(), "ddpm", 5, 1, 1.0, 0),

@@ -12,7 +12,7 @@ import ddpm_core.checkpoints as ck
 from conftest import tiny_unet
 from ddpm_core.checkpoints import LoadedModel
 from ddpm_core.diffusion import GaussianDiffusion
-from ddpm_core.sampling import SamplingCancelled, generate, generate_steps
+from ddpm_core.sampling import PLAIN, SampleRequest, generate, generate_steps
 from helpers import run_in_own_process, save_pipeline_folder
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
@@ -38,11 +38,11 @@ def _teacher_forced(model, ref_unet, sampler, **kwargs):
 def test_fast_path_equals_the_plain_loop(sampler, steps):
     """channels_last / the frozen trace change only the UNet's summation order: each step agrees with the plain
     step within the step's rounding bound (teacher-forced), the whole run draws the same random numbers."""
-    fast = _teacher_forced(_model(), tiny_unet(3), sampler, num_inference_steps=steps, fast=True)
+    fast = _teacher_forced(_model(), tiny_unet(3), sampler, num_inference_steps=steps)
     assert fast.path == "frozen TorchScript"
     if steps is not None:
-        # the plain loop (fast=False) through the same check: its steps are the reference step itself
-        plain = _teacher_forced(_model(), tiny_unet(3), sampler, num_inference_steps=steps, fast=False)
+        # the plain loop (mode="plain") through the same check: its steps are the reference step itself
+        plain = _teacher_forced(_model(), tiny_unet(3), sampler, num_inference_steps=steps, mode=PLAIN)
         assert plain.path == "plain loop" and plain.samples.shape == fast.samples.shape
     assert not torch.equal(
         fast.samples, generate(_model(), batch_size=3, seed=6, sampler=sampler, num_inference_steps=steps).samples
@@ -65,9 +65,15 @@ def test_start_from_x_t_and_cancellation():
     res = generate(m, seed=0, num_inference_steps=10, start=(x_t, 300))
     assert res.timesteps[0] == 300 and res.timesteps[-1] == 0 and len(res.timesteps) == 10
     calls = []
-    with pytest.raises(SamplingCancelled):
-        generate(m, num_inference_steps=50, should_stop=lambda: calls.append(1) or len(calls) > 3)
-    assert len(calls) == 4  # stopped at the fourth step, not at the end
+
+    def leave():
+        calls.append(1)
+        if len(calls) > 3:
+            raise InterruptedError("the visitor left")
+
+    with pytest.raises(InterruptedError):
+        generate(m, before_step=leave, num_inference_steps=50)
+    assert len(calls) == 4  # stopped before the fourth step, not at the end
     with pytest.raises(ValueError):
         generate(m, start=(x_t, 1000))
 
@@ -103,7 +109,7 @@ def test_compiled_path_equals_the_plain_loop(request):
         return
     # inductor specialises its kernels to the intra-op thread count: compile at the count the product runs at
     torch.set_num_threads(request.getfixturevalue("one_intra_op_thread"))
-    compiled = _teacher_forced(_model(), tiny_unet(3), "ddpm", num_inference_steps=8, compile=True)
+    compiled = _teacher_forced(_model(), tiny_unet(3), "ddpm", num_inference_steps=8, mode="compile")
     assert compiled.path == "torch.compile"
 
 
@@ -116,3 +122,21 @@ def test_compare_steps_starts_every_pair_from_the_same_noise():
     x_T = [r.frames[0] for _, _, r in runs]  # each run's first frame is its x_T
     assert all(torch.equal(x, x_T[0]) for x in x_T) and x_T[0].shape == (1, 3, 8, 8)
     assert [len(r.timesteps) for _, _, r in runs] == [4, 3, 2]
+
+
+def test_a_request_knows_its_timesteps_before_it_runs():
+    """The run's step timesteps and network evaluations come before any network call; the request is immutable
+    and the keyword form builds the same run."""
+    m, calls = _model(), []
+    m.unet.register_forward_hook(lambda *_: calls.append(1))
+    request = SampleRequest(batch_size=2, seed=4, sampler="heun-karras", num_inference_steps=5, mode=PLAIN)
+    run = generate_steps(m, request)
+    assert len(run.timesteps) == 5 and run.evaluations == 9 and not calls  # Heun: twice a step but the last
+    with pytest.raises(AttributeError):
+        request.seed = 5
+    result = generate(m, request)
+    assert len(calls) == 9 and result.timesteps == run.evaluation_timesteps
+    again = generate(m, batch_size=2, seed=4, sampler="heun-karras", num_inference_steps=5, mode=PLAIN)
+    assert torch.equal(again.samples, result.samples)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        generate_steps(m, request, sampler="nonsense")

@@ -87,7 +87,7 @@ def test_train_save_resume_reload_and_sample(tmp_path, monkeypatch):
     ).images
     monkeypatch.setattr(ck, "CHECKPOINT_DIR", out.parent)
     model = ck.ModelCache().get("tiny-mnist")
-    ours = generate(model, batch_size=2, seed=0, num_inference_steps=5, fast=False).samples
+    ours = generate(model, batch_size=2, seed=0, num_inference_steps=5, mode="plain").samples
     assert ours.shape == (2, 1, 28, 28)
     # the same weights and scheduler through both samplers: same images to well under one 8-bit level
     assert (((ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() - ref).__abs__().max()) < 1e-4

@@ -17,7 +17,7 @@ import torch
 from ddpm_core.checkpoints import BUNDLED_DEFAULT, CHECKPOINT_DIR, HUB_MODELS, bundled_models, load_checkpoint
 from ddpm_core.imaging import MAX_SIDE_DEFAULT, center_crop_resize, load_image, pil_to_tensor, tensor_to_pil
 from ddpm_core.quality import cheapest_within, load_curve
-from ddpm_core.sampling import SampleResult, SamplingCancelled, pick_device
+from ddpm_core.sampling import SampleResult, pick_device
 from ui.components import short_repr
 from ui.errors import say
 from ui.fair import CPU, Cancelled, Job, check_cost
@@ -109,7 +109,7 @@ def _user_message(err: BaseException, lang: str = "en") -> gr.Error | None:
     Expected failures are logged in one line, in English, not with a traceback: the log is for the operator."""
     if isinstance(err, ValueError):
         message = str(err)
-    elif isinstance(err, (SamplingCancelled, Cancelled)):
+    elif isinstance(err, Cancelled):
         message = "Sampling was cancelled."
     elif isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or (
         isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
@@ -278,10 +278,6 @@ RUN_TEXT = {
 }
 
 
-def run_text(lang: str, key: str, **fmt) -> str:
-    return tr(RUN_TEXT, key, lang).format(**fmt)
-
-
 def drive(steps, total: int, progress, label: str, lang: str = "en"):
     """Run ddpm_core's sampler generator for a handler, each step in a turn of the CPU (``fair_job``): yields
     ("preview", StepOutput) about PREVIEWS times, ("beat", None) at least every YIELD_EVERY_S (a no-op update that
@@ -293,7 +289,7 @@ def drive(steps, total: int, progress, label: str, lang: str = "en"):
                 yield "done", item
                 return
             STATS["steps"] += 1
-            progress((item.index + 1, total), desc=label, unit=run_text(lang, "steps"))
+            progress((item.index + 1, total), desc=label, unit=tr(RUN_TEXT, "steps", lang))
             if (item.index + 1) % max(1, total // PREVIEWS) == 0 and item.index + 1 < total:
                 last = time.monotonic()
                 yield "preview", item

@@ -158,12 +158,6 @@ class Job:
     def pause(self) -> None:
         self.share._release(self)
 
-    def should_stop(self) -> bool:
-        """:meth:`turn` in the form of ddpm_core's ``should_stop`` hook (called before every step): False once the
-        turn is taken; a departed visitor raises ``Cancelled`` instead."""
-        self.turn()
-        return False
-
     def steps(self, iterable):
         """``iterable``'s items, each computed in a turn of its own (``next()`` is the unit of work)."""
         iterator = iter(iterable)

@@ -13,9 +13,11 @@ import gradio as gr
 LANGS = {"English": "en", "简体中文": "zh"}
 
 
-def tr(text: dict, key: str, lang: str = "en") -> str:
-    """``text[lang][key]``, falling back to English where a translation is missing."""
-    return text.get(lang, {}).get(key) or text["en"][key]
+def tr(text: dict, key: str, lang: str = "en", **fmt) -> str:
+    """``text[lang][key]``, falling back to English where a translation is missing, formatted with ``fmt`` if any:
+    the UI's one text lookup."""
+    shown = text.get(lang, {}).get(key) or text["en"][key]
+    return shown.format(**fmt) if fmt else shown
 
 
 class Translations:
@@ -37,12 +39,7 @@ class Translations:
     def updates(self, language: str) -> list:
         lang = LANGS.get(language, "en")
         return [
-            gr.update(
-                **{
-                    attr: tr(text, key, lang).format(**fmt) if fmt else tr(text, key, lang)
-                    for attr, text, key, fmt in texts
-                }
-            )
+            gr.update(**{attr: tr(text, key, lang, **fmt) for attr, text, key, fmt in texts})
             for _, texts in self._items.values()
         ]
 

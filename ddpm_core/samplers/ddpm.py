@@ -27,11 +27,5 @@ class DDPM(Sampler):
     def step(
         self, plan: Plan, k: Tensor, model_output: Tensor, x: Tensor, noise: Tensor | None, state
     ) -> tuple[Tensor, Tensor]:
-        d = plan.diffusion
         t = plan.index(k, x.shape[0])
-        pred = d.model_predictions(model_output, x, t)
-        # eq. 7 at the predicted x_0 (eq. 15), then Algorithm 2 line 4
-        mean = d.posterior_mean(pred.pred_xstart, x, t)
-        if noise is None:
-            return mean, pred.pred_xstart
-        return mean + plan.at("noise_mask", k, x) * d.reverse_std(x, t, pred.var_values) * noise, pred.pred_xstart
+        return plan.diffusion.p_sample_step(model_output, x, t, noise, plan.at("noise_mask", k, x))

@@ -23,31 +23,8 @@ with ``x``, ``x0`` and the two previous predictions shaped like the samples (``[
 float64. ``state["prev_x0"]`` / ``state["prev2_x0"]`` hold the history (updated in place: the fast path replays
 one captured step on them).
 
-As diffusers, for a given model config:
-
-* The timesteps: :func:`ddpm_core.timesteps.multistep_timesteps`, N + 1 points of the config's
-  ``timestep_spacing`` with the last dropped (``leading``, the bundled model's: 940, 893, ..., 47 for 20 steps),
-  then a final step to sigma = 0 (``final_sigmas_type="zero"``) or to abar_0 (``"sigma_min"``).
-* The order at position k: 1 at k = 0, at most k + 1 (no history yet), 1 at the last step when it goes to sigma
-  = 0 or when ``lower_order_final`` and N < 15, at most 2 at the second-to-last step when ``lower_order_final``
-  and N < 15; ``solver_order`` elsewhere.
-* To sigma = 0 (abar = 1, lambda = +inf) the last update is A = 0, B = 1 (ODE and SDE): it returns x0_pred.
-* diffusers keeps a "VE" sigma_t = sqrt((1 - abar) / abar) per step and converts it back with
-  alpha = 1 / sqrt(sigma^2 + 1), sigma_VP = sigma alpha; the maths is the same as computing the tables from abar
-  directly, which we do (finite at abar = 0, zero terminal SNR, where the VE sigma is infinite; diffusers instead
-  moves abar_{T-1} to 2^-24 there, so zero-SNR runs are not comparable).
-* The SDE variant draws z at every step, the last one too (where S = 0), as diffusers does.
-
-Where this project chooses otherwise, on purpose:
-
-* The data prediction: diffusers' ``convert_model_output`` applies the config's ``thresholding`` but never its
-  ``clip_sample`` (the multistep schedulers have no such option). We take x0 from the diffusion's
-  :meth:`~ddpm_core.diffusion.GaussianDiffusion.model_predictions`, clipped to [-1, 1] where the model's config
-  asks (the bundled model does), as DDPM and DDIM do; with ``clip_sample=False`` the two agree. A
-  ``learned_range`` model's variance channels are ignored: we split its output at the samples' channel count for
-  every prediction type; diffusers keeps ``model_output[:, :3]``, for epsilon prediction only.
-* ``trailing`` with an N for which diffusers' float ``arange`` yields N + 1 timesteps (the extra one -1): we run
-  the N valid ones (:func:`ddpm_core.timesteps.inference_timesteps`).
+How the timesteps, the order at each position, the last step and the noise follow diffusers, and where this
+project chooses otherwise (clipping x0, ``trailing`` spacing): ``docs/samplers.md``.
 """
 
 from __future__ import annotations

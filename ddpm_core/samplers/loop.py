@@ -1,18 +1,18 @@
 """The one reverse loop: any sampler of the registry, from x_T (or a given x_t) down to x_0, step by step.
 
 It draws noise as diffusers does (x_T first when not given, then one draw per step that needs one, from the
-caller's generator) and yields a :class:`~ddpm_core.diffusion.StepOutput` per step, so that callers can show the
+caller's generator) and yields a :class:`~ddpm_core.tensors.StepOutput` per step, so that callers can show the
 trajectory, report progress or stop early. The fast path (:mod:`ddpm_core.fast`) runs the same ``sampler.step``
 on static buffers.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from ..diffusion import StepOutput, call_model, randn
+from ..tensors import StepOutput, call_model, randn
 from .base import Sampler
 
 if TYPE_CHECKING:
@@ -73,3 +73,14 @@ def sample_loop_progressive(
             x_prev, x0 = sampler.step(plan, pos, out, x, z, state)
         yield StepOutput(x_prev, x0, k, plain_timestep(t_orig), x)
         x = x_prev
+
+
+def final_sample(steps: Iterable[StepOutput], callback: Callable[[StepOutput], None] | None = None) -> torch.Tensor:
+    """Run a loop of :func:`sample_loop_progressive` to its end; x_0 ``[B x C x H x W]``. ``callback`` sees every
+    :class:`StepOutput`."""
+    x = None
+    for out in steps:
+        if callback is not None:
+            callback(out)
+        x = out.prev_sample
+    return x

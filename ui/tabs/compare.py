@@ -141,8 +141,8 @@ def compare(model_name, seed, chosen, lang="en", progress=gr.Progress()):
     say = functools.partial(tr, TEXT, lang=lang if lang in TEXT else "en")
     check_request_cost(m, sum(evaluation_count(m.diffusion, PAIRS[c][1], sampler=PAIRS[c][0]) for c in chosen))
     runs, gallery = {}, []
-    with fair_job() as job:  # each step in a turn of the CPU: a False from should_stop, a raise if the visitor left
-        pairs = compare_steps(m, [PAIRS[c] for c in chosen], seed, should_stop=job.should_stop, **fast_path(m))
+    with fair_job() as job:  # each step in a turn of the CPU; Cancelled if the visitor left
+        pairs = compare_steps(m, [PAIRS[c] for c in chosen], seed, before_step=job.turn, **fast_path(m))
         for k, (sampler, steps, result) in enumerate(pairs):
             job.pause()
             label = chosen[k]

@@ -9,11 +9,12 @@ import gradio as gr
 import torch
 
 from ddpm_core.imaging import tensor_to_pil
-from ddpm_core.sampling import generate_steps, reverse_timesteps
+from ddpm_core.sampling import generate_steps
 from ui.common import (
     DEFAULT_STEPS,
     LATEX,
     MAX_SEEDS,
+    RUN_TEXT,
     SAMPLER_WORKERS,
     T_MAX,
     check_model,
@@ -27,7 +28,6 @@ from ui.common import (
     model,
     model_dropdown,
     previews,
-    run_text,
     seed_arg,
     user_errors,
 )
@@ -99,8 +99,7 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, lang="en", progre
     """Noise an upload to step t, then run the reverse process from x_t with several seeds (the notes' experiment)."""
     n_seeds = int_arg(n_seeds, "number of seeds", 1, MAX_SEEDS)
     seed = seed_arg(seed)
-    said = functools.partial(tr, TEXT, lang=lang)
-    progress(0, desc=run_text(lang, "loading", name=model_name))
+    progress(0, desc=tr(RUN_TEXT, "loading", lang, name=model_name))
     m = model(model_name)
     T = m.diffusion.num_timesteps
     t = int_arg(t, "t", 0, T - 1)
@@ -111,15 +110,15 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, lang="en", progre
     original = tensor_to_pil(x0)[0]
     noisy = tensor_to_pil(x_t[:1].clamp(-1, 1))[0]
     head = [
-        (png(display(original), "original.png"), said("original")),
+        (png(display(original), "original.png"), tr(TEXT, "original", lang)),
         (png(display(noisy), f"x_t-t{t}.png"), f"x_t, t={t}"),
     ]
-    total = len(reverse_timesteps(m.diffusion, n_steps, start_t=t))
-    check_request_cost(m, total, n_seeds)
     # no background upgrade: the slider's t makes nearly every request's schedule a new one
     mode = fast_path(m)["mode"]
     steps = generate_steps(m, seed=seed + 1, num_inference_steps=n_steps, start=(x_t, t), n_frames=2, mode=mode)
-    for kind, item in drive(steps, total, progress, said("denoising"), lang):
+    total = steps.evaluations
+    check_request_cost(m, total, n_seeds)
+    for kind, item in drive(steps, total, progress, tr(TEXT, "denoising", lang), lang):
         if kind == "done":
             result = item
         elif kind == "preview":
@@ -128,10 +127,13 @@ def denoise_from_t(image, model_name, t, n_seeds, steps, seed, lang="en", progre
             yield gr.skip(), gr.skip()
     outs = tensor_to_pil(result.samples.clamp(-1, 1))
     gallery = head + [
-        (png(display(img), f"denoised-{k + 1}.png"), said("sample").format(k=k + 1)) for k, img in enumerate(outs)
+        (png(display(img), f"denoised-{k + 1}.png"), tr(TEXT, "sample", lang, k=k + 1)) for k, img in enumerate(outs)
     ]
     mse = ((result.samples - x0) ** 2).mean(dim=(1, 2, 3))
-    info = said("info").format(
+    info = tr(
+        TEXT,
+        "info",
+        lang,
         t=t,
         n=len(result.timesteps),
         name=m.name,

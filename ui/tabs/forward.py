@@ -8,17 +8,13 @@ import math
 
 import gradio as gr
 
-from ddpm_core import SCHEDULES, GaussianDiffusion, NoiseSchedule
 from ddpm_core.explore import forward_views
 from ddpm_core.imaging import make_grid, noise_to_pil, tensor_to_pil
 from ui.common import LATEX, T_MAX, T_MIN, image_tensor, int_arg, seed_arg, user_errors
-from ui.components import StrictNumber, StrictSlider, image_with_examples, short_repr
+from ui.components import StrictNumber, StrictSlider, image_with_examples
 from ui.files import pngs
 from ui.i18n import tr
-
-# the name readers know; diffusers' squaredcos_cap_v2 is the same schedule (the explanations say so)
-SCHEDULE_CHOICES = ["cosine" if name == "squaredcos_cap_v2" else name for name in SCHEDULES]
-LINEAR_IMPROVED_T_MIN = 21
+from ui.schedule_choices import SCHEDULE_CHOICES, T_slider_minimum, diffusion, schedule_args
 
 TEXT = {
     "en": {
@@ -82,32 +78,6 @@ $$q(x_{t-1}\mid x_t, x_0) = \mathcal N\big(\tilde\mu_t, \tilde\beta_t I\big),\qu
 
 
 # ---------------------------------------------------------------- handlers
-@functools.lru_cache(maxsize=64)
-def diffusion(schedule: str, T: int) -> GaussianDiffusion:
-    return GaussianDiffusion(NoiseSchedule.make(schedule, T))
-
-
-def schedule_name(schedule) -> str:
-    if not isinstance(schedule, str) or schedule not in SCHEDULE_CHOICES:
-        raise ValueError(f"unknown schedule {short_repr(schedule)}; choose one of {', '.join(SCHEDULE_CHOICES)}")
-    return schedule
-
-
-def t_min(schedules) -> int:
-    """The smallest T every schedule in ``schedules`` allows: linear_improved scales beta_end = 0.02 by 1000/T,
-    which must stay below 1."""
-    return LINEAR_IMPROVED_T_MIN if "linear_improved" in schedules else T_MIN
-
-
-def schedule_args(schedule, T) -> tuple[str, int]:
-    schedule = schedule_name(schedule)
-    lo = t_min([schedule])
-    T = int_arg(T, "T", T_MIN, T_MAX)
-    if T < lo:
-        raise ValueError(f"{schedule} needs T ≥ {lo}: it scales β_end = 0.02 by 1000/T, which must stay below 1")
-    return schedule, T
-
-
 def _fmt(x: float) -> str:
     return f"{x:.4g}" if math.isfinite(x) else ("∞" if x > 0 else "−∞")
 
@@ -141,14 +111,6 @@ def forward(image, t, schedule, T, seed, lang="en"):
 def t_slider_range(T, t):
     T = int_arg(T, "T", T_MIN, T_MAX) if isinstance(T, (int, float)) else T_MAX
     return gr.update(maximum=T - 1, value=min(int(t or 0), T - 1))
-
-
-def T_slider_minimum(schedules, T):
-    """Keep T within what the chosen schedule(s) allow, before the user can click into an error."""
-    schedules = [schedules] if isinstance(schedules, str) else list(schedules or [])
-    lo = t_min(schedules)
-    value = T if isinstance(T, (int, float)) and not isinstance(T, bool) else T_MAX
-    return gr.update(minimum=lo, value=max(lo, min(T_MAX, value)))
 
 
 # ---------------------------------------------------------------- layout

@@ -15,12 +15,13 @@ import torch
 from ddpm_core import lab2d as L
 from ddpm_core.imaging import load_image, save_animation
 from ddpm_core.samplers import SAMPLERS
+from ddpm_core.timesteps import evenly_spaced
 from ui import plots2d as P
 from ui.common import LATEX, fair_job, float_arg, int_arg, seed_arg, user_errors
 from ui.components import IntegerDropdown, SafeSketchpad, StrictNumber, StrictSlider
 from ui.files import out_path
 from ui.i18n import tr
-from ui.tabs.forward import SCHEDULE_CHOICES, schedule_name
+from ui.schedule_choices import SCHEDULE_CHOICES, schedule_name
 
 N_TRAIN, N_SHOW = 4000, 2000
 N_FRAMES, N_PATHS = 16, 5  # the animation's frames (x_0 held last) and the whole paths drawn
@@ -196,10 +197,6 @@ $x_0$ 的人成立。网络永远不知道：它被训练去预测噪声，它�
 }
 
 
-def _say(lang, key: str, **fmt) -> str:
-    return tr(TEXT, key, lang).format(**fmt)
-
-
 def _dataset(name) -> str:
     if name not in (*L.DATASETS, "drawn"):
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(L.DATASETS)}, drawn")
@@ -259,12 +256,12 @@ def lab_train(dataset, schedule, prediction, sketch=None, num_points=N_TRAIN, la
         for run in job.steps(L.train_steps(diffusion, data, labels)):
             k = len(run.losses)
             if k % 50 == 0:  # a progress message per step would cost more than the step
-                progress((k, L.TRAIN_STEPS), desc=_say(lang, "train"))
+                progress((k, L.TRAIN_STEPS), desc=tr(TEXT, "train", lang))
             if k % 250 == 0:
                 yield pd.DataFrame(P.loss_rows(run.losses)), gr.skip(), gr.skip(), gr.skip()
     run.dataset, run.heldout = dataset, heldout
     loss = sum(run.losses[-100:]) / 100
-    info = _say(lang, "trained", steps=len(run.losses), n=len(data), secs=run.seconds, loss=loss)
+    info = tr(TEXT, "trained", lang, steps=len(run.losses), n=len(data), secs=run.seconds, loss=loss)
     figure = P.data_figure(data[:N_SHOW], None if labels is None else labels[:N_SHOW], "x₀ ~ p_data")
     yield pd.DataFrame(P.loss_rows(run.losses)), figure, info, run
 
@@ -307,7 +304,7 @@ def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
         held, other = held[held_labels == cls], other[: int((held_labels == cls).sum())]
     ed, floor = L.energy_distance(x, held), L.energy_distance(other, held)
     name = SAMPLER_NAMES[sampler]
-    info = _say(lang, "sampled", n=N_SHOW, sampler=name, steps=steps, ed=ed, floor=floor, secs=secs)
+    info = tr(TEXT, "sampled", lang, n=N_SHOW, sampler=name, steps=steps, ed=ed, floor=floor, secs=secs)
     info += "\n\n" + _memorisation_text(L.memorisation(x, run.data, held), lang)
     title = f"{name} · {steps}"  # as the Steps compared tab names a pair
     figure = P.reverse_figure(x, every[:, :N_PATHS], run.data[:N_SHOW], title)
@@ -317,22 +314,23 @@ def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
 def _memorisation_text(m: L.Memorisation, lang) -> str:
     """The copies readout: the share of copies, both distance distributions and what they say."""
     fmt = lambda qs: " / ".join(f"{v:.3f}" for v in qs)  # noqa: E731
-    return _say(
-        lang,
+    return tr(
+        TEXT,
         "memo",
+        lang,
         copies=m.copies,
         n=m.num_training,
         radius=m.radius,
         samples=fmt(m.quantiles("samples")),
         heldout=fmt(m.quantiles("heldout")),
-        verdict=_say(lang, f"memo_{m.verdict}"),
+        verdict=tr(TEXT, f"memo_{m.verdict}", lang),
     )
 
 
 def _animation(run: L.LabRun, every: torch.Tensor, sampler: str, steps: int) -> str:
     """The cloud at ``N_FRAMES`` evenly spaced steps of its path ``every`` ``[S + 1 x N x 2]`` as a GIF's path."""
     timesteps = L.run_timesteps(run.diffusion, sampler, steps).tolist() + [0]
-    picks = sorted(set(np.linspace(0, len(every) - 1, N_FRAMES).round().astype(int).tolist()))
+    picks = sorted(set(evenly_spaced(len(every) - 1, N_FRAMES).tolist()))
     frames = P.reverse_frames([(timesteps[k], every[k]) for k in picks], run.data[:N_SHOW])
     return str(save_animation(frames, out_path("reverse-2d.gif"), duration_ms=180, last_hold_ms=1500))
 
@@ -361,9 +359,9 @@ def lab_field(state, t, lang="en"):
         m, s = L.mixture_noised(run.diffusion, *mix, t)
         true = L.mixture_score(grid.double(), m, s).float()
         err = float((learned - true).norm(dim=1).mean() / true.norm(dim=1).mean())
-        info = _say(lang, "field_error", t=t, err=err)
+        info = tr(TEXT, "field_error", lang, t=t, err=err)
     else:
-        info = _say(lang, "field_unknown")
+        info = tr(TEXT, "field_unknown", lang)
     title = f"t = {t}"
     return P.field_figure(grid, learned, true, title), info
 
@@ -385,10 +383,10 @@ def lab_posterior(state, t, jump, x, y, own_x0=False, x0x=0.0, x0y=0.0, lang="en
     gap = float((step.p_mean - step.q_mean).norm()) / step.q_std
     w = float(step.weights[step.x0_index])
     share = f"{w:.1%}" if w >= 0.001 else "< 0.1%"
-    info = _say(lang, "post_info", t=t, cand=step.candidates, w=share, err=err, gap=gap, std=step.q_std)
+    info = tr(TEXT, "post_info", lang, t=t, cand=step.candidates, w=share, err=err, gap=gap, std=step.q_std)
     if len(run.data) == 1 or step.posterior_gap < SAME_STEP:
-        info += ("" if lang == "zh" else " ") + _say(
-            lang, "post_one" if len(run.data) == 1 else "post_same", same=step.posterior_gap
+        info += ("" if lang == "zh" else " ") + tr(
+            TEXT, "post_one" if len(run.data) == 1 else "post_same", lang, same=step.posterior_gap
         )
     title = f"t = {t}, x_t = ({x_t[0]:.2f}, {x_t[1]:.2f})"
     return P.posterior_overview(step, run.data, title), P.posterior_zoom(step, f"t = {t} → s = {t - jump}"), info

@@ -14,7 +14,7 @@ import torch
 
 from ddpm_core.imaging import make_grid, save_animation, tensor_to_pil
 from ddpm_core.samplers import SAMPLERS
-from ddpm_core.sampling import evaluation_count, generate_steps, reverse_timesteps
+from ddpm_core.sampling import generate_steps
 from ui.common import (
     DEFAULT_BATCH,
     DEFAULT_SAMPLER,
@@ -23,6 +23,7 @@ from ui.common import (
     LATEX,
     MAX_BATCH,
     ON_CPU,
+    RUN_TEXT,
     SAMPLER_WORKERS,
     T_MAX,
     check_model,
@@ -35,7 +36,6 @@ from ui.common import (
     model,
     model_dropdown,
     previews,
-    run_text,
     seed_arg,
     user_errors,
 )
@@ -202,32 +202,29 @@ SAID = {
 }
 
 
-def _said(lang, key: str, **kw) -> str:
-    return SAID.get(lang if lang in SAID else "en")[key].format(**kw)
-
-
 def _summary(m, result, sampler, eta: float, variance: str, seed: int, lang: str = "en", steps: int = 0) -> str:
     # the variance only matters to samplers that draw noise with it (DDPM); DDIM's is set by eta
     if sampler.uses_eta:
-        how = _said(lang, "eta", eta=eta)
+        how = tr(SAID, "eta", lang, eta=eta)
     elif sampler.name == "ddpm":
-        how = _said(lang, "variance", v=variance if variance != "model default" else m.diffusion.variance_type)
+        how = tr(SAID, "variance", lang, v=variance if variance != "model default" else m.diffusion.variance_type)
     else:
-        how = _said(lang, "deterministic" if sampler.is_deterministic(eta) else "stochastic")
+        how = tr(SAID, "deterministic" if sampler.is_deterministic(eta) else "stochastic", lang)
     evals = len(result.timesteps)
     steps = steps or evals
-    setup = _said(lang, "setup", s=result.setup_seconds) if result.setup_seconds >= 0.5 else ""
+    setup = tr(SAID, "setup", lang, s=result.setup_seconds) if result.setup_seconds >= 0.5 else ""
     shape = "×".join(map(str, m.sample_shape))
-    return _said(
-        lang,
+    return tr(
+        SAID,
         "summary",
+        lang,
         name=m.name,
-        source=_said(lang, "source_" + m.source) if m.source in ("bundled", "hub") else m.source,
+        source=tr(SAID, "source_" + m.source, lang) if m.source in ("bundled", "hub") else m.source,
         params=m.num_parameters / 1e6,
         shape=shape,
         n=steps,
         label=sampler.short_label,
-        evals="" if evals == steps else _said(lang, "evals", e=evals),
+        evals="" if evals == steps else tr(SAID, "evals", lang, e=evals),
         how=how,
         seed=seed,
         device=result.device,
@@ -248,13 +245,8 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, lang="en
     seed, eta = seed_arg(seed), _eta(eta)
     if variance not in VARIANCE_CHOICES:
         raise ValueError(f"unknown variance {short_repr(variance)}; choose one of {', '.join(VARIANCE_CHOICES)}")
-    progress(0, desc=run_text(lang, "loading", name=model_name))
+    progress(0, desc=tr(RUN_TEXT, "loading", lang, name=model_name))
     m = model(model_name)
-    total = evaluation_count(m.diffusion, n_steps, sampler=chosen.name)  # the loop's positions: network evaluations
-    check_request_cost(m, total, batch_size)
-    run_steps = len(reverse_timesteps(m.diffusion, n_steps, sampler=chosen.name))
-    unit = _said(lang, "unit_steps" if total == run_steps else "unit_evals")
-    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), _said(lang, "starting", total=total, unit=unit)
     steps = generate_steps(
         m,
         batch_size=batch_size,
@@ -265,16 +257,20 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, lang="en
         variance_type=None if variance == "model default" else variance,
         **fast_path(m),
     )
-    for kind, item in drive(steps, total, progress, _said(lang, "sampling"), lang):
+    total = steps.evaluations  # the loop's positions: network evaluations
+    check_request_cost(m, total, batch_size)
+    unit = tr(SAID, "unit_steps" if total == len(steps.timesteps) else "unit_evals", lang)
+    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), tr(SAID, "starting", lang, total=total, unit=unit)
+    for kind, item in drive(steps, total, progress, tr(SAID, "sampling", lang), lang):
         if kind == "done":
             result = item
         elif kind == "preview":
             yield (
-                previews(item, _said(lang, "x0_at", t=item.timestep)),
+                previews(item, tr(SAID, "x0_at", lang, t=item.timestep)),
                 gr.skip(),
                 gr.skip(),
                 gr.skip(),
-                _said(lang, "preview", k=item.index + 1, total=total, unit=unit),
+                tr(SAID, "preview", lang, k=item.index + 1, total=total, unit=unit),
             )
         else:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -286,7 +282,7 @@ def sample(model_name, sampler, steps, eta, variance, batch_size, seed, lang="en
         png(_trajectory_image(result.snapshots), "trajectory.png"),
         gif,
         [_archive(images, seed), gif],
-        _summary(m, result, chosen, eta, variance, seed, lang, run_steps),
+        _summary(m, result, chosen, eta, variance, seed, lang, len(steps.timesteps)),
     )
 
 

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 
 from ddpm_core.explore import curves
+from ddpm_core.timesteps import evenly_spaced
 from ui.common import LATEX, T_MAX, T_MIN, int_arg, user_errors
 from ui.components import StrictCheckboxGroup, StrictSlider, short_repr
 from ui.files import out_path
 from ui.i18n import tr
-from ui.tabs.forward import SCHEDULE_CHOICES, T_slider_minimum, diffusion, schedule_args, schedule_name
+from ui.schedule_choices import SCHEDULE_CHOICES, T_slider_minimum, diffusion, schedule_args, schedule_name
 
 TEXT = {
     "en": {
@@ -102,7 +103,7 @@ def schedule_plots(selected, T, lang="en"):
 def plotted_timesteps(T: int, most: int = 250) -> np.ndarray:
     """At most ``most`` timesteps evenly spread over [0, T-1] (a 300-pixel-wide plot cannot show more), plus the
     last ten, where cosine's beta climbs to its cap in a few steps."""
-    even = np.round(np.linspace(0, T - 1, min(T, most))).astype(int)
+    even = evenly_spaced(T - 1, most)
     return np.unique(np.concatenate([even, np.arange(max(0, T - 10), T)]))
 
 
