@@ -382,12 +382,17 @@ class GaussianDiffusion:
         model_output = self._output_of(model, x_t, t, model_output, "p_mean_variance")
         return self._p_mean_variance(model_output, x_t, t, clip_denoised)
 
+    def model_output(self, model: Callable, x_t: Tensor, t: int | Tensor) -> Tensor:
+        """The raw output of ``model`` on ``x_t`` ``[B x C x H x W]`` at indices ``t`` (it sees the training timesteps)."""
+        t = self._timesteps(t, x_t)
+        return call_model(model, x_t, self.model_timesteps(t))
+
     def _output_of(self, model: Callable | None, x_t: Tensor, t: Tensor, model_output: Tensor | None, who: str):
         if model_output is not None:
             return model_output
         if model is None:
             raise ValueError(f"{who} needs a model or a model_output")
-        return call_model(model, x_t, self.model_timesteps(t))
+        return self.model_output(model, x_t, t)
 
     def _p_mean_variance(
         self, model_output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True
