@@ -30,11 +30,16 @@ CURVE_SAMPLERS = tuple(SAMPLERS)
 
 def steps_for(diffusion, sampler: str, evaluations: int) -> int | None:
     """The most steps of ``sampler`` whose run costs at most ``evaluations`` network evaluations (Heun: two a step
-    but the first), or None where no run of at most T steps fits."""
+    but the first), or None where no run of at most T steps fits. Step counts the sampler's timestep rule cannot
+    make are skipped (DPM-Solver's 'leading' spacing repeats t = 0 at T steps, as diffusers' does)."""
     s = get_sampler(sampler)
     for n in range(min(int(evaluations), diffusion.num_timesteps), 0, -1):
-        if s.evaluations(diffusion, n) <= evaluations:
-            return n if s.evaluations(diffusion, n) > evaluations // 2 else None
+        try:
+            cost = s.evaluations(diffusion, n)
+        except ValueError:
+            continue
+        if cost <= evaluations:
+            return n if cost > evaluations // 2 else None
     return None
 
 

@@ -29,6 +29,7 @@ from ddpm_core.classifier import (
 from ddpm_core.curve import (
     CURVE_EVALUATIONS,
     CURVE_SAMPLERS,
+    EXTENDED_EVALUATIONS,
     curve_points,
     quality_curve,
     steps_for,
@@ -412,6 +413,20 @@ def test_curve_points_are_evaluation_budgets_within_the_models_steps():
     assert ("heun-karras", 3) in points and ("heun-karras", 50) in points  # 5 and 99 evaluations
     assert ("ddim", 100) in points and ("ddpm", 5) in points
     assert curve_points(d100, samplers=("ddim",), budgets=(5, 100, 250)) == [("ddim", 5), ("ddim", 100)]
+
+
+def test_the_extended_budgets_skip_step_counts_a_samplers_timestep_rule_cannot_make():
+    """DPM-Solver's 'leading' rule at T steps repeats t = 0 (diffusers' set_timesteps(1000) gives 1000 zeros): the
+    1000-evaluation point of a multistep solver on the bundled model is its 999-step run, each t visited once."""
+    d = GaussianDiffusion.from_config(str(CK / "scheduler" / "scheduler_config.json"))
+    assert d.timestep_spacing == "leading"
+    with pytest.raises(ValueError, match="repeated"):
+        get_sampler("dpmsolver++2m-sde").timesteps(d, 1000)
+    for sampler in SAMPLERS:
+        steps = steps_for(d, sampler, EXTENDED_EVALUATIONS[-1])
+        ts = np.asarray(get_sampler(sampler).timesteps(d, steps))
+        assert len(np.unique(ts)) == len(ts) and get_sampler(sampler).evaluations(d, steps) <= 1000, sampler
+    assert steps_for(d, "dpmsolver++2m-sde", 1000) == 999 and steps_for(d, "ddpm", 1000) == 1000
 
 
 def test_a_sampler_is_extended_only_while_its_curve_still_changes():
