@@ -17,7 +17,7 @@
   S.clear = () => {
     S.data = null;
     S.t = null;
-    if (S.canvas) S.canvas.style.display = "none";
+    hide();
   };
 
   S.load = (d) => {
@@ -35,7 +35,8 @@
     c.height = d.height;
     S.ctx = c.getContext("2d");
     S.loadMs = performance.now() - start; // decoding the data once (bench/forward_scrub.py reports it)
-    if (S.t !== null && S.t < d.T) S.draw(S.t);
+    if (shown() && S.t < d.T) S.draw(S.t);
+    else hide();
   };
 
   const canvas = () => {
@@ -77,14 +78,10 @@
     return !!img && img.complete && decodeURIComponent(img.src).endsWith(`/x_t-t${S.t}.png`);
   };
 
-  S.sync = () => {
-    const c = S.canvas;
-    if (!c) return;
-    const show = S.data !== null && S.t !== null && !served();
-    if (show && (c.style.display !== "block" || !c.isConnected)) {
-      if (!place()) return;
-      c.style.display = "block";
-    } else if (!show) c.style.display = "none";
+  const shown = () => !!S.canvas && S.canvas.style.display === "block";
+  const hide = () => S.canvas && (S.canvas.style.display = "none");
+  const show = () => {
+    if ((!shown() || !S.canvas.isConnected) && place()) S.canvas.style.display = "block";
   };
 
   S.draw = (t, since) => {
@@ -103,7 +100,9 @@
     const cells = document.querySelectorAll("#readout td");
     const row = d.readout[t];
     if (cells.length === row.length) cells.forEach((td, k) => (td.textContent = row[k]));
-    S.sync();
+    // the server's image of this very t, when shown, is the same x_t at full size
+    if (served()) hide();
+    else show();
     S.draws += 1;
     // read by the browser test and bench/forward_scrub.py: event time, drawn, and the next frame
     const rec = (S.last = { t, since: since ?? null, drawn: performance.now(), frame: null });
@@ -122,6 +121,7 @@
     true,
   );
   // load events do not bubble, but they pass the document in the capture phase
-  document.addEventListener("load", (e) => e.target.closest?.("#xt-image") && S.sync(), true);
-  window.addEventListener("resize", () => S.canvas && S.canvas.style.display === "block" && place());
+  // (it only steps aside: an image of another t, e.g. after T moved t, must not bring back an old drawing)
+  document.addEventListener("load", (e) => e.target.closest?.("#xt-image") && shown() && served() && hide(), true);
+  window.addEventListener("resize", () => shown() && place());
 }
