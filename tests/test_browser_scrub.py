@@ -136,3 +136,35 @@ def test_the_scrubbed_x_t_sits_over_the_image_in_both_languages(browser, served,
     page.screenshot(path=str(SHOTS / f"forward-scrub-{width}px-{lang}.png"))
     page.screenshot(path=str(SHOTS / f"forward-scrub-{width}px-{lang}-full.png"), full_page=True)
     page.close()
+
+
+def test_the_drawn_x_t_follows_the_seed_the_schedule_and_T(browser, served):  # noqa: F811
+    """A new seed, schedule or T brings new data (the seed's eps, the schedule's table at that T), and what is drawn
+    is the core's x_t for them."""
+    sunset = Path(__file__).resolve().parents[1] / "examples" / "sunset.png"
+    page = open_page(browser, served[1], 1400, 900)
+    page.wait_for_function(READY, arg=[256, 192], timeout=60_000)
+
+    seed = page.locator("#forward-seed input")
+    seed.fill("5")
+    seed.press("Enter")
+    page.wait_for_function("() => window.ddpmScrub?.data?.d.seed === 5", timeout=60_000)
+    page.evaluate(MOVE, 300)  # drawn, not released: then T = 50 moves t to 49
+    assert _canvas(page)[1]
+    page.locator("#T-slider input[type=number]").fill("50")
+    page.locator("#T-slider input[type=number]").press("Enter")
+    page.wait_for_function("() => window.ddpmScrub?.data?.d.T === 50", timeout=60_000)
+    page.wait_for_function(
+        "() => decodeURIComponent(document.querySelector('#xt-image img').src).endsWith('/x_t-t49.png')"
+    )
+    assert not _canvas(page)[1], "the drawing of t = 300 stayed over the image of t = 49"
+    page.locator("#forward-schedule input").click()
+    page.get_by_role("option", name="cosine", exact=True).click()
+    page.wait_for_function("() => window.ddpmScrub?.data?.d.schedule === 'cosine'", timeout=60_000)
+    page.wait_for_timeout(1000)
+    _, x_t = _core(sunset, seed=5, schedule="cosine", T=50)
+    for t in (0, 17, 49):
+        page.evaluate(MOVE, t)
+        rgba, _ = _canvas(page)
+        assert np.abs(rgba[..., :3].astype(int) - x_t(t).astype(int)).max() <= 1, t
+    page.close()

@@ -181,13 +181,21 @@ def build(ctx) -> None:
                 t = StrictSlider(0, T_MAX - 1, value=250, step=1, label=t_("t"), info=t_("t_info"), elem_id="t-slider")
                 add(t, key="t"), add(t, key="t_info", attr="info")
                 with gr.Row():
-                    schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
+                    schedule = add(
+                        gr.Dropdown(
+                            SCHEDULE_CHOICES, value="linear", label=t_("schedule"), elem_id="forward-schedule"
+                        ),
+                        key="schedule",
+                    )
                     T = StrictSlider(
                         T_MIN, T_MAX, value=1000, step=1, label=t_("T"), info=t_("T_info"), elem_id="T-slider"
                     )
                     add(T, key="T"), add(T, key="T_info", attr="info")
                 seed = add(
-                    StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed"
+                    StrictNumber(
+                        value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1, elem_id="forward-seed"
+                    ),
+                    key="seed",
                 )
             with gr.Column(scale=2):
                 with gr.Row():
