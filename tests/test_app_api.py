@@ -39,7 +39,7 @@ def _digest(path) -> str:
 
 def test_every_event_has_an_api_name(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/forward", "/schedules", "/sample", "/compare", "/denoise_from_t"} <= set(endpoints)
+    assert {"/forward", "/forward_scrub", "/schedules", "/sample", "/compare", "/denoise_from_t"} <= set(endpoints)
 
 
 def test_forward_at_t0_returns_the_input(client, corpus):
@@ -117,6 +117,81 @@ def test_forward_bad_parameters(client, corpus, args, fragment):
 
     with pytest.raises(AppError, match=fragment):
         client.predict(handle_file(str(corpus["rgb.png"][0])), *args, api_name="/forward")
+
+
+#: /forward's parameters and results as clients have called them (name, component, default): kept as they are.
+FORWARD_PARAMETERS = [("image", "Image"), ("t", "Slider", 250), ("schedule", "Dropdown", "linear")]
+FORWARD_PARAMETERS += [("T", "Slider", 1000), ("seed", "Number", 0)]
+FORWARD_RETURNS = ["Image", "Image", "Image", "Markdown", "Image", "Markdown"]
+
+
+def test_forward_keeps_its_parameters_and_results(client):
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/forward"]
+    params = [
+        (p["parameter_name"], p["component"], *(() if p["component"] == "Image" else (p["parameter_default"],)))
+        for p in info["parameters"]
+    ]
+    assert params == FORWARD_PARAMETERS
+    assert [r["component"] for r in info["returns"]] == FORWARD_RETURNS
+    choices = ["linear", "linear_improved", "scaled_linear", "cosine", "sigmoid"]
+    assert info["parameters"][2]["type"] == {"enum": choices, "type": "string"}
+
+
+def test_forward_x_t_is_q_sample_on_the_seeds_noise(client, corpus):
+    """/forward's x_t is the core's q_sample on the seed's noise (``forward_noise``): the eps /forward_scrub sends."""
+    from gradio_client import handle_file
+
+    from ddpm_core import GaussianDiffusion, NoiseSchedule
+    from ddpm_core.explore import forward_noise
+    from ddpm_core.imaging import MAX_SIDE_DEFAULT, load_image, pil_to_tensor, to_uint8
+
+    src = corpus["rgb.png"][0]
+    x_t = client.predict(handle_file(str(src)), 600, "cosine", 800, 5, api_name="/forward")[0]
+    x0 = pil_to_tensor(load_image(str(src), mode="RGB", max_side=MAX_SIDE_DEFAULT))
+    core = GaussianDiffusion(NoiseSchedule.make("cosine", 800)).q_sample(x0, 600, forward_noise(x0, 5))
+    assert np.array_equal(_img(x_t), to_uint8(core)[0].astype(np.int16))
+
+
+def _scrub_arrays(d: dict) -> tuple[np.ndarray, np.ndarray]:
+    import base64
+
+    shape = (d["height"], d["width"], d["channels"])
+    x0 = np.frombuffer(base64.b64decode(d["x0"]), dtype=np.uint8).reshape(shape)
+    eps = np.frombuffer(base64.b64decode(d["eps"]), dtype="<f4").reshape(shape)
+    return x0, eps
+
+
+def test_forward_scrub_sends_the_cores_x0_eps_and_readouts(client):
+    """/forward_scrub: x0 and eps at display size as the core computes them, the table for every t, and each t's
+    readout cells as /forward writes them."""
+    from gradio_client import handle_file
+
+    from ddpm_core import GaussianDiffusion, NoiseSchedule
+    from ddpm_core.explore import forward_scrub
+    from ddpm_core.imaging import MAX_SIDE_DEFAULT, load_image, pil_to_tensor, to_uint8
+    from ui.tabs.forward import SCRUB_SIDE
+
+    src = Path(__file__).resolve().parents[1] / "examples" / "sunset.png"  # 512 x 384: scaled down to 256 x 192
+    d = client.predict(handle_file(str(src)), "linear", 1000, 3, api_name="/forward_scrub")
+    assert (d["width"], d["height"], d["channels"], d["T"], d["seed"]) == (SCRUB_SIDE, 192, 3, 1000, 3)
+    x0, eps = _scrub_arrays(d)
+    diffusion = GaussianDiffusion(NoiseSchedule.make("linear", 1000))
+    core = forward_scrub(
+        pil_to_tensor(load_image(str(src), mode="RGB", max_side=MAX_SIDE_DEFAULT)), diffusion, 3, max_side=SCRUB_SIDE
+    )
+    assert np.array_equal(x0, to_uint8(core.x0)[0])
+    assert np.array_equal(eps, core.eps[0].permute(1, 2, 0).numpy())
+    for key in ("sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "snr", "beta"):
+        assert d["table"][key] == core.table[key].tolist(), key
+    assert len(d["readout"]) == 1000
+    for t in (0, 250, 999):
+        readout = client.predict(handle_file(str(src)), t, "linear", 1000, 3, api_name="/forward")[3]
+        assert readout.splitlines()[-1] == "| " + " | ".join(d["readout"][t]) + " |"
+    again = client.predict(handle_file(str(src)), "linear", 1000, 3, api_name="/forward_scrub")
+    other = client.predict(handle_file(str(src)), "linear", 1000, 4, api_name="/forward_scrub")
+    assert again["eps"] == d["eps"] and other["eps"] != d["eps"]
+    with pytest.raises(Exception, match="needs T"):
+        client.predict(handle_file(str(src)), "linear_improved", 15, 0, api_name="/forward_scrub")
 
 
 def test_schedules_endpoint_and_csv(client):

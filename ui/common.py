@@ -58,8 +58,8 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 #: Queue limits (README, security section): the jobs one visitor may hold per group (at most half of the group's
 #: workers, so that one visitor never holds every worker), and the length of each group's queue.
 GUARD = QueueGuard(
-    per_client={"sampler": 2, "forward": 2, "schedules": 2, "lab": 2, "lab_run": 2, "lab_train": 1},
-    per_group={"sampler": 16, "forward": 32, "schedules": 32, "lab": 32, "lab_run": 16, "lab_train": 16},
+    per_client={"sampler": 2, "forward": 2, "scrub": 2, "schedules": 2, "lab": 2, "lab_run": 2, "lab_train": 1},
+    per_group={"sampler": 16, "forward": 32, "scrub": 32, "schedules": 32, "lab": 32, "lab_run": 16, "lab_train": 16},
     grace_s=3.0,
 )
 #: Workers of the sampling group. Its jobs compute in turns of the CPU (ui.fair), so on a CPU several run at once

@@ -1,15 +1,19 @@
 """The forward process: an upload noised to any t, the noise, a strip of timesteps, the readouts and the true
-posterior mean. Endpoint ``/forward``."""
+posterior mean. Endpoints ``/forward`` (the views at one t) and ``/forward_scrub`` (what the page needs to draw x_t
+at every t itself while t is dragged)."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import math
+from pathlib import Path
 
 import gradio as gr
 
+from ddpm_core.explore import forward_scrub as scrub_data
 from ddpm_core.explore import forward_views
-from ddpm_core.imaging import make_grid, noise_to_pil, tensor_to_pil
+from ddpm_core.imaging import make_grid, noise_to_pil, tensor_to_pil, to_uint8
 from ui.common import LATEX, T_MAX, T_MIN, image_tensor, int_arg, seed_arg, user_errors
 from ui.components import StrictNumber, StrictSlider, image_with_examples
 from ui.files import pngs
@@ -22,6 +26,7 @@ TEXT = {
         "image": "Image x₀",
         "examples": "Examples (made by this repo)",
         "t": "t (timestep)",
+        "t_info": "dragging redraws x_t in your browser; releasing computes it at full size",
         "schedule": "Schedule",
         "T": "T",
         "T_info": "steps",
@@ -51,6 +56,7 @@ unknown, so the network's *predicted* $x_0$ takes its place. The image on the ri
         "image": "图像 x₀",
         "examples": "示例（本仓库生成）",
         "t": "t（时间步）",
+        "t_info": "拖动时 x_t 在浏览器中即时重绘；松开后由服务器计算全尺寸结果",
         "schedule": "噪声调度",
         "T": "T",
         "T_info": "总步数",
@@ -82,6 +88,12 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if math.isfinite(x) else ("∞" if x > 0 else "−∞")
 
 
+def _readout_cells(r: dict) -> list[str]:
+    """The readout row's cells: t, ᾱ_t, √ᾱ_t, √(1−ᾱ_t), SNR, SNR (dB), β_t."""
+    keys = ("alpha_bar", "sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "snr", "snr_db", "beta")
+    return [str(int(r["t"])), *(_fmt(float(r[k])) for k in keys)]
+
+
 @user_errors
 def forward(image, t, schedule, T, seed, lang="en"):
     """x_t, the noise, a strip of x_t at 8 timesteps, the readouts and the true posterior mean at t."""
@@ -92,20 +104,64 @@ def forward(image, t, schedule, T, seed, lang="en"):
     # two rows of four: on a phone a row of eight is too small to see the noise grow
     strip = make_grid([tensor_to_pil(x)[0] for _, x in v.strip], ncols=4, labels=[f"t={s}" for s, _ in v.strip], pad=4)
     readout = (
-        f"| t | ᾱ_t | √ᾱ_t | √(1−ᾱ_t) | SNR | SNR (dB) | β_t |\n|---|---|---|---|---|---|---|\n"
-        f"| {t} | {_fmt(r['alpha_bar'])} | {_fmt(r['sqrt_alpha_bar'])} | {_fmt(r['sqrt_one_minus_alpha_bar'])} | "
-        f"{_fmt(r['snr'])} | {_fmt(r['snr_db'])} | {_fmt(r['beta'])} |"
+        "| t | ᾱ_t | √ᾱ_t | √(1−ᾱ_t) | SNR | SNR (dB) | β_t |\n|---|---|---|---|---|---|---|\n| "
+        + " | ".join(_readout_cells(r))
+        + " |"
     )
     posterior = f"σ̃_t = √β̃_t = **{_fmt(r['posterior_std'])}**" + (tr(TEXT, "t0_exact", lang) if t == 0 else "")
     x_t, noise, strip, mean = pngs(
         [
-            (tensor_to_pil(v.x_t)[0], f"x_t-t{t}.png"),
+            (tensor_to_pil(v.x_t)[0], f"x_t-t{t}.png"),  # the page's script knows the server's x_t by this name
             (noise_to_pil(v.noise), "noise.png"),
             (strip, "strip.png"),
             (tensor_to_pil(v.posterior_mean)[0], f"posterior-mean-t{t}.png"),
         ]
     )
     return x_t, noise, strip, readout, mean, posterior
+
+
+#: Long side of the x_t the page draws while t is dragged: about the size the x_t image is shown at (300 px high).
+SCRUB_SIDE = 256
+
+
+def _b64(array) -> str:
+    return base64.b64encode(array.tobytes()).decode("ascii")
+
+
+@user_errors
+def forward_scrub(image, schedule, T, seed, lang="en"):
+    """What the page needs to draw x_t at every t without asking again (``ddpm_core.explore.forward_scrub``):
+
+    ``width``, ``height``, ``channels`` of the display size (at most SCRUB_SIDE px on the long side); ``x0``: the
+    image there, base64 of uint8 [height x width x channels]; ``eps``: /forward's noise for this seed at those pixels,
+    base64 of little-endian float32 [height x width x channels]; ``table``: for every t (lists of length T)
+    ``sqrt_alpha_bar``, ``sqrt_one_minus_alpha_bar``, ``alpha_bar``, ``snr``, ``snr_db``, ``beta``,
+    ``posterior_std`` (null where not finite); ``readout``: per t, the readout row's cells as /forward writes them.
+    x_t = sqrt_alpha_bar[t] * (x0 / 127.5 - 1) + sqrt_one_minus_alpha_bar[t] * eps (eq. 4)."""
+    schedule, T = schedule_args(schedule, T)
+    seed = seed_arg(seed)
+    d = scrub_data(image_tensor(image), diffusion(schedule, T), seed, max_side=SCRUB_SIDE)
+    _, C, h, w = d.x0.shape
+    table = {k: [float(x) if math.isfinite(x) else None for x in v.tolist()] for k, v in d.table.items() if k != "t"}
+    rows = zip(*(d.table[k] for k in d.table))
+    return {
+        "schedule": schedule,
+        "T": T,
+        "seed": seed,
+        "width": w,
+        "height": h,
+        "channels": C,
+        "x0": _b64(to_uint8(d.x0)[0]),
+        "eps": _b64(d.eps[0].permute(1, 2, 0).contiguous().float().numpy().astype("<f4")),
+        "table": table,
+        "readout": [_readout_cells(dict(zip(d.table, row))) for row in rows],
+    }
+
+
+#: Installed once when the page loads; /forward_scrub's result is handed to it with LOAD_JS.
+SCRUB_JS = (Path(__file__).with_name("forward_scrub.js")).read_text()
+LOAD_JS = "(d) => { window.ddpmScrub && window.ddpmScrub.load(d); }"
+CLEAR_JS = "() => { window.ddpmScrub && window.ddpmScrub.clear(); }"
 
 
 def t_slider_range(T, t):
@@ -122,15 +178,24 @@ def build(ctx) -> None:
             with gr.Column(scale=1, min_width=300):
                 image, examples = image_with_examples(t_("image"), 280, "input-image", t_("examples"))
                 add(image, key="image"), add(examples, key="examples")
-                t = add(StrictSlider(0, T_MAX - 1, value=250, step=1, label=t_("t"), elem_id="t-slider"), key="t")
+                t = StrictSlider(0, T_MAX - 1, value=250, step=1, label=t_("t"), info=t_("t_info"), elem_id="t-slider")
+                add(t, key="t"), add(t, key="t_info", attr="info")
                 with gr.Row():
-                    schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
+                    schedule = add(
+                        gr.Dropdown(
+                            SCHEDULE_CHOICES, value="linear", label=t_("schedule"), elem_id="forward-schedule"
+                        ),
+                        key="schedule",
+                    )
                     T = StrictSlider(
                         T_MIN, T_MAX, value=1000, step=1, label=t_("T"), info=t_("T_info"), elem_id="T-slider"
                     )
                     add(T, key="T"), add(T, key="T_info", attr="info")
                 seed = add(
-                    StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed"
+                    StrictNumber(
+                        value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1, elem_id="forward-seed"
+                    ),
+                    key="seed",
                 )
             with gr.Column(scale=2):
                 with gr.Row():
@@ -151,6 +216,7 @@ def build(ctx) -> None:
                     key="posterior_img",
                 )
                 posterior_md = gr.Markdown()
+        scrub = gr.JSON(visible=False, elem_id="scrub-data")  # /forward_scrub's result, for the page's script
     fwd = dict(
         fn=forward,
         inputs=[image, t, schedule, T, seed, ctx.lang],
@@ -160,9 +226,28 @@ def build(ctx) -> None:
         show_progress="minimal",
     )
     gr.on([image.change, t.release, seed.submit], api_name="forward", trigger_mode="always_last", **fwd)
-    t.input(api_visibility="private", trigger_mode="always_last", **fwd)
-    schedule.change(T_slider_minimum, [schedule, T], T, api_visibility="private").then(
-        t_slider_range, [T, t], t, api_visibility="private"
-    ).then(api_visibility="private", **fwd)
-    T.release(t_slider_range, [T, t], t, api_visibility="private").then(api_visibility="private", **fwd)
+    # Dragging t costs no request: the page draws x_t from /forward_scrub's data (forward_scrub.js); the release
+    # above computes the full-size views. The data follows the image, schedule, T and seed.
+    sc = dict(
+        fn=forward_scrub,
+        inputs=[image, schedule, T, seed, ctx.lang],
+        outputs=scrub,
+        concurrency_limit=4,
+        concurrency_id="scrub",  # its own group: an upload's two calls and a release after them fit one's share
+        show_progress="hidden",
+        trigger_mode="always_last",
+    )
+    load = dict(fn=None, inputs=scrub, outputs=None, js=LOAD_JS)
+    ctx.demo.load(None, None, None, js=SCRUB_JS)
+    image.change(None, None, None, js=CLEAR_JS)  # no stale image is drawn while the new one's data is on its way
+    gr.on([image.change, seed.submit, seed.blur], api_name="forward_scrub", **sc).then(**load)
+    for changed in (
+        schedule.change(T_slider_minimum, [schedule, T], T, api_visibility="private").then(
+            t_slider_range, [T, t], t, api_visibility="private"
+        ),
+        T.release(t_slider_range, [T, t], t, api_visibility="private"),
+    ):
+        changed.then(api_visibility="private", **fwd)
+        changed.then(api_visibility="private", **sc).then(**load)
     ctx.demo.load(api_visibility="private", **fwd)
+    ctx.demo.load(api_visibility="private", **sc).then(**load)
