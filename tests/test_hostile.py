@@ -579,7 +579,8 @@ def test_a_page_holding_only_its_heartbeat_open_is_listening(server):
     def page():
         with httpx.Client(timeout=30, headers={"X-Forwarded-For": HOSTILE}) as http:
             with http.stream("GET", f"{url}gradio_api/heartbeat/{session}") as response:
-                next(response.iter_raw())  # the first "ALIVE"
+                chunks = response.iter_raw()  # kept: a generator left to the collector closes the stream
+                next(chunks)  # the first "ALIVE"
                 opened.set()
                 leave.wait(60)
 
