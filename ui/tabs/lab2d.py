@@ -473,19 +473,22 @@ def _train_panel(t_, add) -> tuple:
                 key="dataset",
             )
             add(dataset, key="dataset_choices", attr="choices")
-            sketch = add(
-                # the canvas at the size it is read at; on a white background, not empty, because an empty canvas
-                # opens with the image tool and draws nothing until the brush is picked
-                SafeSketchpad(
-                    value={"background": BLANK_CANVAS, "layers": [], "composite": None},
-                    label=t_("sketch"),
-                    canvas_size=(SKETCH_SIDE, SKETCH_SIDE),
-                    visible=False,
-                    elem_id="lab-sketch",
-                ),
-                key="sketch",
-            )
-            dataset.change(_sketch_visibility, dataset, sketch, api_visibility="private")
+            with gr.Column(visible=False) as drawing:  # shown for the "drawn" data set only
+                # a caption above, not gradio's label: the editor's canvas covers its own label
+                add(gr.Markdown(t_("sketch"), elem_id="lab-sketch-caption"), key="sketch", attr="value")
+                sketch = add(
+                    # the canvas at the size it is read at; on a white background, not empty, because an empty
+                    # canvas opens with the image tool and draws nothing until the brush is picked
+                    SafeSketchpad(
+                        value={"background": BLANK_CANVAS, "layers": [], "composite": None},
+                        label=t_("sketch"),
+                        show_label=False,
+                        canvas_size=(SKETCH_SIDE, SKETCH_SIDE),
+                        elem_id="lab-sketch",
+                    ),
+                    key="sketch",
+                )
+            dataset.change(_sketch_visibility, dataset, drawing, api_visibility="private")
             schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
             prediction = add(
                 gr.Radio(t_("prediction_choices"), value="epsilon", label=t_("prediction")), key="prediction"
