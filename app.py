@@ -51,7 +51,7 @@ label.float[data-testid="block-label"] {position: static !important; margin: var
 /* a phone: two samples a row, all in sight (4 or 5 columns of at least 100 px overflow a 326 px gallery sideways) */
 @media (max-width: 640px) {
   .grid-wrap .grid-container {--grid-cols: 2 !important}
-  .grid-wrap {height: auto !important; max-height: none !important}
+  .grid-wrap, .block:has(.grid-wrap) {height: auto !important; max-height: none !important}
 }
 #intro h1 {margin-bottom: 0.2em}
 #readout table {font-variant-numeric: tabular-nums; display: block; overflow-x: auto}
