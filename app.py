@@ -46,7 +46,14 @@ CSS = """
 .gradio-container {max-width: 1280px !important; width: 100% !important; margin: auto}
 .katex-display {overflow-x: auto; overflow-y: hidden; padding: 2px 0}
 #intro {min-width: min(320px, 100%) !important}  /* on a phone the language box goes below it */
-#strip .image-container, #trajectory .image-container {padding-top: 2.4em}  /* the label sits above, not on, the strip */
+/* an image's or plot's label above the figure, not over its title, legend or top row (gradio floats it on top) */
+label.float[data-testid="block-label"] {position: static !important; margin: var(--block-label-margin) 0 0 var(--block-label-margin)}
+.block:has(label.float[data-testid="block-label"]) {height: auto !important}  /* a fixed-height figure, plus its label */
+/* a phone: two samples a row, all in sight (4 or 5 columns of at least 100 px overflow a 326 px gallery sideways) */
+@media (max-width: 640px) {
+  .grid-wrap .grid-container {--grid-cols: 2 !important}
+  .grid-wrap, .block:has(.grid-wrap) {height: auto !important; max-height: none !important}
+}
 #intro h1 {margin-bottom: 0.2em}
 #readout table {font-variant-numeric: tabular-nums; display: block; overflow-x: auto}
 #readout th, #readout td {white-space: nowrap}  /* a number never breaks in two */

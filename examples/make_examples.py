@@ -37,7 +37,13 @@ def rings(w=384, h=384):
     return Image.fromarray(np.stack([v, v * 0.6 + 60, 255 - v], -1).astype(np.uint8))
 
 
+def blank(side=256):
+    """The 2D lab's empty canvas (in a folder of its own: not an example image)."""
+    return Image.new("RGB", (side, side), (255, 255, 255))
+
+
 if __name__ == "__main__":
-    for name, fn in {"sunset": sunset, "shapes": shapes, "rings": rings}.items():
+    for name, fn in {"sunset": sunset, "shapes": shapes, "rings": rings, "canvas/blank": blank}.items():
+        (HERE / f"{name}.png").parent.mkdir(exist_ok=True)
         fn().save(HERE / f"{name}.png", optimize=True)
         print(HERE / f"{name}.png")

@@ -561,3 +561,41 @@ def test_fresh_session_hashes_cannot_fill_the_memory(server):
     assert len(app.GUARD.sessions[address]) == app.GUARD.sessions_per_client
     assert len(set(holder.session_data) & set(app.GUARD.sessions[address])) <= app.GUARD.sessions_per_client
     assert len(holder.session_data) <= app.GUARD.sessions_per_client * len(app.GUARD.sessions)
+
+
+def test_a_page_holding_only_its_heartbeat_open_is_listening(server):
+    """Between two chained events the page may hold only its heartbeat stream open (its result stream closed after
+    the first event's result and not reopened yet): a job that joins then is the page's and runs. Without the
+    heartbeat, nobody is there and the job is dropped as before."""
+    import threading
+
+    import httpx
+
+    app, url = server
+    fn = _fn_index(url, "schedules")
+    session, gone = uuid.uuid4().hex[:10], uuid.uuid4().hex[:10]
+    opened, leave = threading.Event(), threading.Event()
+
+    def page():
+        with httpx.Client(timeout=30, headers={"X-Forwarded-For": HOSTILE}) as http:
+            with http.stream("GET", f"{url}gradio_api/heartbeat/{session}") as response:
+                chunks = response.iter_raw()  # kept: a generator left to the collector closes the stream
+                next(chunks)  # the first "ALIVE"
+                opened.set()
+                leave.wait(60)
+
+    heartbeat = threading.Thread(target=page, daemon=True)
+    heartbeat.start()
+    try:
+        assert opened.wait(30) and _wait(lambda: app.GUARD.listening.get(session) == 1, 10)
+        dropped = app.GUARD.stats["dropped"]
+        with httpx.Client() as http:
+            for s in (session, gone):
+                assert _join(http, url, fn, [["linear", "cosine"], 100, None], s).status_code == 200
+        left = lambda s: not any(e.session_hash == s for e, _ in app.GUARD._events())  # noqa: E731
+        assert _wait(lambda: left(session) and left(gone), 30)
+        assert app.GUARD.stats["dropped"] - dropped == 1  # the job of the session nobody holds open
+    finally:
+        leave.set()
+        heartbeat.join(30)
+    assert _wait(lambda: session not in app.GUARD.listening, 10)

@@ -87,6 +87,11 @@ with _no_stub_files():
 
         is_template = True
 
+        def get_block_name(self) -> str:
+            # the page draws a component by this name; a template's default is its base's ("sketchpad"), which
+            # the page has no component for (gr.Sketchpad itself is an "imageeditor")
+            return "imageeditor"
+
         def preprocess(self, payload):
             composite = getattr(payload, "composite", None)
             if composite is None:

@@ -11,7 +11,8 @@ hour-long sampling jobs and lock every tab out. This module adds, on top of grad
   full sampling queue never refuses the forward or schedules tabs (their jobs also never wait behind sampling:
   each group has its own workers);
 - **listeners only**: a job whose client has no open result stream when it starts, ``grace_s`` after it joined,
-  is dropped before it computes anything (``require_listener``, called first by every handler);
+  is dropped before it computes anything (``require_listener``, called first by every handler); the page's
+  heartbeat stream counts as one (between two chained events the page may hold only that stream open);
 - **sessions per client**: gradio keeps every session's state (about 1 MB each for this page, even for a call
   that stores nothing) for up to ``state_session_capacity`` sessions; a client that opens more than
   ``sessions_per_client`` sessions loses its own oldest ones, not other visitors';
@@ -212,7 +213,7 @@ class QueueGuard:
 
     # ------------------------------------------------------------ listeners
     def stream_session(self, scope) -> str | None:
-        """The session whose results an HTTP request streams, if it is a result stream."""
+        """The session whose results an HTTP request streams, if it is a result stream or the page's heartbeat."""
         if scope.get("type") != "http" or scope.get("method") != "GET":
             return None
         path = scope.get("path", "")
@@ -220,6 +221,8 @@ class QueueGuard:
             values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash")
             return values[0] if values else None
         parts = path.rstrip("/").split("/")
+        if len(parts) >= 2 and parts[-2] == "heartbeat":  # .../heartbeat/<session>: open while the page is open
+            return parts[-1] or None
         if len(parts) >= 3 and parts[-3] == "call" and self._queue is not None:  # .../call/<api>/<event id>
             event = self._queue.event_ids_to_events.get(parts[-1])
             return event.session_hash if event is not None else None

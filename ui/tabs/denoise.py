@@ -154,7 +154,8 @@ def build(ctx) -> None:
                 model_in = add(model_dropdown(ctx, t_("model")), key="model")
                 t = add(StrictSlider(0, T_MAX - 1, value=400, step=1, label=t_("t")), key="t")
                 seeds = add(
-                    StrictSlider(1, MAX_SEEDS, value=3, step=1, label=t_("seeds")), key="seeds"
+                    StrictSlider(1, MAX_SEEDS, value=3, step=1, label=t_("seeds"), elem_id="denoise-seeds"),
+                    key="seeds",
                 )  # 2 + 3: one row
                 steps = add(StrictSlider(1, T_MAX, value=DEFAULT_STEPS, step=1, label=t_("steps")), key="steps")
                 seed = add(
@@ -162,8 +163,11 @@ def build(ctx) -> None:
                 )
                 go = add(gr.Button(t_("go"), variant="primary", elem_id="denoise-btn"), key="go", attr="value")
             with gr.Column(scale=2):
-                gallery = add(gr.Gallery(label=t_("gallery"), columns=5, height="auto", format="png"), key="gallery")
-                info = gr.Markdown()
+                gallery = add(
+                    gr.Gallery(label=t_("gallery"), columns=5, height="auto", format="png", elem_id="denoise-gallery"),
+                    key="gallery",
+                )
+                info = gr.Markdown(elem_id="denoise-info")
         add(gr.Markdown(t_("denoise"), latex_delimiters=LATEX), key="denoise", attr="value")
     go.click(check_model, [model_in, ctx.lang], None, api_visibility="private", concurrency_id="sampler").success(
         denoise_from_t,

@@ -18,7 +18,7 @@ from ddpm_core.samplers import SAMPLERS
 from ddpm_core.timesteps import evenly_spaced
 from ui import plots2d as P
 from ui.common import LATEX, fair_job, float_arg, int_arg, seed_arg, user_errors
-from ui.components import IntegerDropdown, SafeSketchpad, StrictNumber, StrictSlider
+from ui.components import EXAMPLES_DIR, IntegerDropdown, SafeSketchpad, StrictNumber, StrictSlider
 from ui.files import out_path
 from ui.i18n import tr
 from ui.schedule_choices import SCHEDULE_CHOICES, schedule_name
@@ -206,6 +206,8 @@ def _dataset(name) -> str:
 #: The drawing is read at most this many pixels on its long side: points are drawn from its pixels, and a canvas of
 #: any size (an API client's 8,900 x 8,900 PNG included) is reduced while decoding.
 SKETCH_SIDE = 256
+#: A white SKETCH_SIDE-square image, served from the repo (examples/make_examples.py made it).
+BLANK_CANVAS = str(EXAMPLES_DIR / "canvas" / "blank.png")
 
 
 def _sketch_mask(sketch) -> np.ndarray:
@@ -466,12 +468,27 @@ def _train_panel(t_, add) -> tuple:
     outputs) of the training event."""
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
-            dataset = add(gr.Radio(t_("dataset_choices"), value="moons", label=t_("dataset")), key="dataset")
-            add(dataset, key="dataset_choices", attr="choices")
-            sketch = add(
-                SafeSketchpad(label=t_("sketch"), height=280, visible=False, elem_id="lab-sketch"), key="sketch"
+            dataset = add(
+                gr.Radio(t_("dataset_choices"), value="moons", label=t_("dataset"), elem_id="lab-dataset"),
+                key="dataset",
             )
-            dataset.change(_sketch_visibility, dataset, sketch, api_visibility="private")
+            add(dataset, key="dataset_choices", attr="choices")
+            with gr.Column(visible=False) as drawing:  # shown for the "drawn" data set only
+                # a caption above, not gradio's label: the editor's canvas covers its own label
+                add(gr.Markdown(t_("sketch"), elem_id="lab-sketch-caption"), key="sketch", attr="value")
+                sketch = add(
+                    # the canvas at the size it is read at; on a white background, not empty, because an empty
+                    # canvas opens with the image tool and draws nothing until the brush is picked
+                    SafeSketchpad(
+                        value={"background": BLANK_CANVAS, "layers": [], "composite": None},
+                        label=t_("sketch"),
+                        show_label=False,
+                        canvas_size=(SKETCH_SIDE, SKETCH_SIDE),
+                        elem_id="lab-sketch",
+                    ),
+                    key="sketch",
+                )
+            dataset.change(_sketch_visibility, dataset, drawing, api_visibility="private")
             schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
             prediction = add(
                 gr.Radio(t_("prediction_choices"), value="epsilon", label=t_("prediction")), key="prediction"

@@ -355,7 +355,8 @@ def _outputs(t_, add) -> tuple:
         )
     with gr.Row():
         animation = add(
-            gr.Image(label=t_("animation"), type="filepath", interactive=False, height=260), key="animation"
+            gr.Image(label=t_("animation"), type="filepath", interactive=False, height=260, elem_id="animation"),
+            key="animation",
         )
         downloads = add(gr.File(label=t_("downloads"), file_count="multiple"), key="downloads")
     return gallery, trajectory, animation, downloads, info
