@@ -48,7 +48,7 @@ CSS = """
 #intro {min-width: min(320px, 100%) !important}  /* on a phone the language box goes below it */
 /* an image's or plot's label above the figure, not over its title, legend or top row (gradio floats it on top) */
 label.float[data-testid="block-label"] {position: static !important; margin: var(--block-label-margin) 0 0 var(--block-label-margin)}
-.block:has(label.float[data-testid="block-label"]) {height: auto !important}  /* a fixed-height figure, plus its label */
+.block:not(#lab-sketch):has(label.float[data-testid="block-label"]) {height: auto !important}  /* a fixed-height figure, plus its label; the editor lays its canvas out in its fixed height */
 /* a phone: two samples a row, all in sight (4 or 5 columns of at least 100 px overflow a 326 px gallery sideways) */
 @media (max-width: 640px) {
   .grid-wrap .grid-container {--grid-cols: 2 !important}
