@@ -382,8 +382,31 @@ def test_the_sample_summary_speaks_the_visitors_language():
 
     zh = list(sample("ddpm-mnist-28", "DDIM", 3, 0.0, "model default", 1, 0, "zh"))
     assert zh[0][4] == "采样中… 共 3 步" and "3 步 DDIM" in zh[-1][4] and "种子 0" in zh[-1][4], zh[-1][4]
+    assert "（冻结的 TorchScript" in zh[-1][4] and "frozen" not in zh[-1][4], zh[-1][4]
     en = list(sample("ddpm-mnist-28", "DDIM", 3, 0.0, "model default", 1, 0))
     assert en[0][4] == "Sampling… 3 steps" and "3 DDIM steps" in en[-1][4] and "seed 0" in en[-1][4], en[-1][4]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "frozen TorchScript",
+        "eager (frozen TorchScript is the CPU path)",
+        "eager (TorchScript trace failed: RuntimeError)",
+        "eager (the TorchScript trace did not match the module)",
+        "eager channels_last (no CUDA graph: not a CUDA device)",
+        "torch.compile, one CUDA graph per step",
+        "eager channels_last (torch.compile failed: RuntimeError) (CUDA graph capture failed: RuntimeError)",
+    ],
+)
+def test_what_runs_is_said_in_chinese_with_only_product_names_left(path):
+    """``FastLoop.path`` as ddpm_core.fast composes it, in the Chinese summary: only names of things stay Latin."""
+    from ui.tabs.sample import path_text
+
+    zh = path_text(path, "zh")
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", zh))
+    assert words <= {"TorchScript", "CUDA", "CPU", "torch.compile", "channels_last", "RuntimeError"}, zh
+    assert path_text(path) == path
 
 
 def test_compare_runs_each_pair_from_the_same_noise(client):

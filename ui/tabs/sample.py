@@ -138,7 +138,8 @@ def _trajectory_image(snapshots):
     tops = [tensor_to_pil(x[:1].clamp(-1, 1))[0] for _, x, _ in snapshots]
     bottoms = [tensor_to_pil(x0[:1].clamp(-1, 1))[0] for _, _, x0 in snapshots]
     scale = max(1, 96 // tops[0].height)
-    labels = [f"t={t:g}" for t, _, _ in snapshots] + ["pred x0"] * len(bottoms)
+    # the bottom row is named by the image's label, in the page's language; PIL's font draws no x̂₀ nor Chinese
+    labels = [f"t={t:g}" for t, _, _ in snapshots] + [""] * len(bottoms)
     return make_grid(tops + bottoms, ncols=len(tops), labels=labels, scale=scale, pad=3)
 
 
@@ -202,6 +203,33 @@ SAID = {
 }
 
 
+#: The fast path's words (``ddpm_core.fast``'s ``FastLoop.path``) in Chinese, longest first: product names stay.
+PATH_ZH = (
+    ("frozen TorchScript is the CPU path", "冻结的 TorchScript 只用于 CPU"),
+    ("the TorchScript trace did not match the module", "TorchScript 追踪的结果与模块不一致"),
+    ("TorchScript trace failed", "TorchScript 追踪失败"),
+    ("torch.compile failed", "torch.compile 失败"),
+    ("CUDA graph capture failed", "CUDA 图捕获失败"),
+    ("no CUDA graph: not a CUDA device", "没有 CUDA 图：不是 CUDA 设备"),
+    ("one CUDA graph per step", "每步一个 CUDA 图"),
+    ("frozen TorchScript", "冻结的 TorchScript"),
+    ("eager channels_last", "逐算子执行，channels_last"),
+    ("eager", "逐算子执行"),
+    (" (", "（"),
+    (")", "）"),
+    (": ", "："),
+    (", ", "，"),
+)
+
+
+def path_text(path: str, lang: str = "en") -> str:
+    """What runs (``FastLoop.path``) as the summary says it in ``lang``."""
+    if lang == "zh":
+        for en, zh in PATH_ZH:
+            path = path.replace(en, zh)
+    return path
+
+
 def _summary(m, result, sampler, eta: float, variance: str, seed: int, lang: str = "en", steps: int = 0) -> str:
     # the variance only matters to samplers that draw noise with it (DDPM); DDIM's is set by eta
     if sampler.uses_eta:
@@ -230,7 +258,7 @@ def _summary(m, result, sampler, eta: float, variance: str, seed: int, lang: str
         device=result.device,
         dtype=result.dtype,
         secs=result.seconds,
-        path=result.path,
+        path=path_text(result.path, lang),
         setup=setup,
     ) + "".join(f"\n\n_{say(n, lang)}_" for n in m.notes)
 
