@@ -52,13 +52,18 @@ def curve_figure(curve: dict, text: dict | None = None):
                 yerr=[p[key + "_std"] for p in pts],
                 marker="o",
                 capsize=3,
-                label=SAMPLERS[sampler].label if sampler in SAMPLERS else sampler,
+                label=SAMPLERS[sampler].short_label if sampler in SAMPLERS else sampler,  # names: any language
             )
         ax.axhline(real, color="grey", linestyle="--", label=text["real"])
         ax.set(xscale="log", xlabel=text["x"], title=text[key])
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.2)
     axes[0].yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    # FD spans from several hundred (5 evaluations) to near the real digits' figure: on a log axis the points that
+    # matter, near the dashed line, are not squeezed together
+    axes[1].set_yscale("log")
+    axes[1].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[1].yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -262,3 +262,34 @@ def test_a_handler_speaks_the_language_it_is_given():
     with pytest.raises(gr.Error) as err:
         common.check_model("nope", "zh")
     assert err.value.message.startswith("没有名为 'nope' 的内置模型")
+
+
+def _figure_words(fig) -> set[str]:
+    """The Latin words of every text a matplotlib figure draws (titles, axis labels, legends), maths stripped."""
+    texts = [t.get_text() for ax in fig.axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label)]
+    texts += [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    plain = [re.sub(r"\$[^$]*\$", "", t) for t in texts]
+    return set(re.findall(r"[A-Za-z][A-Za-z']+", " ".join(plain)))
+
+
+#: Names, acronyms and notation a figure may keep in Chinese mode (its words are in the caption above it).
+FIGURE_NAMES = {"DDPM", "DDIM", "DPM", "Solver", "SDE", "UniPC", "Euler", "Heun", "Karras", "MNIST", "FD", "NFE"}
+FIGURE_NAMES |= {"ED", "data"}  # the 2D lab's ED(p_θ, p_data)
+
+
+def test_the_figures_a_chinese_page_shows_keep_only_names_and_notation():
+    """Figures are drawn once for both languages (a server's fonts may have no Chinese), so they carry no English
+    words: the shipped quality curve as the Steps compared tab draws it, and the 2D lab's quality plot."""
+    import json
+
+    from ddpm_core import quality
+    from ui import plots2d
+    from ui.tabs.compare import CURVE_TEXT
+
+    curve = json.loads((common.CHECKPOINT_DIR / common.BUNDLED_DEFAULT / "curve.json").read_text())
+    words = _figure_words(quality.curve_figure(curve, CURVE_TEXT))
+    assert words <= FIGURE_NAMES and {"DDPM", "MNIST"} <= words, words
+    rows = [{"sampler": s, "steps": n, "energy_distance": 1.0 / n} for s in lab2d.SAMPLER_NAMES for n in (5, 50)]
+    fig = plots2d.quality_figure(rows, 0.01, lab2d.SAMPLER_NAMES, "ED(p_θ, p_data)")
+    words = _figure_words(fig)
+    assert words <= FIGURE_NAMES and "ED" in words, words

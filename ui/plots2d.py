@@ -236,7 +236,7 @@ def quality_figure(rows: list[dict], floor: float, names: dict, title: str):
         ax.plot(
             [r["steps"] for r in pts], [r["energy_distance"] for r in pts], "o-", ms=4, label=names.get(name, name)
         )
-    ax.axhline(floor, color=DATA_COLOUR, ls="--", label="p_data vs p_data")
+    ax.axhline(floor, color=DATA_COLOUR, ls="--", label="ED(p_data, p_data)")  # as the title names ED(p_θ, p_data)
     ax.set_ylim(0, max(r["energy_distance"] for r in rows) * 1.05)
     ax.legend(fontsize=7)
     return fig

@@ -43,7 +43,7 @@ DEFAULT_PAIRS = ["DDPM · 100", "DDIM · 200", "DDIM · 50", "DDIM · 10", "DPM-
 DETERMINISTIC = {name for name, s in SAMPLERS.items() if s.deterministic}  # DDIM here runs with eta = 0
 #: The measured curve's figure text: mathematics and acronyms only (the same in both languages; the fonts a server
 #: has draw no Chinese), the words are in the caption above it.
-CURVE_TEXT = {"confident": r"$\Pr[\max_k\ p(k \mid x) \geq 0.9]$  ↑", "fd": "FD  ↓", "real": "real", "x": "NFE"}
+CURVE_TEXT = {"confident": r"$\Pr[\max_k\ p(k \mid x) \geq 0.9]$  ↑", "fd": "FD  ↓", "real": "MNIST", "x": "NFE"}
 
 TEXT = {
     "en": {
@@ -55,6 +55,7 @@ TEXT = {
         "gallery": "The same x_T, each pair's image",
         "table": "| sampler · steps | network evaluations | seconds | distance to {ref} |\n|---|---|---|---|\n",
         "no_ref": "no deterministic pair chosen",
+        "unit": "pairs",
         "compare": r"""### How many steps does it take?
 Every pair starts from **the same initial noise** $x_T$. DDIM (with $\eta = 0$), DPM-Solver++ 2M and 3M, UniPC,
 Euler and Heun are *deterministic*: all follow the same probability-flow ODE from $x_T$, so as their steps grow their images converge
@@ -76,7 +77,7 @@ The bundled model, {num} samples per point, each sampler at 5 to 100 network eva
 while it still changes). Left: the share of samples the
 evaluation classifier reads as a digit with confidence at least 0.9 (higher is better). Right: the Fréchet distance
 (FD) of their classifier features to those of held-out real digits (lower is better). Dashed: real held-out digits
-("real"). Across: network function evaluations (NFE), the cost. Computed once by
+("MNIST"). Across: network function evaluations (NFE), the cost. Computed once by
 `{command}` (too slow to measure live on a CPU) and shipped with the checkpoint, whose card lists every point.
 The Sample tab's default, **{default}**, is the cheapest point whose confident rate is within {margin} points of the
 best (closer than that, {num} samples cannot tell two settings apart) and whose FD is within {ratio}× the lowest.""",
@@ -90,6 +91,7 @@ best (closer than that, {num} samples cannot tell two settings apart) and whose 
         "gallery": "同一个 x_T，各组合生成的图像",
         "table": "| 采样器 · 步数 | 网络调用次数 | 秒 | 与 {ref} 的距离 |\n|---|---|---|---|\n",
         "no_ref": "未选确定性组合",
+        "unit": "组",
         "compare": r"""### 需要多少步？
 所有组合都从**同一个初始噪声** $x_T$ 出发。DDIM（$\eta = 0$）、DPM-Solver++ 2M 与 3M、UniPC、Euler 与 Heun 是*确定性*的：它们沿同一条概率流常微分方程
 从 $x_T$ 出发，步数越多，图像越收敛到同一张图，距离一列（与所选组合中最精确的确定性组合，即阶数最高、网络调用次数最多者，
@@ -105,7 +107,7 @@ DDPM 是*随机*的：每一步都加入新的噪声，因此它得到的是同�
 网络调用次数一列就是代价。""",
         "curve": """### 质量随步数的变化（实测）
 内置模型，每个点 {num} 个样本，每个采样器从 5 到 100 次网络调用（仍在变化的采样器再测 250 与 1000 次）。左：评估分类器以至少 0.9 的置信度认作数字的样本比例（越高越好）。
-右：样本在分类器特征空间中与留出真实数字的 Fréchet 距离（FD，越低越好）。虚线（"real"）：留出的真实数字。横轴：网络调用次数
+右：样本在分类器特征空间中与留出真实数字的 Fréchet 距离（FD，越低越好）。虚线（"MNIST"）：留出的真实数字。横轴：网络调用次数
 （NFE），即代价。由 `{command}` 一次算出（在 CPU 上实时计算太慢），随检查点一起发布，模型卡列出了每个点。
 “采样”页的默认设置 **{default}**，是置信比例与最好的点相差不超过 {margin} 个百分点（差得更少时，{num} 个样本分不出两个设置的高下）、FD 不超过最低值 {ratio} 倍的点中最便宜的一个。""",
     },
@@ -134,13 +136,15 @@ def _reference(chosen: list[str]) -> str | None:
 @gpu(duration=120)
 @user_errors
 def compare(model_name, seed, chosen, lang="en", progress=gr.Progress()):
-    """Run the chosen pairs from one x_T; stream the gallery as each pair ends, then the table."""
+    """Run the chosen pairs from one x_T, the progress bar naming each pair as it ends; then the gallery and the
+    table."""
     chosen, seed = _pairs(chosen), seed_arg(seed)
     m = model(model_name)
     ref = _reference(chosen)
     say = functools.partial(tr, TEXT, lang=lang if lang in TEXT else "en")
     check_request_cost(m, sum(evaluation_count(m.diffusion, PAIRS[c][1], sampler=PAIRS[c][0]) for c in chosen))
     runs, gallery = {}, []
+    progress((0, len(chosen)), desc=chosen[0], unit=say("unit"))
     with fair_job() as job:  # each step in a turn of the CPU; Cancelled if the visitor left
         pairs = compare_steps(m, [PAIRS[c] for c in chosen], seed, before_step=job.turn, **fast_path(m))
         for k, (sampler, steps, result) in enumerate(pairs):
@@ -149,8 +153,10 @@ def compare(model_name, seed, chosen, lang="en", progress=gr.Progress()):
             runs[label] = result
             img = tensor_to_pil(result.samples.clamp(-1, 1))[0]
             gallery.append((png(display(img)), f"{label} · {result.seconds:.1f} s"))
-            progress((k + 1, len(chosen)), desc=label)
-            yield gallery, gr.skip()
+            # the pairs are shown together at the end: a gallery streamed one image at a time drops the progress
+            # overlay after the first, which then fills the gallery enlarged, so the run looks finished or stuck
+            if k + 1 < len(chosen):
+                progress((k + 1, len(chosen)), desc=chosen[k + 1], unit=say("unit"))
     table = say("table").format(ref=ref or say("no_ref"))
     for label, result in runs.items():
         dist = "" if ref is None else f"{_rms(result.samples, runs[ref].samples):.4f}"
