@@ -57,6 +57,10 @@ label.float[data-testid="block-label"] {position: static !important; margin: var
 #intro h1 {margin-bottom: 0.2em}
 #readout table {font-variant-numeric: tabular-nums; display: block; overflow-x: auto}
 #readout th, #readout td {white-space: nowrap}  /* a number never breaks in two */
+/* a download's whole name: gradio cuts it to "ddpm-sch….csv" beside its size; the size goes below instead */
+.file-preview tr.file {flex-wrap: wrap}
+.file-preview td.filename {min-width: min(max-content, 100%)}
+.file-preview td.download {min-width: 0 !important; width: auto !important; margin-left: auto}
 footer {display: none !important}
 """
 

@@ -160,6 +160,11 @@ SHOWN_TEXT = """() => [...document.querySelectorAll('label, button, [role=tab], 
     .filter(e => e.getBoundingClientRect().width > 0).map(e => e.innerText)"""
 
 
+#: Download names shown shorter than they are (gradio ends a long one in "…" beside its size).
+CUT_NAMES = """() => [...document.querySelectorAll('.file-preview .stem')]
+    .filter(e => e.getBoundingClientRect().width > 0 && e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)"""
+
+
 @pytest.mark.parametrize("width,height", [(1400, 900), (390, 844)], ids=["laptop", "phone"])
 @pytest.mark.parametrize("lang", ["English", "简体中文"])
 def test_every_tab_fits_the_screen_and_speaks_the_language(browser, served, width, height, lang):
@@ -182,6 +187,8 @@ def test_every_tab_fits_the_screen_and_speaks_the_language(browser, served, widt
         tab.click()
         pg.wait_for_timeout(2500)
         assert pg.evaluate("document.documentElement.scrollWidth") <= width, f"tab {i} scrolls sideways at {width} px"
+        cut = pg.evaluate(CUT_NAMES)
+        assert not cut, f"tab {i}: download names cut at {width} px: {cut}"
         pg.screenshot(
             path=str(ARTIFACTS / f"tab{i}-{width}px-{'en' if lang == 'English' else 'zh'}.png"), full_page=True
         )
@@ -191,12 +198,33 @@ def test_every_tab_fits_the_screen_and_speaks_the_language(browser, served, widt
     pg.close()
 
 
+#: What the Steps compared gallery shows: its progress text (gradio's status tracker) and how many images.
+COMPARE_STATE = """() => {
+    const g = document.querySelector('#compare-gallery');
+    const p = [...g.querySelectorAll('.progress-text, .meta-text, .progress-level')]
+        .filter(e => e.getBoundingClientRect().width > 0).map(e => e.innerText).join(' ');
+    return {progress: p, images: g.querySelectorAll('img').length};
+}"""
+
+
 def test_steps_compared_from_one_noise(browser, served):
-    """The comparison tab runs its default six pairs and shows their images and the table of costs."""
+    """The comparison tab runs its default six pairs and shows their images and the table of costs; until they
+    come, the gallery shows the progress bar naming the pair that runs, never a part of the result."""
+    from ui.tabs.compare import DEFAULT_PAIRS
+
     page = open_page(browser, served[1])
     page.get_by_role("tab", name="Steps compared").click()
     page.locator("#compare-btn").click()
-    page.locator("#compare-table", has_text="network evaluations").wait_for(timeout=180_000)
+    seen, done = [], page.locator("#compare-table", has_text="network evaluations")
+    deadline = time.monotonic() + 180
+    while not done.count() and time.monotonic() < deadline:
+        seen.append(page.evaluate(COMPARE_STATE))
+        page.wait_for_timeout(150)
+    done.wait_for(timeout=1000)
+    running = [s for s in seen if s["images"] == 0]
+    assert len(running) >= 3 and all(s["progress"] for s in running[2:]), seen  # the first moments queue the job
+    assert not [s for s in seen if 0 < s["images"] < 6], seen  # no lone, enlarged first image
+    assert len({p for s in seen for p in DEFAULT_PAIRS if p in s["progress"]}) >= 2, seen  # it names each pair
     assert page.locator("#compare-gallery img").count() == 6
     assert page.locator("#compare-table tr").count() == 1 + 6
     # the measured quality against steps, with the default it chose
