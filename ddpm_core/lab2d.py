@@ -10,6 +10,7 @@ near a generated cloud is to the data.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import time
@@ -32,6 +33,9 @@ RING_RADIUS, RING_STD = 2.0, 0.15
 CLUSTER_STD = 0.3
 #: Default optimiser steps: a good fit of every dataset in well under 15 s on a 2-core CPU (bench/lab2d.py).
 TRAIN_STEPS = 2500
+#: A run with a time budget plans its length from the pace of its last BUDGET_PACE steps, to end by BUDGET_AIM of
+#: the budget (the pace wanders; past the whole budget the run stops where it is).
+BUDGET_PACE, BUDGET_AIM = 100, 0.95
 #: Training-set sizes a visitor can pick to watch memorisation turn into generalisation (besides the whole set).
 TRAIN_SIZES = (1, 2, 4, 16, 64, 256)
 #: A sample is a copy when it lies nearer to a training point than this quantile of held-out points does: a real
@@ -203,6 +207,7 @@ class LabRun:
     labels: torch.Tensor | None  # [N] or None
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    planned: int = 0  # the steps the run expects to take (fewer than asked where a time budget is short)
     dataset: str = ""  # the name of ``data``'s dataset, where it has one
     heldout: tuple = ()  # (points [M x 2], their labels [M] or None, a second independent draw [M x 2])
 
@@ -231,19 +236,29 @@ def train_steps(
     """Train a :class:`ToyDenoiser` on ``data`` ``[N x 2]`` with ``p_losses`` (eq. 14), AdamW and a cosine-decayed
     learning rate; yields the run after every step (its ``losses`` grows), so that a caller can draw the loss or
     stop. With ``labels``, each batch drops its labels with probability ``p_uncond`` (classifier-free guidance).
-    ``time_budget`` (seconds) ends training early. One point is a data set too: its data's reverse step is the true
-    posterior for that point, and a network trained on it learns to return it."""
+    ``time_budget`` (seconds): the run fits it whatever the machine's load, as a shorter run, not a cut one: at each
+    step the steps left are re-estimated from the recent pace and the learning rate's cosine is
+    laid over the steps that fit (at most ``steps``), so a run on a loaded CPU still ends at its low learning rate;
+    past the budget it stops. ``run.planned`` is the number of steps it expects. One point is a data set too: its
+    data's reverse step is the true posterior for that point, and a network trained on it learns to return it."""
     if data.ndim != 2 or data.shape[1] != 2 or len(data) < 1:
         raise ValueError(f"data must be [N x 2] with N >= 1, got shape {tuple(data.shape)}")
     torch.manual_seed(seed)
     num_classes = int(labels.max()) + 1 if labels is not None else 0
     model = ToyDenoiser(hidden=hidden, num_classes=num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * k / steps)))
-    g = torch.Generator().manual_seed(seed)
     run = LabRun(model, diffusion, data, labels)
+    run.planned = steps
+    cosine = lambda k: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(k / run.planned, 1.0)))  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+    g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    for _ in range(steps):
+    recent = collections.deque([t0], maxlen=BUDGET_PACE + 1)  # start times of the recent steps
+    for k in range(steps):
+        if time_budget is not None and k >= 10:
+            pace = (recent[-1] - recent[0]) / (len(recent) - 1)  # the recent pace: the load may change in a run
+            left = BUDGET_AIM * time_budget - (recent[-1] - t0)
+            run.planned = min(steps, k + max(1, int(left / pace)))
         idx = torch.randint(0, len(data), (batch,), generator=g)
         x0 = data[idx]
         if labels is not None:
@@ -259,7 +274,8 @@ def train_steps(
         run.losses.append(float(loss.detach()))
         run.seconds = time.perf_counter() - t0
         yield run
-        if time_budget is not None and run.seconds >= time_budget:
+        recent.append(time.perf_counter())  # after the caller's turn: the budget is wall time, waits included
+        if len(run.losses) >= run.planned or (time_budget is not None and run.seconds >= time_budget):
             break
     model.eval().requires_grad_(False)
 

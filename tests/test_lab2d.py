@@ -2,6 +2,7 @@
 score of a Gaussian mixture reproduces the mixture, and the lab's denoiser learns its data."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -132,6 +133,20 @@ def test_points_from_a_sketch_lie_on_its_pixels():
     assert abs(float((row == 29).float().mean()) - 30 / 255) < 0.02
     with pytest.raises(ValueError, match="Draw a shape"):
         L.points_from_mask(np.zeros((30, 30), bool), 10)
+
+
+def test_a_time_budget_plans_a_shorter_run_that_still_ends_its_learning_rate_schedule():
+    """On a busy CPU (here: a caller that takes 5 ms a step) a run with a time budget plans fewer steps from its
+    pace and ends at its plan, where the cosine has decayed, within the budget; without a budget it runs them all."""
+    d = L.make_diffusion()
+    data, _ = L.make_points("moons", 500, seed=0)
+    budget = 1.0
+    for run in L.train_steps(d, data, steps=100_000, batch=64, time_budget=budget):
+        time.sleep(0.005)
+    assert len(run.losses) == run.planned, (len(run.losses), run.planned)  # ended by its plan, not cut short
+    assert 20 <= run.planned <= budget / 0.005 and run.seconds <= budget, (run.planned, run.seconds)
+    full = L.train(d, data, steps=30, batch=64)
+    assert len(full.losses) == full.planned == 30
 
 
 @pytest.mark.slow

@@ -24,6 +24,9 @@ from ui.i18n import tr
 from ui.schedule_choices import SCHEDULE_CHOICES, schedule_name
 
 N_TRAIN, N_SHOW = 4000, 2000
+#: What the default training may take, in seconds of wall time: on a busy CPU the run is planned shorter to fit
+#: (``ddpm_core.lab2d.train_steps``); on an idle 2-core CPU the full TRAIN_STEPS fit in about 14 s.
+TRAIN_BUDGET_S = 15.0
 N_FRAMES, N_PATHS = 16, 5  # the animation's frames (x_0 held last) and the whole paths drawn
 #: The data's reverse step and the true posterior "coincide" when their centres are this many of the step's standard
 #: deviations apart or less: their two 2-sigma circles then overlap to within the width of the drawn line.
@@ -85,6 +88,8 @@ generalises and draws new points of the distribution, the transition Kadkhodaie,
         "loss_y": "loss",
         "label_choices": [("none (unconditional)", -1), ("0", 0), ("1", 1), ("2", 2)],
         "trained": "Trained {steps} steps (training points: {n:,}) in {secs:.1f} s · final loss {loss:.3f}",
+        "shortened": " · the CPU was busy: a run of {full:,} steps would not have fitted the lab's {budget:.0f} s, so "
+        "this one was planned shorter",
         "sampled": "{n} points by {sampler} in {steps} steps · energy distance to held-out data **{ed:.4f}** "
         "(two draws of the data: {floor:.4f}) · {secs:.2f} s",
         "memo": "**Copies: {copies:.0%}** of the samples lie on a training point (nearer to one than 99% of "
@@ -160,6 +165,7 @@ the same, and sampling returns the point.""",
         "loss_y": "损失",
         "label_choices": [("无（无条件）", -1), ("0", 0), ("1", 1), ("2", 2)],
         "trained": "训练 {steps} 步（训练点数：{n:,}），用时 {secs:.1f} 秒 · 最终损失 {loss:.3f}",
+        "shortened": " · CPU 正忙：{full:,} 步在本实验室的 {budget:.0f} 秒内跑不完，所以这次按更少的步数安排",
         "sampled": "{sampler} 用 {steps} 步生成 {n} 个点 · 与留出数据的能量距离 **{ed:.4f}**"
         "（两次独立抽取数据之间：{floor:.4f}）· {secs:.2f} 秒",
         "memo": "**副本：{copies:.0%}** 的样本落在某个训练点上（比 99% 的留出数据离训练点更近：{radius:.3f}）。"
@@ -256,15 +262,17 @@ def lab_train(dataset, schedule, prediction, sketch=None, num_points=N_TRAIN, la
     diffusion = L.make_diffusion(schedule, 1000, prediction)
     run = None
     with fair_job() as job:  # each optimiser step in a turn of the CPU
-        for run in job.steps(L.train_steps(diffusion, data, labels)):
+        for run in job.steps(L.train_steps(diffusion, data, labels, time_budget=TRAIN_BUDGET_S)):
             k = len(run.losses)
             if k % 50 == 0:  # a progress message per step would cost more than the step
-                progress((k, L.TRAIN_STEPS), desc=tr(TEXT, "train", lang))
+                progress((k, run.planned), desc=tr(TEXT, "train", lang))
             if k % 250 == 0:
                 yield pd.DataFrame(P.loss_rows(run.losses)), gr.skip(), gr.skip(), gr.skip()
     run.dataset, run.heldout = dataset, heldout
     loss = sum(run.losses[-100:]) / 100
     info = tr(TEXT, "trained", lang, steps=len(run.losses), n=len(data), secs=run.seconds, loss=loss)
+    if len(run.losses) < L.TRAIN_STEPS:
+        info += tr(TEXT, "shortened", lang, full=L.TRAIN_STEPS, budget=TRAIN_BUDGET_S)
     figure = P.data_figure(data[:N_SHOW], None if labels is None else labels[:N_SHOW], "x₀ ~ p_data")
     yield pd.DataFrame(P.loss_rows(run.losses)), figure, info, run
 
