@@ -15,10 +15,23 @@ except ImportError:  # pragma: no cover - spaces is in requirements.txt
 
 
 import gradio as gr
+import torch
 
 from ddpm_core.checkpoints import BUNDLED_DEFAULT
 from ddpm_core.sampling import warm_up
-from ui.common import DEFAULT_BATCH, DEFAULT_SAMPLER, DEFAULT_STEPS, GUARD, LATEX, STATS, fast_path, model, on_zero_gpu  # noqa: F401 - STATS: read by tests
+from ui.common import (  # noqa: F401 - STATS: read by tests
+    DEFAULT_BATCH,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    GUARD,
+    LATEX,
+    ON_CPU,
+    STATS,
+    cpu_threads,
+    fast_path,
+    model,
+    on_zero_gpu,
+)
 from ui.components import EXAMPLES_DIR, clear_request_errors
 from ui.i18n import LANGS
 from ui.tabs import Context, tabs
@@ -147,4 +160,6 @@ def launch(demo: gr.Blocks | None = None, warm: bool = True, **kwargs):
 
 
 if __name__ == "__main__":
+    if ON_CPU:
+        torch.set_num_threads(cpu_threads())
     launch()

@@ -375,6 +375,21 @@ def test_warm_up_prepares_the_default_request_and_skips_zero_gpu(monkeypatch):
     assert fast_path(bundled) == {"mode": None, "upgrade": None}
 
 
+def test_the_space_computes_on_one_cpu_thread_unless_told(monkeypatch):
+    """``python app.py`` sets torch's threads on a CPU from ``DDPM_CPU_THREADS`` (default 1); a bad value is refused
+    with a message, not taken as some number."""
+    from ui.common import cpu_threads
+
+    monkeypatch.delenv("DDPM_CPU_THREADS", raising=False)
+    assert cpu_threads() == 1
+    monkeypatch.setenv("DDPM_CPU_THREADS", "2")
+    assert cpu_threads() == 2
+    for bad in ("0", "two", "-1", "", "1.5"):
+        monkeypatch.setenv("DDPM_CPU_THREADS", bad)
+        with pytest.raises(ValueError, match="DDPM_CPU_THREADS"):
+            cpu_threads()
+
+
 def test_the_sample_summary_speaks_the_visitors_language():
     """The language switch reaches what the handler writes: the run's summary and its progress lines (the
     language is a gr.State, not a parameter of the /sample endpoint)."""

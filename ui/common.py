@@ -41,6 +41,17 @@ DEVICE, DTYPE = pick_device()
 ON_CPU = DEVICE.type == "cpu"
 
 
+def cpu_threads() -> int:
+    """torch's threads for the Space on a CPU: ``DDPM_CPU_THREADS``, else 1. The app's jobs compute one at a time
+    (``ui.fair``), and a Space's CPU is shared: with two threads and another process on one of the two cores, the
+    default grid took 10 s instead of 7 and the 2D lab's training 25x as long, its waiting thread spinning on a core
+    the other needs (``bench/cpu_contention.py``); one thread does not wait on a core it does not have."""
+    value = os.environ.get("DDPM_CPU_THREADS", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"DDPM_CPU_THREADS must be a whole number of threads of at least 1, got {value!r}")
+    return int(value)
+
+
 def default_setting() -> tuple[str, int]:
     """The default (sampler, steps) of the Sample tab: the cheapest setting within a stated margin of the best on
     the bundled model's measured quality-against-steps curve (its ``curve.json``; the margin is
