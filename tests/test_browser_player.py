@@ -2,6 +2,7 @@
 sampling, the page draws every kept step from /lab_sample's paths itself; scrubbing and playing change the canvas
 and the readout's t with no request, at a laptop's size in English and at a phone's in Chinese."""
 
+import json
 import os
 from pathlib import Path
 
@@ -106,5 +107,5 @@ def test_the_player_script_has_both_languages():
 
     for key in PLAYER_KEYS:
         assert TEXT["en"][key] and TEXT["zh"][key], key
-        assert TEXT["zh"][key] in PLAYER_JS and TEXT["en"][key] in PLAYER_JS, key
-    assert "__TEXT__" not in PLAYER_JS
+        assert json.dumps(TEXT["zh"][key]) in PLAYER_JS and json.dumps(TEXT["en"][key]) in PLAYER_JS, key
+    assert "__TEXT__" not in PLAYER_JS and "__LANGS__" not in PLAYER_JS

@@ -21,7 +21,7 @@ from ddpm_core.samplers import SAMPLERS
 from ui import plots2d as P
 from ui.common import LATEX, fair_job, float_arg, int_arg, seed_arg, user_errors
 from ui.components import EXAMPLES_DIR, IntegerDropdown, SafeSketchpad, StrictNumber, StrictSlider
-from ui.i18n import tr
+from ui.i18n import LANGS, tr
 from ui.schedule_choices import SCHEDULE_CHOICES, schedule_name
 
 N_TRAIN, N_SHOW = 4000, 2000
@@ -416,10 +416,9 @@ PLAYER_KEYS = ("player_play", "player_pause", "player_step", "player_t", "player
 PLAYER_JS = (
     Path(__file__)
     .with_name("lab_player.js")
-    .read_text()
-    .replace(
-        "__TEXT__", json.dumps({lang: {k: TEXT[lang][k] for k in PLAYER_KEYS} for lang in TEXT}, ensure_ascii=False)
-    )
+    .read_text(encoding="utf-8")
+    .replace("__TEXT__", json.dumps({lang: {k: TEXT[lang][k] for k in PLAYER_KEYS} for lang in TEXT}))
+    .replace("__LANGS__", json.dumps(LANGS))  # the language switch's choices -> "en" / "zh"
 )
 PLAYER_LOAD_JS = "(d) => { window.ddpmPlayer && window.ddpmPlayer.load(d); }"
 

@@ -9,7 +9,8 @@
   const MODEL_COLOUR = "rgba(79, 70, 229, 0.6)";
   const PLAY_MS = 5000; // a whole run plays in about 5 s, at most 25 frames a second
 
-  const lang = () => (document.querySelector("#lang input:checked")?.value === "简体中文" ? "zh" : "en");
+  const LANGS = __LANGS__; // ui/i18n.py's LANGS: the language switch's choices
+  const lang = () => LANGS[document.querySelector("#lang input:checked")?.value] ?? "en";
   const text = (key, fmt = {}) =>
     (TEXT[lang()][key] ?? TEXT.en[key]).replace(/\{(\w+)\}/g, (_, k) => String(fmt[k]));
 
