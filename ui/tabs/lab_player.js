@@ -31,6 +31,7 @@
     root.style.cssText = "display:flex;flex-direction:column;gap:6px;width:100%;max-width:480px";
     const canvas = document.createElement("canvas");
     canvas.id = "lab-player-canvas";
+    canvas.setAttribute("role", "img"); // named by the readout, for a screen reader
     // scales with its column, square like the lab's other panels
     canvas.style.cssText = "width:100%;aspect-ratio:1;display:block;background:#fff;border-radius:4px";
     const bar = document.createElement("div");
@@ -61,6 +62,9 @@
       P.draw(Number(range.value));
     });
     P.el = { root, canvas, button, range, readout };
+    // a new width (a window resized, a phone turned, the tab shown again after data came while it was hidden):
+    // redrawn at the canvas's new size
+    new ResizeObserver(() => P.data && canvas.clientWidth && P.draw(P.frame)).observe(canvas);
     return P.el;
   };
 
@@ -73,6 +77,7 @@
     const t = d.t[P.frame];
     const fmt = { t, k: d.step[P.frame], n: d.step[d.frames - 1] };
     P.el.readout.textContent = text(t === null ? "player_x0" : "player_t", fmt);
+    P.el.canvas.setAttribute("aria-label", P.el.readout.textContent);
   };
 
   P.clear = () => {
@@ -188,6 +193,4 @@
 
   // the language switch relabels the controls and the readout
   document.addEventListener("change", (e) => e.target.closest?.("#lang") && setTimeout(label, 0), true);
-  // a new width (a phone turned, a window resized): redrawn at the canvas's new size
-  window.addEventListener("resize", () => P.data && P.draw(P.frame));
 }
