@@ -10,6 +10,7 @@ near a generated cloud is to the data.
 
 from __future__ import annotations
 
+import base64
 import collections
 import functools
 import math
@@ -24,6 +25,7 @@ import torch.nn as nn
 from .diffusion import GaussianDiffusion
 from .samplers import get_sampler, sample_loop_progressive
 from .schedule import NoiseSchedule
+from .timesteps import evenly_spaced
 
 #: The named point clouds, in the order a UI lists them; ``clusters`` is labelled (three classes) for guidance. A
 #: visitor's own drawing is the other source of data (:func:`points_from_mask`).
@@ -330,6 +332,50 @@ def sample(
             paths.append(out.prev_sample[:keep].clone())
         x = out.prev_sample
     return x, (torch.stack(paths) if keep else None)
+
+
+#: The most frames a reverse-process player receives: every step of a run of up to 100 steps (x_T first), evenly
+#: spaced steps of a longer one, so the payload stays under about 2.2 MB whatever the steps (float32, base64).
+PLAYER_FRAMES = 101
+
+
+def _b64_float32(x: torch.Tensor) -> str:
+    return base64.b64encode(x.detach().cpu().float().contiguous().numpy().astype("<f4").tobytes()).decode("ascii")
+
+
+def reverse_paths(
+    diffusion: GaussianDiffusion,
+    sampler: str,
+    steps: int | None,
+    paths: torch.Tensor,
+    data: torch.Tensor,
+    lim: float,
+    max_frames: int = PLAYER_FRAMES,
+) -> dict:
+    """What a player needs to draw the reverse process at every kept step, JSON-ready and sent once.
+
+    ``paths`` ``[S + 1 x N x 2]``: :func:`sample`'s kept paths of a ``steps``-step run of ``sampler`` (x_T first).
+    Keeps every step when S + 1 <= ``max_frames``, else ``max_frames`` evenly spaced ones, x_T and x_0 included.
+    Returns ``frames`` (F), ``points`` (N), ``step`` (each frame's index into ``paths``, length F), ``t`` (each
+    frame's timestep: the one the network sees next, null for the final samples), ``xy`` (base64 of little-endian
+    float32 ``[F x N x 2]``), ``data`` and ``data_points`` (the training points ``[M x 2]``, the same encoding) and
+    ``lim`` (every frame is drawn in the same axes, [-lim, lim] on both)."""
+    timesteps = run_timesteps(diffusion, sampler, steps).tolist()
+    if len(paths) != len(timesteps) + 1:
+        raise ValueError(f"{len(paths)} kept steps for a run of {len(timesteps)} steps: expected x_T and one per step")
+    picks = sorted(set(evenly_spaced(len(paths) - 1, max_frames).tolist()))
+    # Karras-sigma samplers visit fractional timesteps: two decimals say which without a long float in the readout
+    ts = [int(t) if float(t).is_integer() else round(float(t), 2) for t in timesteps] + [None]
+    return {
+        "frames": len(picks),
+        "points": int(paths.shape[1]),
+        "step": picks,
+        "t": [ts[k] for k in picks],
+        "xy": _b64_float32(paths[picks]),
+        "data": _b64_float32(data),
+        "data_points": int(data.shape[0]),
+        "lim": float(lim),
+    }
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The Space through its real server: gradio_client calls every endpoint on 127.0.0.1."""
 
+import base64
 import hashlib
 import re
 import threading
@@ -463,15 +464,19 @@ def test_the_2d_lab_trains_then_draws_every_panel_in_one_session(client):
     assert info.startswith("Trained 2500 steps (training points: 4,000)") and _figure(data).size[0] > 300
     rows = loss["data"]
     assert len(rows) == 2500 // 25 and rows[-1][1] < rows[0][1]  # (step, loss): the loss went down
-    figure, text, gif = client.predict("ddim", 50, -1, 1, 0, api_name="/lab_sample")
+    figure, text, paths = client.predict("ddim", 50, -1, 1, 0, api_name="/lab_sample")
     ed = float(re.search(r"\*\*([\d.]+)\*\*", text).group(1))
     floor = float(re.search(r"data: ([\d.]+)\)", text).group(1))
     assert _figure(figure).size[0] > 300 and ed < 3 * floor + 0.005, text
     # on all 4,000 points the model generalises: about 1% of its samples come nearer to a training point than 99% of
     # held-out data does, as for new data (ddpm_core.lab2d.NO_COPIES: at most 5%)
     assert "Essentially no sample is a copy" in text and _copies(text) <= 5, text
-    with Image.open(gif) as im:  # the moving cloud: x_T, evenly spaced steps, x_0
-        assert im.format == "GIF" and im.n_frames == 16 and im.size[0] > 300
+    # the player's data, sent once: the 2,000 points at x_T and after each of the 50 steps, over the training points
+    assert (paths["frames"], paths["points"], paths["data_points"], paths["lim"]) == (51, 2000, 2000, 3.2)
+    assert paths["step"] == list(range(51)) and paths["t"][0] == 980 and paths["t"][-1] is None
+    xy = np.frombuffer(base64.b64decode(paths["xy"]), dtype="<f4").reshape(51, 2000, 2)
+    assert abs(xy[0].std() - 1) < 0.05 and abs(np.median(np.hypot(*xy[-1].T)) - 2) < 0.1  # N(0, I), then the ring
+    assert len(paths["xy"]) + len(paths["data"]) < 1.2e6  # 51 frames of float32, base64
     overview, zoom, text = client.predict(300, 1, 1.9, 0.1, False, 0, 0, api_name="/lab_posterior")
     with Image.open(overview) as im:
         assert im.size == (420, 420)

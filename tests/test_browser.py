@@ -236,19 +236,20 @@ def test_steps_compared_from_one_noise(browser, served):
 
 
 def test_the_2d_lab_trains_with_defaults_and_draws_its_panels(browser, served):
-    """The lab's Train button with its defaults: the loss curve, then the data, forward, reverse, animation, field
-    and posterior panels; a click on the posterior panel moves x_t there."""
+    """The lab's Train button with its defaults: the loss curve, then the data, forward, reverse, field and
+    posterior panels and the reverse process's player; a click on the posterior panel moves x_t there."""
     page = open_page(browser, served[1])
     page.get_by_role("tab", name="2D lab").click()
     page.locator("#lab-train").click()
     page.locator("#lab-trained", has_text="Trained").wait_for(timeout=180_000)
-    panels = ("data", "forward", "reverse", "anim", "field", "post-click", "post-zoom")
+    panels = ("data", "forward", "reverse", "field", "post-click", "post-zoom")
     for panel in panels:
         img = page.locator(f"#lab-{panel} img")
         img.wait_for(state="attached", timeout=120_000)
         img.scroll_into_view_if_needed()  # the lower panels' images load lazily, once on screen
         img.wait_for(timeout=30_000)
     assert "energy distance" in page.locator("#lab-sampled").inner_text()
+    page.locator("#lab-player-canvas").wait_for(timeout=30_000)  # tests/test_browser_player.py plays it
     before = page.locator("#lab-post-info").inner_text()
     assert "training points could have made x_t" in before
     box = page.locator("#lab-post-click img").bounding_box()

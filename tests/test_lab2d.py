@@ -338,3 +338,46 @@ def test_the_lab_runs_each_sampler_on_its_diffusers_timesteps():
     means, std = torch.tensor([[2.0, 0.0], [-2.0, 0.0]]), 0.3
     x, paths = L.sample(d, L.true_epsilon(d, means.float(), std), 8, "unipc", 200, keep=3)
     assert x.shape == (8, 2) and paths.shape == (201, 3, 2)
+
+
+def _decode(b64: str, shape) -> torch.Tensor:
+    import base64
+
+    return torch.from_numpy(np.frombuffer(base64.b64decode(b64), dtype="<f4").copy()).reshape(shape)
+
+
+@pytest.mark.parametrize(
+    "sampler,steps,frames", [("ddpm", 20, 21), ("ddim", 250, L.PLAYER_FRAMES), ("euler-karras", 7, 8)]
+)
+def test_the_players_paths_are_the_samplers_kept_steps(sampler, steps, frames):
+    """What the browser's player decodes is the sampler's kept steps themselves, to float32 precision: every step of
+    a short run, evenly spaced ones (x_T and x_0 included) of a long one, each with the timestep the network sees
+    next (none after the last step), the training points, and one pair of axis limits for every frame."""
+    d = _diffusion(T=1000)
+    means, std = L.mixture("ring")
+    x, paths = L.sample(d, L.true_epsilon(d, means.float(), std), 300, sampler, steps, seed=3, keep=300)
+    data = L.make_points("ring", 500, seed=0)[0]
+    p = L.reverse_paths(d, sampler, steps, paths, data, 3.2)
+    assert (p["frames"], p["points"], p["data_points"], p["lim"]) == (frames, 300, 500, 3.2)
+    picks = p["step"]
+    assert len(picks) == len(p["t"]) == frames and picks[0] == 0 and picks[-1] == steps
+    assert picks == sorted(set(picks)) and (frames < steps + 1 or picks == list(range(steps + 1)))
+    xy = _decode(p["xy"], (frames, 300, 2))
+    torch.testing.assert_close(xy, paths[picks].float(), rtol=0, atol=0)  # float32 in, the same float32 out
+    assert torch.equal(xy[-1], x.float())  # the last frame is the samples
+    torch.testing.assert_close(_decode(p["data"], (500, 2)), data.float(), rtol=0, atol=0)
+    ts = L.run_timesteps(d, sampler, steps)
+    assert p["t"][-1] is None
+    np.testing.assert_allclose(p["t"][:-1], ts[picks[:-1]], atol=0.005)  # fractional (Karras) ones to 2 decimals
+    with pytest.raises(ValueError, match="kept steps"):
+        L.reverse_paths(d, sampler, steps + 1, paths, data, 3.2)
+
+
+def test_the_players_payload_stays_compact_at_any_steps():
+    """At most PLAYER_FRAMES frames whatever the steps: the lab's 2,000 points at 1,000 steps fit in about 2.2 MB."""
+    import json
+
+    d = _diffusion(T=1000)
+    paths = torch.randn(1001, 2000, 2)
+    p = L.reverse_paths(d, "ddpm", 1000, paths, paths[0], 3.2)
+    assert p["frames"] == L.PLAYER_FRAMES and len(json.dumps(p)) < 2.2e6

@@ -121,21 +121,6 @@ def _contour(ax, x: torch.Tensor, levels: int = 5) -> None:
         ax.contour(*centres, smooth.T, levels=levels, colors=MODEL_COLOUR, linewidths=0.7, alpha=0.8)
 
 
-def reverse_frames(frames: list[tuple[int, torch.Tensor]], data: torch.Tensor) -> list:
-    """The moving cloud as PIL images, one per (t, points ``[N x 2]``) of ``frames``: points and their density
-    contours over the data (grey), titled with t."""
-    from PIL import Image
-
-    images = []
-    for t, x in frames:
-        fig, ax = _axes(f"x_t, t = {t}", size=3.6)
-        _points(ax, data, DATA_COLOUR, size=1.2, alpha=0.3)
-        _points(ax, x, MODEL_COLOUR, size=1.6, alpha=0.6)
-        _contour(ax, x.float())
-        images.append(Image.fromarray(_pixels(fig)))
-    return images
-
-
 def _pixels(fig) -> np.ndarray:
     """The figure rendered, as ``[H x W x 3]`` uint8."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -1,11 +1,14 @@
 """The 2D lab: train a small denoiser on a point cloud in seconds, then watch every quantity the core computes.
 Endpoints ``/lab_train``, ``/lab_forward``, ``/lab_sample`` and ``/lab_field``; the trained model lives in the
-visitor's session (a ``gr.State``), so an API client trains and then samples with one ``Client``."""
+visitor's session (a ``gr.State``), so an API client trains and then samples with one ``Client``. The reverse
+process plays in the browser (lab_player.js) from the paths ``/lab_sample`` returns once."""
 
 from __future__ import annotations
 
 import functools
+import json
 import time
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -13,26 +16,24 @@ import pandas as pd
 import torch
 
 from ddpm_core import lab2d as L
-from ddpm_core.imaging import load_image, save_animation
+from ddpm_core.imaging import load_image
 from ddpm_core.samplers import SAMPLERS
-from ddpm_core.timesteps import evenly_spaced
 from ui import plots2d as P
 from ui.common import LATEX, fair_job, float_arg, int_arg, seed_arg, user_errors
 from ui.components import EXAMPLES_DIR, IntegerDropdown, SafeSketchpad, StrictNumber, StrictSlider
-from ui.files import out_path
-from ui.i18n import tr
+from ui.i18n import LANGS, tr
 from ui.schedule_choices import SCHEDULE_CHOICES, schedule_name
 
 N_TRAIN, N_SHOW = 4000, 2000
 #: What the default training may take, in seconds of wall time: on a busy CPU the run is planned shorter to fit
 #: (``ddpm_core.lab2d.train_steps``); on an idle 2-core CPU the full TRAIN_STEPS fit in about 14 s.
 TRAIN_BUDGET_S = 15.0
-N_FRAMES, N_PATHS = 16, 5  # the animation's frames (x_0 held last) and the whole paths drawn
+N_PATHS = 5  # the whole paths drawn in the reverse panel
 #: The data's reverse step and the true posterior "coincide" when their centres are this many of the step's standard
 #: deviations apart or less: their two 2-sigma circles then overlap to within the width of the drawn line.
 SAME_STEP = 0.05
 PREDICTIONS = ["epsilon", "sample", "v_prediction"]
-#: registry name -> the sampler's short name (the same in Chinese); one evaluation per step (the animation's frames)
+#: registry name -> the sampler's short name (the same in Chinese); one evaluation per step (the player's frames)
 SAMPLER_NAMES = {name: s.short_label for name, s in SAMPLERS.items() if s.evaluations_per_step == 1}
 
 DATASET_ZH = {
@@ -100,7 +101,13 @@ generalises and draws new points of the distribution, the transition Kadkhodaie,
         "memo_mixed": "Some samples are copies: the model is between memorising and generalising.",
         "field_error": "mean |learned − true| / mean |true| at t = {t}: **{err:.2f}**",
         "field_unknown": "The true score of this dataset has no closed form; only the learned one is drawn.",
-        "anim_plot": "**The reverse process, animated**: the cloud and its density from x_T to x₀",
+        "anim_plot": "**The reverse process, played**: the cloud from x_T to x₀ over the training points (grey); "
+        "play, pause or drag through every step, in your browser",
+        "player_play": "▶ Play",
+        "player_pause": "❚❚ Pause",
+        "player_step": "Reverse process: step",
+        "player_t": "t = {t} · after {k} of {n} steps",
+        "player_x0": "x₀, the samples · after {n} of {n} steps",
         "post_intro": r"""#### One reverse step, at one point
 Click the panel below to place $x_t$ (or type it) and choose how far back the step goes: to $x_s$, $s = t - $ jump
 (1 is one step of the chain; a sampler with fewer steps jumps further). The **true posterior** $q(x_s \mid x_t, x_0)$
@@ -175,7 +182,12 @@ the same, and sampling returns the point.""",
         "memo_mixed": "部分样本是副本：模型介于记忆与泛化之间。",
         "field_error": "t = {t} 时 平均 |学到的 − 真实的| / 平均 |真实的|：**{err:.2f}**",
         "field_unknown": "这个数据集的真实分数没有闭式解，只画出学到的分数场。",
-        "anim_plot": "**逆向过程动画**：点云及其密度从 x_T 到 x₀",
+        "anim_plot": "**逆向过程播放**：点云从 x_T 到 x₀，背后灰色为训练点；可播放、暂停或拖动查看每一步，全在浏览器中完成",
+        "player_play": "▶ 播放",
+        "player_pause": "❚❚ 暂停",
+        "player_step": "逆向过程：步",
+        "player_t": "t = {t} · 已走 {k} / {n} 步",
+        "player_x0": "x₀，即样本 · 已走 {n} / {n} 步",
         "post_intro": r"""#### 在一个点上看一步逆向
 点击下面的图放置 $x_t$（或直接输入坐标），并选择这一步后退多远：到 $x_s$，$s = t - $ 步数（1 就是链上的一步；
 步数更少的采样器跳得更远）。**真实后验** $q(x_s \mid x_t, x_0)$（粉色圆）是精确的，但只对知道 $x_t$ 来自哪个
@@ -296,7 +308,12 @@ def lab_forward(state, t, lang="en"):
 
 @user_errors
 def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
-    """Points from the trained model by the chosen sampler, their density, a few paths and the energy distance."""
+    """Points from the trained model by the chosen sampler, their density, a few paths and the energy distance;
+    third, what the page's player draws the reverse process from (``ddpm_core.lab2d.reverse_paths``): ``frames``
+    and ``points``, ``step`` and ``t`` per frame (t null for the final samples), ``xy`` the cloud at every kept step
+    (every step up to 100, else 101 evenly spaced), base64 of little-endian float32 [frames x points x 2], ``data``
+    the training points drawn behind it (the same encoding, ``data_points`` of them) and ``lim`` (the axes:
+    [-lim, lim] on both)."""
     run = _run(state)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -319,7 +336,7 @@ def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
     info += "\n\n" + _memorisation_text(L.memorisation(x, run.data, held), lang)
     title = f"{name} · {steps}"  # as the Steps compared tab names a pair
     figure = P.reverse_figure(x, every[:, :N_PATHS], run.data[:N_SHOW], title)
-    return figure, info, _animation(run, every, sampler, steps)
+    return figure, info, L.reverse_paths(run.diffusion, sampler, steps, every, run.data[:N_SHOW], P.LIM)
 
 
 def _memorisation_text(m: L.Memorisation, lang) -> str:
@@ -336,14 +353,6 @@ def _memorisation_text(m: L.Memorisation, lang) -> str:
         heldout=fmt(m.quantiles("heldout")),
         verdict=tr(TEXT, f"memo_{m.verdict}", lang),
     )
-
-
-def _animation(run: L.LabRun, every: torch.Tensor, sampler: str, steps: int) -> str:
-    """The cloud at ``N_FRAMES`` evenly spaced steps of its path ``every`` ``[S + 1 x N x 2]`` as a GIF's path."""
-    timesteps = L.run_timesteps(run.diffusion, sampler, steps).tolist() + [0]
-    picks = sorted(set(evenly_spaced(len(every) - 1, N_FRAMES).tolist()))
-    frames = P.reverse_frames([(timesteps[k], every[k]) for k in picks], run.data[:N_SHOW])
-    return str(save_animation(frames, out_path("reverse-2d.gif"), duration_ms=180, last_hold_ms=1500))
 
 
 @user_errors
@@ -410,6 +419,19 @@ def _clicked(mode, x, y, own_x0, x0x, x0y, evt: gr.SelectData):
     return (x, y, True, px, py) if mode == "x0" else (px, py, own_x0, x0x, x0y)
 
 
+#: The player's own texts, both languages: it picks them by the language switch, with no request.
+PLAYER_KEYS = ("player_play", "player_pause", "player_step", "player_t", "player_x0")
+#: Installed once when the page loads; /lab_sample's paths are handed to it with PLAYER_LOAD_JS.
+PLAYER_JS = (
+    Path(__file__)
+    .with_name("lab_player.js")
+    .read_text(encoding="utf-8")
+    .replace("__TEXT__", json.dumps({lang: {k: TEXT[lang][k] for k in PLAYER_KEYS} for lang in TEXT}))
+    .replace("__LANGS__", json.dumps(LANGS))  # the language switch's choices -> "en" / "zh"
+)
+PLAYER_LOAD_JS = "(d) => { window.ddpmPlayer && window.ddpmPlayer.load(d); }"
+
+
 def _sketch_visibility(dataset):
     return gr.update(visible=dataset == "drawn")
 
@@ -455,19 +477,10 @@ def build(ctx) -> None:
             with gr.Column(min_width=300):
                 # captions above, not gradio's label: an image's label sits over the figure's title
                 add(gr.Markdown(t_("anim_plot")), key="anim_plot", attr="value")
-                anim = add(
-                    gr.Image(
-                        label=t_("anim_plot"),
-                        show_label=False,
-                        type="filepath",
-                        format="gif",
-                        interactive=False,
-                        elem_id="lab-anim",
-                    ),
-                    key="anim_plot",
-                )
+                gr.HTML(elem_id="lab-player")  # lab_player.js builds the canvas and its controls here
+                paths = gr.JSON(visible=False, elem_id="lab-paths-data")  # /lab_sample's paths, for the player
             posterior = _posterior_panel(t_, add)
-    reverse = (sampler, steps, label, scale, seed, sample_btn, [rev_plot, sampled, anim])
+    reverse = (sampler, steps, label, scale, seed, sample_btn, [rev_plot, sampled, paths])
     quality_btn.click(lab_quality, [run, ctx.lang], quality_plot, api_name="lab_quality", **RUN_GROUP)
     _wire(ctx, run, train_io, (fwd_t, fwd_plot), reverse, (field_t, field_plot, field_info), posterior)
 
@@ -568,6 +581,9 @@ def _wire(ctx, run, train_io, forward, reverse, field, post: dict) -> None:
     )
     fwd = dict(fn=lab_forward, inputs=[run, fwd_t, ctx.lang], outputs=fwd_plot, **lab)
     rev = dict(fn=lab_sample, inputs=[run, sampler, steps, label, scale, seed, ctx.lang], outputs=rev_out, **RUN_GROUP)
+    # the player draws every kept step from the paths sampling returned (lab_player.js): no request while it plays
+    play = dict(fn=None, inputs=rev_out[-1], outputs=None, js=PLAYER_LOAD_JS)
+    ctx.demo.load(None, None, None, js=PLAYER_JS)
     where = [post[k] for k in ("x", "y", "own", "x0x", "x0y")]
     pst = dict(
         fn=lab_posterior,
@@ -577,13 +593,13 @@ def _wire(ctx, run, train_io, forward, reverse, field, post: dict) -> None:
     )
     fld = dict(fn=lab_field, inputs=[run, field_t, ctx.lang], outputs=[field_plot, field_info], **lab)
     fwd_t.release(api_name="lab_forward", **fwd)
-    sample_btn.click(api_name="lab_sample", **rev)
+    sample_btn.click(api_name="lab_sample", **rev).then(**play)
     field_t.release(api_name="lab_field", **fld)
     triggers = [post["t"].release, post["jump"].release, post["own"].input]
     gr.on(triggers + [post[k].submit for k in ("x", "y", "x0x", "x0y")], api_name="lab_posterior", **pst)
     post["overview"].select(_clicked, [post["mode"], *where], where, api_visibility="private").then(
         api_visibility="private", **pst
     )
-    trained_ev.success(api_visibility="private", **fwd).then(api_visibility="private", **rev).then(
+    trained_ev.success(api_visibility="private", **fwd).then(api_visibility="private", **rev).then(**play).then(
         api_visibility="private", **fld
     ).then(api_visibility="private", **pst)
