@@ -43,9 +43,10 @@ ON_CPU = DEVICE.type == "cpu"
 
 def cpu_threads() -> int:
     """torch's threads for the Space on a CPU: ``DDPM_CPU_THREADS``, else 1. The app's jobs compute one at a time
-    (``ui.fair``), and a Space's CPU is shared: with two threads and another process on one of the two cores, the
-    default grid took 10 s instead of 7 and the 2D lab's training 25x as long, its waiting thread spinning on a core
-    the other needs (``bench/cpu_contention.py``); one thread does not wait on a core it does not have."""
+    (``ui.fair``), and a Space's CPU is shared. On an idle 2-core CPU two threads are 1.7x as fast (the default grid
+    in 2.6 s against 4.4 s); with another process on one core they are 1.8x as slow (8.5 s against 4.6 s; the 2D
+    lab's training 31 s against 14 s), a thread spinning while it waits for the other, which waits for a core
+    (``bench/cpu_contention.py``); with two such processes, 5-10x. One thread never waits on a core it lacks."""
     value = os.environ.get("DDPM_CPU_THREADS", "1")
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"DDPM_CPU_THREADS must be a whole number of threads of at least 1, got {value!r}")
