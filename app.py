@@ -67,6 +67,8 @@ label.float[data-testid="block-label"] {position: static !important; margin: var
   .grid-wrap .grid-container {--grid-cols: 2 !important}
   .grid-wrap, .block:has(.grid-wrap) {height: auto !important; max-height: none !important}
 }
+/* a gallery of height "auto" is as tall as its rows (gradio still gives its box a 450 px minimum) */
+#denoise-gallery .grid-wrap, #compare-gallery .grid-wrap {min-height: 0 !important; height: auto !important; max-height: none !important}
 #intro h1 {margin-bottom: 0.2em}
 #readout table {font-variant-numeric: tabular-nums; display: block; overflow-x: auto}
 #readout th, #readout td {white-space: nowrap}  /* a number never breaks in two */

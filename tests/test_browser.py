@@ -226,6 +226,8 @@ def test_steps_compared_from_one_noise(browser, served):
     assert not [s for s in seen if 0 < s["images"] < 6], seen  # no lone, enlarged first image
     assert len({p for s in seen for p in DEFAULT_PAIRS if p in s["progress"]}) >= 2, seen  # it names each pair
     assert page.locator("#compare-gallery img").count() == 6
+    page.wait_for_timeout(500)
+    assert page.evaluate(BLANK_BELOW, "compare-gallery") < 40  # two rows of three, no blank box below them
     assert page.locator("#compare-table tr").count() == 1 + 6
     # the measured quality against steps, with the default it chose
     page.locator("#compare-curve img").scroll_into_view_if_needed()
@@ -389,6 +391,25 @@ def _in_sight(page, elem_id: str, count: int, width: int) -> None:
         elem_id,
     )
     assert not scrolling, (elem_id, scrolling)
+
+
+#: How much taller a gallery's box is than its rows of images (gradio keeps a 450 px box for a single row).
+BLANK_BELOW = """id => {
+    const wrap = document.querySelector('#' + id + ' .grid-wrap'), rows = wrap.querySelector('.grid-container');
+    return wrap.getBoundingClientRect().bottom - rows.getBoundingClientRect().bottom;
+}"""
+
+
+def test_laptop_galleries_are_as_tall_as_their_rows(browser, served):
+    """At 1400 px the seeds of Noise, then denoise sit in one row: the gallery ends below it, not 300 px lower."""
+    page = open_page(browser, served[1], 1400, 900)
+    page.get_by_role("tab", name="Noise, then denoise").click()
+    page.locator("#denoise-btn").click()
+    page.locator("#denoise-info", has_text="Reverse process from").wait_for(timeout=180_000)
+    page.locator("#denoise-gallery .grid-container img").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)
+    assert page.evaluate(BLANK_BELOW, "denoise-gallery") < 40
+    page.close()
 
 
 def test_phone_galleries_show_every_sample(browser, served):

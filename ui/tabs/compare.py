@@ -199,7 +199,7 @@ def build(ctx) -> None:
                 go = add(gr.Button(t_("go"), variant="primary", elem_id="compare-btn"), key="go", attr="value")
             with gr.Column(scale=2):
                 gallery = add(
-                    gr.Gallery(label=t_("gallery"), columns=3, height=640, format="png", elem_id="compare-gallery"),
+                    gr.Gallery(label=t_("gallery"), columns=3, height="auto", format="png", elem_id="compare-gallery"),
                     key="gallery",
                 )
                 table = gr.Markdown(elem_id="compare-table")
