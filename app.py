@@ -66,6 +66,10 @@ label.float[data-testid="block-label"] {position: static !important; margin: var
 @media (max-width: 640px) {
   .grid-wrap .grid-container {--grid-cols: 2 !important}
   .grid-wrap, .block:has(.grid-wrap) {height: auto !important; max-height: none !important}
+  /* the reverse trajectory (ten columns) at a readable scale, scrolled sideways in its own box like a film strip */
+  #trajectory .image-container > button {overflow-x: auto; display: block; width: 100%}
+  #trajectory .image-frame {width: max-content}
+  #trajectory img {max-width: none !important; width: auto !important; height: 180px !important}
 }
 /* a gallery of height "auto" is as tall as its rows (gradio still gives its box a 450 px minimum) */
 #denoise-gallery .grid-wrap, #compare-gallery .grid-wrap {min-height: 0 !important; height: auto !important; max-height: none !important}

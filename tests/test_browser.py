@@ -422,6 +422,12 @@ def test_phone_galleries_show_every_sample(browser, served):
     _generate(page, 0)
     page.wait_for_timeout(1000)
     _in_sight(page, "gallery", DEFAULT_BATCH, 390)
+    # the trajectory strip keeps at least 3/4 of its size (its t labels readable), scrolling in its own box
+    scale = page.evaluate(
+        "() => { const i = document.querySelector('#trajectory img'); return i.height / i.naturalHeight; }"
+    )
+    assert scale >= 0.75, scale
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.get_by_role("tab", name="Noise, then denoise").click()
     page.locator("#denoise-btn").click()
     page.locator("#denoise-info", has_text="Reverse process from").wait_for(timeout=180_000)
