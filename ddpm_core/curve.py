@@ -21,8 +21,8 @@ from .scoring import FD_SET, check_sizes, classification_entries, classifier_ent
 
 #: Network-evaluation budgets at which every sampler of the curve is drawn.
 CURVE_EVALUATIONS = (5, 10, 20, 50, 100)
-#: Costlier budgets, drawn for a sampler only while its curve still changes (:func:`still_changing`): a converged
-#: sampler's curve is extended flat rather than paid for again.
+#: Costlier budgets, drawn for a sampler only while its curve improves (:func:`improving`): a converged sampler's
+#: curve is not paid for again. Together they cost most of a curve (each a network evaluation per step per sample).
 EXTENDED_EVALUATIONS = (250, 1000)
 #: Every sampler of the registry, in its order.
 CURVE_SAMPLERS = tuple(SAMPLERS)
@@ -55,15 +55,67 @@ def timesteps_digest(diffusion, sampler: str, steps: int) -> str:
     return hashlib.sha256(ts.tobytes()).hexdigest()[:16]
 
 
-def still_changing(rows: list[dict], margin: float) -> bool:
-    """Whether a sampler's two costliest points ``rows`` differ by more than the curve can resolve: confident rates
-    more than ``margin`` apart, or FDs more than :data:`DEFAULT_FD_RATIO` apart."""
+def _differences(rows: list[dict], margin: float) -> tuple[int, int]:
+    """How a sampler's costliest point ``rows`` compares with the one before it, per measure: +1 better (a confident
+    rate more than ``margin`` higher; an FD below the other's by more than :data:`DEFAULT_FD_RATIO`), -1 worse, 0
+    within what the curve resolves. Returns (rate, FD)."""
+    a, b = sorted(rows, key=lambda r: r["evaluations"])[-2:]
+    rate = 0 if abs(b["confident"] - a["confident"]) <= margin else (1 if b["confident"] > a["confident"] else -1)
+    fd = 0 if max(a["fd"], b["fd"]) <= DEFAULT_FD_RATIO * min(a["fd"], b["fd"]) else (1 if b["fd"] < a["fd"] else -1)
+    return rate, fd
+
+
+def improving(rows: list[dict], margin: float) -> bool:
+    """Whether a sampler's costliest point ``rows`` improves on the one before beyond what the curve resolves: better
+    in one measure and not worse in the other. A trade (one better, one worse) is not a trend; a worse point is not
+    one to pay more for. Decides the :data:`EXTENDED_EVALUATIONS`, which only raise the bar the Space's default is
+    held to (:func:`ddpm_core.quality.cheapest_within`), never are the default themselves."""
     if len(rows) < 2:
         return True
-    a, b = sorted(rows, key=lambda r: r["evaluations"])[-2:]
-    return abs(a["confident"] - b["confident"]) > margin or max(a["fd"], b["fd"]) > DEFAULT_FD_RATIO * min(
-        a["fd"], b["fd"]
-    )
+    rate, fd = _differences(rows, margin)
+    return max(rate, fd) > 0 and min(rate, fd) >= 0
+
+
+def converged(sampler: str, rows: list[dict], margin: float) -> bool:
+    """Whether a deterministic sampler's curve has levelled off: its two costliest points ``rows`` agree within
+    what the curve resolves. Its costlier base budgets are then not drawn: an ODE solver's samples converge to the
+    ODE's as steps grow. A stochastic sampler is never taken as converged on the base budgets (DDPM's FD still fell
+    from 50 to 100 evaluations on the shipped model while its rate did not move)."""
+    return SAMPLERS[sampler].deterministic and len(rows) >= 2 and _differences(rows, margin) == (0, 0)
+
+
+def follow_plan(diffusion, points, measure, samples: int, extend: bool = True, known=frozenset()) -> list[tuple]:
+    """Measure the curve's points as the plan says, cheapest first: ``points`` (sampler, steps), minus a
+    deterministic sampler's costlier ones once it has levelled off (:func:`converged`), then with ``extend`` each
+    sampler at :data:`EXTENDED_EVALUATIONS` while it improves (:func:`improving`). ``measure(sampler, steps)``
+    returns a point's row ({"evaluations", "confident", "fd", ...}); ``samples`` per point set the curve's resolution
+    (:func:`ddpm_core.quality.rate_margin`); points in ``known`` (already measured) are always kept. Returns the
+    (sampler, steps) measured, in the curve's order: ``points``' order, then the extended ones."""
+    rows: dict[tuple, dict] = {}
+
+    def margin() -> float:  # read only once a sampler has two points, so never of no points
+        return (
+            rate_margin({"num_samples": samples, "sampling_seeds": [0], "points": list(rows.values())})
+            if rows
+            else 0.0
+        )
+
+    def mine(sampler: str) -> list[dict]:
+        return [r for (s, _), r in rows.items() if s == sampler]
+
+    for sampler, steps in sorted(points, key=lambda p: p[1]):
+        if extend and (sampler, steps) not in known and converged(sampler, mine(sampler), margin()):
+            continue  # levelled off: not paid for
+        rows[(sampler, steps)] = measure(sampler, steps)
+    order = [p for p in points if p in rows]
+    if extend:
+        for budget in EXTENDED_EVALUATIONS:
+            for sampler in dict.fromkeys(s for s, _ in points):
+                steps = steps_for(diffusion, sampler, budget)
+                if steps is not None and ((sampler, steps) in known or improving(mine(sampler), margin())):
+                    rows[(sampler, steps)] = measure(sampler, steps)
+                    order.append((sampler, steps))
+    return order
 
 
 def _curve_row(net, model, runs, real, Xd, m: int, seed: int, sampler: str, steps: int, seconds: float) -> dict:
@@ -145,8 +197,9 @@ def quality_curve(
     """Sample quality against network evaluations: for each (sampler, steps) of ``points`` (default
     :func:`curve_points`: every sampler at :data:`CURVE_EVALUATIONS`), ``num`` samples per seed drawn as the
     evaluation draws them, their confident-digit rate and their FD to the held-out digits, with the real digits'
-    figures as the reference lines. With the default points, then each sampler at :data:`EXTENDED_EVALUATIONS` while it
-    still changes (:func:`still_changing`). Writes ``curve.json`` (after every point, cheapest first) and
+    figures as the reference lines. With the default points, a deterministic sampler's costlier budgets are skipped once
+    it has levelled off (:func:`converged`), then each sampler is drawn at :data:`EXTENDED_EVALUATIONS` while it
+    improves (:func:`improving`). Writes ``curve.json`` (after every point, cheapest first) and
     ``curve.png`` in ``folder``; returns what ``curve.json`` holds. Points already in ``curve.json`` for the same
     weights, classifier, sizes, seeds and timesteps are kept, not drawn again."""
     from .checkpoints import ModelCache
@@ -196,17 +249,11 @@ def quality_curve(
         partial = _curve_result(settings, acc, cls_info, classifier, str(model.device), drawn(False), command)
         (folder / "curve.json").write_text(json.dumps(partial, indent=2) + "\n")
 
-    for sampler, steps in sorted(points, key=lambda p: p[1]):
+    def measured(sampler: str, steps: int) -> dict:
         draw(sampler, steps)
-    if extend:
-        margin = rate_margin({"num_samples": num, "sampling_seeds": seed_list, "points": drawn()})
-        for budget in EXTENDED_EVALUATIONS:
-            for sampler in dict.fromkeys(s for s, _ in points):
-                steps = steps_for(model.diffusion, sampler, budget)
-                mine = [r for r in drawn() if r["sampler"] == sampler]
-                if steps is not None and ((sampler, steps) in done or still_changing(mine, margin)):
-                    order.append((sampler, steps))
-                    draw(sampler, steps)
+        return done[(sampler, steps)]
+
+    order[:] = follow_plan(model.diffusion, points, measured, num * seeds, extend, known=set(done))
     result = _curve_result(settings, acc, cls_info, classifier, str(model.device), drawn(), command)
     (folder / "curve.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_curve(result, folder / "curve.png")
