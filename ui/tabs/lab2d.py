@@ -311,9 +311,9 @@ def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
     """Points from the trained model by the chosen sampler, their density, a few paths and the energy distance;
     third, what the page's player draws the reverse process from (``ddpm_core.lab2d.reverse_paths``): ``frames``
     and ``points``, ``step`` and ``t`` per frame (t null for the final samples), ``xy`` the cloud at every kept step
-    (every step up to 100, else 101 evenly spaced), base64 of little-endian float32 [frames x points x 2], ``data``
-    the training points drawn behind it (the same encoding, ``data_points`` of them) and ``lim`` (the axes:
-    [-lim, lim] on both)."""
+    (every step up to 100, else 101 evenly spaced), base64 of little-endian int16 [frames x points x 2] in steps of
+    lim / ``levels`` (-32768 in both coordinates: beyond the axes), ``data`` the training points drawn behind it (the
+    same encoding, ``data_points`` of them) and ``lim`` (the axes: [-lim, lim] on both)."""
     run = _run(state)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
