@@ -326,6 +326,41 @@ def test_the_2d_lab_trains_on_a_drawing_and_draws_the_forward_process(browser, s
     page.close()
 
 
+def _uploads(page) -> list:
+    """The page's uploads from now on (a list that grows): every POST to gradio's upload route."""
+    seen = []
+    page.on("request", lambda r: r.method == "POST" and "/gradio_api/upload" in r.url and seen.append(r.url))
+    return seen
+
+
+def test_the_drawing_is_uploaded_once_per_training_and_never_while_idle(browser, served):
+    """The editor uploads its drawing (background, composite, layer: three files) each time the page reads it, and
+    the page read it at every status change of any event once its column (shown for "drawn") or its tab (relabelled
+    by the language switch) had been an event's progress target, and at each streamed loss of the training it was
+    an input of: 129 uploads for one training run. Now Train reads it once, an idle page sends nothing, and later
+    events read it no more; in Chinese, after the language switch."""
+    page = open_page(browser, served[1], 1400, 900)
+    page.locator("#lang label", has_text="简体中文").click()
+    page.get_by_role("tab", name="二维实验室").click()
+    page.locator("#lab-dataset label", has_text="手绘").click()
+    _draw(page, "lab-sketch")
+    page.wait_for_timeout(1000)
+    uploads = _uploads(page)
+    page.wait_for_timeout(8000)
+    assert uploads == [], f"{len(uploads)} uploads from an idle page after a drawing"
+    page.locator("#lab-train").click()
+    page.locator("#lab-post-info", has_text="x_t").wait_for(timeout=300_000)
+    page.wait_for_timeout(1500)
+    assert 1 <= len(uploads) <= 3, f"{len(uploads)} uploads for one training run: the drawing is 3 files"
+    sent = len(uploads)
+    draws = page.evaluate("() => window.ddpmPlayer.draws")
+    page.locator("#lab-sample").click()  # an event after training: its status changes read nothing
+    page.wait_for_function(f"() => window.ddpmPlayer.draws > {draws}", timeout=120_000)  # its paths have come
+    page.wait_for_timeout(8000)
+    assert len(uploads) == sent, f"{len(uploads) - sent} uploads after the training run"
+    page.close()
+
+
 #: Figures whose gradio label once lay over the figure's own title, legend or top row.
 LABELLED_FIGURES = {
     "2D lab": ("lab-forward", "lab-quality", "lab-post-zoom"),
