@@ -136,6 +136,43 @@ def test_schedules_tab_and_chinese(page):
     page.screenshot(path=str(ARTIFACTS / "schedules-error-zh.png"))
 
 
+#: A plot's chart, title and legend, as boxes on the page (the chart's own area: Vega's root frame).
+PLOT_BOXES = """(id) => { const box = (e) => e && e.getBoundingClientRect().toJSON();
+  const root = document.getElementById(id);
+  return {block: box(root), frame: box(root.querySelector('.role-frame.root path.background')),
+    title: box(root.querySelector('.role-title text')), legend: root.querySelectorAll('.role-legend-label text').length}; }"""
+
+
+def _inside(inner: dict, outer: dict) -> bool:
+    return (
+        inner["x"] >= outer["x"] - 0.5
+        and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + 0.5
+        and inner["y"] >= outer["y"] - 0.5
+        and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + 0.5
+    )
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_every_schedule_plot_is_readable_on_a_phone(browser, served, lang):
+    """At 390 px every plot of the tab spans its block, its title whole inside it. A long title once narrowed the last
+    plot to about 100 px and was cut at both ends."""
+    page = open_page(browser, served[1], 390, 844)
+    if lang == "zh":
+        page.locator("#lang label", has_text="简体中文").click()
+    page.get_by_role("tab", name="噪声调度" if lang == "zh" else "Noise schedules").click()
+    for k in range(6):  # drawn: the default two schedules in the legend
+        page.wait_for_function(f"() => ({PLOT_BOXES})('schedules-plot-{k}').legend === 2", timeout=60_000)
+    for k in range(6):
+        page.locator(f"#schedules-plot-{k}").scroll_into_view_if_needed()
+        b = page.evaluate(PLOT_BOXES, f"schedules-plot-{k}")
+        assert b["frame"]["width"] > 0.7 * b["block"]["width"] and b["frame"]["height"] > 100, (k, b)  # was 100 wide
+        assert _inside(b["title"], b["block"]) and _inside(b["frame"], b["block"]), (k, b)
+    assert page.evaluate("document.scrollingElement.scrollWidth") == 390
+    page.locator("#schedules-plot-5").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / f"schedules-390px-{lang}.png"))
+    page.close()
+
+
 def test_enter_applies_a_typed_T(browser, served):
     """Typing T and pressing Enter applies it (gradio applies a slider's typed number only when the box is left):
     t's range follows T at once."""
