@@ -105,7 +105,16 @@ def build_demo() -> gr.Blocks:
         with gr.Tabs(overflow_behavior="wrap"):  # on a phone every tab stays in sight, none behind a menu
             for tab in tabs():
                 tab.build(ctx)
-        lang.change(ctx.i18n.updates, lang, ctx.i18n.components, api_visibility="private")
+        # progress on the switch, not on the tabs relabelled: the page re-reads every block inside an event's progress
+        # targets at each status change of any later event (the 2D lab's canvas re-uploads its drawing when read)
+        lang.change(
+            ctx.i18n.updates,
+            lang,
+            ctx.i18n.components,
+            show_progress_on=lang,
+            show_progress="hidden",
+            api_visibility="private",
+        )
         lang.change(lambda name: LANGS.get(name, "en"), lang, ctx.lang, api_visibility="private")
     # No global queue size: each concurrency group has its own, and each visitor a share of it (GUARD).
     demo.queue(default_concurrency_limit=2, max_size=None)

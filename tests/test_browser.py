@@ -136,6 +136,43 @@ def test_schedules_tab_and_chinese(page):
     page.screenshot(path=str(ARTIFACTS / "schedules-error-zh.png"))
 
 
+#: A plot's chart, title and legend, as boxes on the page (the chart's own area: Vega's root frame).
+PLOT_BOXES = """(id) => { const box = (e) => e && e.getBoundingClientRect().toJSON();
+  const root = document.getElementById(id);
+  return {block: box(root), frame: box(root.querySelector('.role-frame.root path.background')),
+    title: box(root.querySelector('.role-title text')), legend: root.querySelectorAll('.role-legend-label text').length}; }"""
+
+
+def _inside(inner: dict, outer: dict) -> bool:
+    return (
+        inner["x"] >= outer["x"] - 0.5
+        and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + 0.5
+        and inner["y"] >= outer["y"] - 0.5
+        and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + 0.5
+    )
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_every_schedule_plot_is_readable_on_a_phone(browser, served, lang):
+    """At 390 px every plot of the tab spans its block, its title whole inside it. A long title once narrowed the last
+    plot to about 100 px and was cut at both ends."""
+    page = open_page(browser, served[1], 390, 844)
+    if lang == "zh":
+        page.locator("#lang label", has_text="简体中文").click()
+    page.get_by_role("tab", name="噪声调度" if lang == "zh" else "Noise schedules").click()
+    for k in range(6):  # drawn: the default two schedules in the legend
+        page.wait_for_function(f"() => ({PLOT_BOXES})('schedules-plot-{k}').legend === 2", timeout=60_000)
+    for k in range(6):
+        page.locator(f"#schedules-plot-{k}").scroll_into_view_if_needed()
+        b = page.evaluate(PLOT_BOXES, f"schedules-plot-{k}")
+        assert b["frame"]["width"] > 0.7 * b["block"]["width"] and b["frame"]["height"] > 100, (k, b)  # was 100 wide
+        assert _inside(b["title"], b["block"]) and _inside(b["frame"], b["block"]), (k, b)
+    assert page.evaluate("document.scrollingElement.scrollWidth") == 390
+    page.locator("#schedules-plot-5").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / f"schedules-390px-{lang}.png"))
+    page.close()
+
+
 def test_enter_applies_a_typed_T(browser, served):
     """Typing T and pressing Enter applies it (gradio applies a slider's typed number only when the box is left):
     t's range follows T at once."""
@@ -325,6 +362,41 @@ def test_the_2d_lab_trains_on_a_drawing_and_draws_the_forward_process(browser, s
     for panel in ("forward", "reverse", "field", "post-zoom"):
         assert "Error" not in page.locator(f"#lab-{panel}").inner_text(), panel
     assert not page.get_by_text("Nobody is listening").count()
+    page.close()
+
+
+def _uploads(page) -> list:
+    """The page's uploads from now on (a list that grows): every POST to gradio's upload route."""
+    seen = []
+    page.on("request", lambda r: r.method == "POST" and "/gradio_api/upload" in r.url and seen.append(r.url))
+    return seen
+
+
+def test_the_drawing_is_uploaded_once_per_training_and_never_while_idle(browser, served):
+    """The editor uploads its drawing (background, composite, layer: three files) each time the page reads it, and
+    the page read it at every status change of any event once its column (shown for "drawn") or its tab (relabelled
+    by the language switch) had been an event's progress target, and at each streamed loss of the training it was
+    an input of: 129 uploads for one training run. Now Train reads it once, an idle page sends nothing, and later
+    events read it no more; in Chinese, after the language switch."""
+    page = open_page(browser, served[1], 1400, 900)
+    page.locator("#lang label", has_text="简体中文").click()
+    page.get_by_role("tab", name="二维实验室").click()
+    page.locator("#lab-dataset label", has_text="手绘").click()
+    _draw(page, "lab-sketch")
+    page.wait_for_timeout(1000)
+    uploads = _uploads(page)
+    page.wait_for_timeout(8000)
+    assert uploads == [], f"{len(uploads)} uploads from an idle page after a drawing"
+    page.locator("#lab-train").click()
+    page.locator("#lab-post-info", has_text="x_t").wait_for(timeout=300_000)
+    page.wait_for_timeout(1500)
+    assert 1 <= len(uploads) <= 3, f"{len(uploads)} uploads for one training run: the drawing is 3 files"
+    sent = len(uploads)
+    draws = page.evaluate("() => window.ddpmPlayer.draws")
+    page.locator("#lab-sample").click()  # an event after training: its status changes read nothing
+    page.wait_for_function(f"() => window.ddpmPlayer.draws > {draws}", timeout=120_000)  # its paths have come
+    page.wait_for_timeout(8000)
+    assert len(uploads) == sent, f"{len(uploads) - sent} uploads after the training run"
     page.close()
 
 

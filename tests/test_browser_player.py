@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from test_browser import ARTIFACTS, browser, open_page  # noqa: F401 - the module's browser fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -37,6 +38,22 @@ def _timesteps() -> list[int]:
     return L.run_timesteps(L.make_diffusion("linear", 1000, "epsilon"), "ddpm", 100).tolist()
 
 
+def _decoded_as_sent(page) -> None:
+    """The page decodes the int16 paths to the core's coordinates: the training points it draws (moons' first
+    2,000, seed 0) within half a quantisation step plus float32 rounding, and x_0's cloud all within the axes."""
+    from ddpm_core import lab2d as L
+
+    got = page.evaluate("() => ({d: window.ddpmPlayer.data.d, data: [...window.ddpmPlayer.data.data]})")
+    d = got["d"]
+    assert d["levels"] == L.QUANT_LEVELS and len(d["xy"]) < 1.1e6  # float32 took 2.2 MB
+    data = torch.tensor(got["data"], dtype=torch.float64).reshape(-1, 2)
+    exact = L.make_points("moons", 4000, seed=0)[0][: d["data_points"]].double()
+    bound = d["lim"] / L.QUANT_LEVELS / 2 + d["lim"] * 2.0**-24
+    assert (data - exact).abs().max().item() <= bound
+    last = page.evaluate("() => { const P = window.ddpmPlayer.data; return [...P.xy.slice(-P.d.points * 2)]; }")
+    assert len(last) == 2 * d["points"] and all(abs(v) <= d["lim"] for v in last if v == v)  # NaN: off the axes
+
+
 @pytest.mark.parametrize("width,height,lang", [(1400, 900, "en"), (390, 844, "zh")], ids=["laptop-en", "phone-zh"])
 def test_the_reverse_process_plays_and_scrubs_in_the_browser_with_no_request(browser, served, width, height, lang):  # noqa: F811
     text = TEXTS[lang]
@@ -55,6 +72,7 @@ def test_the_reverse_process_plays_and_scrubs_in_the_browser_with_no_request(bro
     page.wait_for_function("() => [...document.querySelectorAll('#lab-post-click img')].every(i => i.complete)")
     requests = []
     page.on("request", lambda r: requests.append(r.url))
+    _decoded_as_sent(page)
 
     ts = _timesteps()
     seen = {}

@@ -340,17 +340,31 @@ def test_the_lab_runs_each_sampler_on_its_diffusers_timesteps():
     assert x.shape == (8, 2) and paths.shape == (201, 3, 2)
 
 
-def _decode(b64: str, shape) -> torch.Tensor:
+def _decode(p: dict, key: str, shape) -> torch.Tensor:
+    """The player's decoding: int16 steps of lim / levels (float64, as JavaScript's numbers); off the axes: NaN."""
     import base64
 
-    return torch.from_numpy(np.frombuffer(base64.b64decode(b64), dtype="<f4").copy()).reshape(shape)
+    q = torch.from_numpy(np.frombuffer(base64.b64decode(p[key]), dtype="<i2").astype(np.float64)).reshape(shape)
+    off = (q == L.OFF_AXES).any(dim=-1, keepdim=True)
+    return torch.where(off, torch.nan, q * p["lim"] / p["levels"])
+
+
+def _assert_quantised(decoded: torch.Tensor, exact: torch.Tensor, lim: float) -> None:
+    """Every point within the axes decodes to within half a quantisation step, lim / 32767 / 2, plus float32's
+    rounding of a coordinate (at most lim * 2**-24); every point beyond them decodes as off the axes (NaN)."""
+    inside = (exact.abs() <= lim).all(dim=-1)
+    assert inside.any() and torch.isnan(decoded[~inside]).all()
+    bound = lim / 32767 / 2 + lim * 2.0**-24
+    err = (decoded[inside] - exact[inside].double()).abs().max().item()
+    assert err <= bound, (err, bound)
 
 
 @pytest.mark.parametrize(
     "sampler,steps,frames", [("ddpm", 20, 21), ("ddim", 250, L.PLAYER_FRAMES), ("euler-karras", 7, 8)]
 )
 def test_the_players_paths_are_the_samplers_kept_steps(sampler, steps, frames):
-    """What the browser's player decodes is the sampler's kept steps themselves, to float32 precision: every step of
+    """What the browser's player decodes is the sampler's kept steps themselves, to the int16 quantisation step
+    over the axes (|error| <= lim / 32767 / 2, plus float32 rounding; beyond the axes: left out): every step of
     a short run, evenly spaced ones (x_T and x_0 included) of a long one, each with the timestep the network sees
     next (none after the last step), the training points, and one pair of axis limits for every frame."""
     d = _diffusion(T=1000)
@@ -362,10 +376,11 @@ def test_the_players_paths_are_the_samplers_kept_steps(sampler, steps, frames):
     picks = p["step"]
     assert len(picks) == len(p["t"]) == frames and picks[0] == 0 and picks[-1] == steps
     assert picks == sorted(set(picks)) and (frames < steps + 1 or picks == list(range(steps + 1)))
-    xy = _decode(p["xy"], (frames, 300, 2))
-    torch.testing.assert_close(xy, paths[picks].float(), rtol=0, atol=0)  # float32 in, the same float32 out
-    assert torch.equal(xy[-1], x.float())  # the last frame is the samples
-    torch.testing.assert_close(_decode(p["data"], (500, 2)), data.float(), rtol=0, atol=0)
+    assert p["levels"] == 32767
+    xy = _decode(p, "xy", (frames, 300, 2))
+    _assert_quantised(xy, paths[picks].float(), 3.2)
+    _assert_quantised(xy[-1], x.float(), 3.2)  # the last frame is the samples
+    _assert_quantised(_decode(p, "data", (500, 2)), data.float(), 3.2)
     ts = L.run_timesteps(d, sampler, steps)
     assert p["t"][-1] is None
     np.testing.assert_allclose(p["t"][:-1], ts[picks[:-1]], atol=0.005)  # fractional (Karras) ones to 2 decimals
@@ -374,10 +389,11 @@ def test_the_players_paths_are_the_samplers_kept_steps(sampler, steps, frames):
 
 
 def test_the_players_payload_stays_compact_at_any_steps():
-    """At most PLAYER_FRAMES frames whatever the steps: the lab's 2,000 points at 1,000 steps fit in about 2.2 MB."""
+    """At most PLAYER_FRAMES frames whatever the steps: the lab's 2,000 points at 1,000 steps fit in about 1.1 MB
+    (int16; float32 took 2.2 MB)."""
     import json
 
     d = _diffusion(T=1000)
     paths = torch.randn(1001, 2000, 2)
     p = L.reverse_paths(d, "ddpm", 1000, paths, paths[0], 3.2)
-    assert p["frames"] == L.PLAYER_FRAMES and len(json.dumps(p)) < 2.2e6
+    assert p["frames"] == L.PLAYER_FRAMES and len(json.dumps(p)) < 1.1e6

@@ -311,9 +311,9 @@ def lab_sample(state, sampler, steps, label, scale, seed, lang="en"):
     """Points from the trained model by the chosen sampler, their density, a few paths and the energy distance;
     third, what the page's player draws the reverse process from (``ddpm_core.lab2d.reverse_paths``): ``frames``
     and ``points``, ``step`` and ``t`` per frame (t null for the final samples), ``xy`` the cloud at every kept step
-    (every step up to 100, else 101 evenly spaced), base64 of little-endian float32 [frames x points x 2], ``data``
-    the training points drawn behind it (the same encoding, ``data_points`` of them) and ``lim`` (the axes:
-    [-lim, lim] on both)."""
+    (every step up to 100, else 101 evenly spaced), base64 of little-endian int16 [frames x points x 2] in steps of
+    lim / ``levels`` (-32768 in both coordinates: beyond the axes), ``data`` the training points drawn behind it (the
+    same encoding, ``data_points`` of them) and ``lim`` (the axes: [-lim, lim] on both)."""
     run = _run(state)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -487,7 +487,7 @@ def build(ctx) -> None:
 
 def _train_panel(t_, add) -> tuple:
     """The data and training controls, the loss curve and the data plot (one row); returns (inputs, button,
-    outputs) of the training event."""
+    outputs) of the training event and the drawing canvas (whose value the inputs' hidden copy takes on Train)."""
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             dataset = add(
@@ -510,7 +510,27 @@ def _train_panel(t_, add) -> tuple:
                     ),
                     key="sketch",
                 )
-            dataset.change(_sketch_visibility, dataset, drawing, api_visibility="private")
+                # what /lab_train reads: the page copies the canvas's value here once per Train (SKETCH_COPY_JS), as
+                # the editor uploads its drawing again each time the page reads it, and the page reads an event's
+                # inputs more than once (a first message, each streamed loss); hidden, never drawn, this one is read
+                # from its value, with no upload
+                sent = SafeSketchpad(
+                    value={"background": BLANK_CANVAS, "layers": [], "composite": None},
+                    label=t_("sketch"),
+                    canvas_size=(SKETCH_SIDE, SKETCH_SIDE),
+                    visible=False,
+                    elem_id="lab-sketch-sent",
+                )
+            # its progress shown on the radio, not on the column: the page re-reads every block inside an event's
+            # progress targets at each status change of any event, and re-reading the canvas uploads the drawing
+            dataset.change(
+                _sketch_visibility,
+                dataset,
+                drawing,
+                show_progress_on=dataset,
+                show_progress="hidden",
+                api_visibility="private",
+            )
             schedule = add(gr.Dropdown(SCHEDULE_CHOICES, value="linear", label=t_("schedule")), key="schedule")
             prediction = add(
                 gr.Radio(t_("prediction_choices"), value="epsilon", label=t_("prediction")), key="prediction"
@@ -530,7 +550,7 @@ def _train_panel(t_, add) -> tuple:
             add(loss, key="loss_y", attr="y_title")
         with gr.Column(scale=1, min_width=280):
             data_plot = add(gr.Plot(label=t_("data_plot"), elem_id="lab-data"), key="data_plot")
-    return [dataset, schedule, prediction, sketch, points], go, [loss, data_plot, trained]
+    return [dataset, schedule, prediction, sent, points], go, [loss, data_plot, trained], sketch
 
 
 def _posterior_panel(t_, add) -> dict:
@@ -568,10 +588,12 @@ def _posterior_panel(t_, add) -> dict:
 def _wire(ctx, run, train_io, forward, reverse, field, post: dict) -> None:
     """The lab's events: training (one at a time: seconds of CPU each), then the four panels it refreshes, each
     also on its own control."""
-    (settings, go, train_out), (fwd_t, fwd_plot), (field_t, field_plot, field_info) = train_io, forward, field
+    (settings, go, train_out, sketch), (fwd_t, fwd_plot), (field_t, field_plot, field_info) = train_io, forward, field
     sampler, steps, label, scale, seed, sample_btn, rev_out = reverse
     lab = dict(concurrency_id="lab", concurrency_limit=4)  # the quick plots (a tenth of a second each)
-    trained_ev = go.click(
+    # in the page alone: the canvas is read (its drawing uploaded) once, into the hidden input of /lab_train
+    copied = go.click(None, sketch, settings[3], js="(drawing) => drawing", api_visibility="private")
+    trained_ev = copied.then(
         lab_train,
         [*settings, ctx.lang],
         [*train_out, run],

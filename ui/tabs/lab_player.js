@@ -14,11 +14,18 @@
   const text = (key, fmt = {}) =>
     (TEXT[lang()][key] ?? TEXT.en[key]).replace(/\{(\w+)\}/g, (_, k) => String(fmt[k]));
 
-  const floats = (b64) => {
+  // ddpm_core.lab2d.reverse_paths' encoding: little-endian int16 steps of lim / levels (as every browser reads
+  // an Int16Array); a point beyond the axes is OFF in both coordinates and is left out
+  const OFF = -32768;
+  const coords = (b64, lim, levels) => {
     const s = atob(b64);
     const u8 = new Uint8Array(s.length);
     for (let i = 0; i < s.length; i++) u8[i] = s.charCodeAt(i);
-    return new Float32Array(u8.buffer); // little-endian float32, as every browser reads it
+    const q = new Int16Array(u8.buffer);
+    const out = new Float32Array(q.length);
+    const step = lim / levels;
+    for (let i = 0; i < q.length; i++) out[i] = q[i] === OFF ? NaN : q[i] * step;
+    return out;
   };
 
   // Built inside the lab's #lab-player block the first time data arrives (the tab is on screen by then).
@@ -89,8 +96,8 @@
   P.load = (d) => {
     if (!d || !d.xy) return P.clear();
     P.pause();
-    const xy = floats(d.xy);
-    const data = floats(d.data);
+    const xy = coords(d.xy, d.lim, d.levels);
+    const data = coords(d.data, d.lim, d.levels);
     if (xy.length !== d.frames * d.points * 2 || data.length !== d.data_points * 2) return P.clear();
     P.data = { d, xy, data };
     const el = build();
@@ -149,6 +156,7 @@
       for (let i = 0; i < n; i++) {
         const x = X(arr[from + 2 * i]);
         const y = Y(arr[from + 2 * i + 1]);
+        if (Number.isNaN(x)) continue; // beyond the axes
         g.moveTo(x + r, y);
         g.arc(x, y, r, 0, 2 * Math.PI);
       }
