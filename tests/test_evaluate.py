@@ -504,3 +504,6 @@ def test_the_plan_replayed_on_the_shipped_curve_skips_what_had_levelled_off():
     }
     assert ("euler-karras", 100) in order and ("ddpm", 100) in order and ("dpmsolver++2m-sde", 100) in order
     assert [p for p in order if p not in curve_points(d)] == [("ddpm", 250)], order
+    # what the plan leaves out does not move the Space's default
+    planned = {**curve, "points": [rows[p] for p in order]}
+    assert cheapest_within(planned) == cheapest_within(curve)
