@@ -70,6 +70,9 @@ label.float[data-testid="block-label"] {position: static !important; margin: var
   #trajectory .image-container > button {overflow-x: auto; display: block; width: 100%}
   #trajectory .image-frame {width: max-content}
   #trajectory img {max-width: none !important; width: auto !important; height: 180px !important}
+  /* the measured curve's two panels at a readable 800 px, scrolled sideways in their own box */
+  #compare-curve .matplotlib {overflow-x: auto; display: block}
+  #compare-curve img {max-width: none !important; width: 800px !important}
 }
 /* a gallery of height "auto" is as tall as its rows (gradio still gives its box a 450 px minimum) */
 #denoise-gallery .grid-wrap, #compare-gallery .grid-wrap {min-height: 0 !important; height: auto !important; max-height: none !important}
