@@ -20,6 +20,9 @@ from ui.files import pngs
 from ui.i18n import tr
 from ui.schedule_choices import SCHEDULE_CHOICES, T_slider_minimum, diffusion, schedule_args
 
+#: The narrowest a strip thumbnail is drawn, in pixels: room for its "t=999" caption (PIL's font at 10-18 px).
+STRIP_MIN_WIDTH = 72
+
 TEXT = {
     "en": {
         "tab": "Forward process",
@@ -102,7 +105,10 @@ def forward(image, t, schedule, T, seed, lang="en"):
     v = forward_views(image_tensor(image), diffusion(schedule, T), t, seed_arg(seed))
     r = v.readout
     # two rows of four: on a phone a row of eight is too small to see the noise grow
-    strip = make_grid([tensor_to_pil(x)[0] for _, x in v.strip], ncols=4, labels=[f"t={s}" for s, _ in v.strip], pad=4)
+    thumbs = [tensor_to_pil(x)[0] for _, x in v.strip]
+    # a tiny upload's thumbnails are enlarged (nearest) so that each "t=..." caption fits under its own image
+    scale = max(1, math.ceil(STRIP_MIN_WIDTH / thumbs[0].width))
+    strip = make_grid(thumbs, ncols=4, labels=[f"t={s}" for s, _ in v.strip], pad=4, scale=scale)
     readout = (
         "| t | ᾱ_t | √ᾱ_t | √(1−ᾱ_t) | SNR | SNR (dB) | β_t |\n|---|---|---|---|---|---|---|\n| "
         + " | ".join(_readout_cells(r))
