@@ -472,6 +472,34 @@ BLANK_BELOW = """id => {
 }"""
 
 
+#: Whether an element's text is cut: an input's value wider than its box, or a label broken over more lines than
+#: its words need (a two-character Chinese label a character a line).
+TEXT_STATE = """sel => [...document.querySelectorAll(sel)].filter(e => e.getBoundingClientRect().width > 0).map(e => ({
+    text: e.value !== undefined ? e.value : e.innerText, cut: e.scrollWidth > e.clientWidth + 1,
+    lines: Math.round(e.getBoundingClientRect().height / parseFloat(getComputedStyle(e).lineHeight)) }))"""
+
+
+@pytest.mark.parametrize("width,lang", [(1400, "English"), (390, "简体中文")], ids=["laptop-en", "phone-zh"])
+def test_the_2d_labs_sampling_controls_show_their_whole_names(browser, served, width, lang):
+    """The lab's class dropdown shows "none (unconditional)" whole, and its short labels (步数, 引导强度) keep to one
+    line: the row of four controls wraps instead of squeezing them."""
+    page = open_page(browser, served[1], width, 900 if width > 400 else 844)
+    if lang != "English":
+        page.locator("#lang label", has_text=lang).click()
+        page.get_by_role("tab", name="二维实验室").wait_for(timeout=30_000)
+    page.get_by_role("tab", name="二维实验室" if lang != "English" else "2D lab").click()
+    page.wait_for_timeout(1500)
+    inputs = page.evaluate(TEXT_STATE, "input[role=listbox], input[aria-expanded]")
+    unconditional = [i for i in inputs if "unconditional" in i["text"] or "无条件" in i["text"]]
+    assert unconditional and not any(i["cut"] for i in unconditional), inputs
+    labels = page.evaluate(TEXT_STATE, '[data-testid="block-info"]')
+    short = [
+        x for x in labels if x["text"].strip() in ("Steps", "Guidance scale", "步数", "引导强度", "Seed", "随机种子")
+    ]
+    assert len(short) >= 2 and all(x["lines"] == 1 for x in short), short
+    page.close()
+
+
 def test_laptop_galleries_are_as_tall_as_their_rows(browser, served):
     """At 1400 px the seeds of Noise, then denoise sit in one row: the gallery ends below it, not 300 px lower."""
     page = open_page(browser, served[1], 1400, 900)

@@ -452,17 +452,27 @@ def build(ctx) -> None:
                 with gr.Row():
                     sampler = add(
                         gr.Dropdown(
-                            [(shown, name) for name, shown in SAMPLER_NAMES.items()], value="ddpm", label=t_("sampler")
+                            [(shown, name) for name, shown in SAMPLER_NAMES.items()],
+                            value="ddpm",
+                            label=t_("sampler"),
+                            min_width=150,  # a narrow row wraps instead of squeezing a label a character a line
                         ),
                         key="sampler",
                     )
-                    steps = add(StrictSlider(1, 1000, value=100, step=1, label=t_("steps")), key="steps")
+                    steps = add(
+                        StrictSlider(1, 1000, value=100, step=1, label=t_("steps"), min_width=150), key="steps"
+                    )
                 with gr.Row():
-                    label = add(IntegerDropdown(t_("label_choices"), value=-1, label=t_("label")), key="label")
+                    label = add(
+                        IntegerDropdown(t_("label_choices"), value=-1, label=t_("label"), min_width=210), key="label"
+                    )  # room for "none (unconditional)"
                     add(label, key="label_choices", attr="choices")
-                    scale = add(StrictSlider(0, 5, value=1, step=0.5, label=t_("scale")), key="scale")
+                    scale = add(StrictSlider(0, 5, value=1, step=0.5, label=t_("scale"), min_width=150), key="scale")
                     seed = add(
-                        StrictNumber(value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1), key="seed"
+                        StrictNumber(
+                            value=0, precision=0, label=t_("seed"), minimum=0, maximum=2**32 - 1, min_width=120
+                        ),
+                        key="seed",
                     )
                 sample_btn = add(gr.Button(t_("sample"), elem_id="lab-sample"), key="sample", attr="value")
                 rev_plot = add(gr.Plot(label=t_("reverse_plot"), elem_id="lab-reverse"), key="reverse_plot")
