@@ -55,6 +55,9 @@ def client_for(url: str, folder: str, address: str):
         analytics_enabled=False,
         download_files=str(TMP / "ddpm-load-dl" / folder),
         headers={"X-Forwarded-For": address},
+        # a loaded server may take longer than httpx's 5 s to answer a new client's /config and /info; the load is
+        # what is measured, not how soon a client may connect
+        httpx_kwargs={"timeout": 60},
     )
 
 

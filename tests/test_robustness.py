@@ -15,7 +15,13 @@ pytestmark = pytest.mark.timeout(900)
 def client(served, tmp_path):
     from gradio_client import Client
 
-    return Client(served[1], verbose=False, analytics_enabled=False, download_files=str(tmp_path))
+    return Client(
+        served[1],
+        verbose=False,
+        analytics_enabled=False,
+        download_files=str(tmp_path),
+        httpx_kwargs={"timeout": 60},  # the server may still be finishing the load test's calls
+    )
 
 
 @pytest.mark.slow
