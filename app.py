@@ -33,6 +33,7 @@ from ui.common import (  # noqa: F401 - STATS: read by tests
     on_zero_gpu,
 )
 from ui.components import EXAMPLES_DIR, clear_request_errors
+from ui.files import JANITOR
 from ui.i18n import LANGS
 from ui.tabs import Context, tabs
 from ui.tabs.forward import forward  # noqa: F401 - the forward handler, timed by bench/forward_latency.py
@@ -161,6 +162,7 @@ def launch(demo: gr.Blocks | None = None, warm: bool = True, **kwargs):
         # before serving, not beside it: a first request that arrives during a background warm-up shares the CPU
         # with it (bench/startup.py --server measures the cost); a Space wakes on that request
         warm_up_default()
+    JANITOR.run_once()  # the cache folder is measured before serving: a first upload is admitted from the count
     kwargs.setdefault("server_name", os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
     kwargs.setdefault("server_port", int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     app_kwargs = kwargs.pop("app_kwargs", None) or {}

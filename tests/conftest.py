@@ -1,6 +1,8 @@
 """Shared test setup. The environment must be set before gradio / huggingface_hub are imported."""
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -11,6 +13,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 os.environ.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "ddpm-explorer-mpl"))
+if "GRADIO_TEMP_DIR" not in os.environ:
+    # the servers' uploads and results go to a folder of this run, removed after it: nothing depends on, or piles
+    # up in, the machine's shared /tmp/gradio
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="ddpm-explorer-gradio-")
+    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

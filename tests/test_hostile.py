@@ -5,6 +5,7 @@ documentation ranges of RFC 5737: only header values, no traffic goes there).
 """
 
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -191,6 +192,70 @@ def test_sweep_removes_oldest_first(tmp_path):
     assert sorted(p.parent.name for p in tmp_path.rglob("*.bin")) == ["d6", "d7", "d8", "d9"]
     assert not (tmp_path / "d0").exists()  # emptied folders go too
     assert sweep(tmp_path, cap=5000) == (4000, 0)
+
+
+def test_the_janitor_admits_uploads_from_its_count_and_walks_only_when_short_of_room(tmp_path):
+    """Every upload walked the whole cache folder on the server's event loop: with a large folder on a cold disk the
+    first uploads after a start waited for seconds, and every other request with them."""
+    import os
+
+    from ui.files import Janitor
+
+    def put(name: str, size: int, age: int) -> None:
+        f = tmp_path / name
+        f.write_bytes(b"\0" * size)
+        os.utime(f, (1000 + age, 1000 + age))
+
+    for k in range(3):
+        put(f"old{k}", 1000, k)
+    jan = Janitor(cap=5000, root=tmp_path)
+    assert jan.run_once() == 3000 and jan.stats["walks"] == 1
+    assert jan.reserve(1000) and jan.stats["walks"] == 1  # 3000 + 1000 fits: admitted from the count
+    put("up0", 1000, 10)
+    jan.release(1000)
+    assert (jan.used, jan.arrived, jan.reserved) == (3000, 1000, 0)
+    assert not jan.reserve(6000) and jan.stats["walks"] == 1  # larger than the cap: refused without a walk
+    assert jan.reserve(1500) and jan.stats["walks"] == 2  # 4000 + 1500 does not fit: walked, oldest removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old2", "up0"]  # 3500 room, down to 0.8 x 3500
+    assert (jan.used, jan.arrived, jan.reserved) == (2000, 0, 1500)
+
+
+def test_a_long_walk_of_the_cache_holds_up_only_the_upload_that_needs_it(server, monkeypatch):
+    """An upload that must make room waits for the walk of the folder; the server answers everyone else meanwhile."""
+    import os
+
+    import httpx
+
+    import ui.files as files
+
+    _, url = server
+    old = files.out_path("old.bin")  # an old result, for the walk to remove
+    old.write_bytes(bytes(3 * 2**20))
+    os.utime(old, (1000, 1000))
+    files.JANITOR.run_once()  # the count is the folder's size now
+    monkeypatch.setattr(files.JANITOR, "cap", files.folder_bytes(files.cache_root()) + 2**20)
+    result = {}
+
+    def upload():
+        with httpx.Client(timeout=30) as http:
+            r = http.post(
+                url + "gradio_api/upload",
+                files={"files": ("u.png", bytes(2 * 2**20), "image/png")},  # beyond the room left: it must walk
+                headers={"X-Forwarded-For": POLITE},
+            )
+            result["status"] = r.status_code
+
+    with files.JANITOR._walk:  # a walk in progress, as long as this block
+        sender = threading.Thread(target=upload)
+        sender.start()
+        time.sleep(1.0)
+        assert sender.is_alive() and not result  # the upload waits for the walk
+        with httpx.Client(timeout=5) as http:
+            t0 = time.perf_counter()
+            assert http.get(url + "config").status_code == 200
+            assert time.perf_counter() - t0 < 2.0  # the server did not wait with it
+    sender.join(30)
+    assert result.get("status") == 200 and not old.exists()
 
 
 def test_repeated_schedules_are_computed_once(polite):

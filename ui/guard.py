@@ -36,6 +36,7 @@ import uuid
 from collections import Counter, OrderedDict
 from urllib.parse import parse_qs
 
+import anyio
 import gradio as gr
 from gradio.context import LocalContext
 
@@ -296,7 +297,9 @@ class _StreamCounter:
             size = int(length)
         except (TypeError, ValueError):
             return await _refuse(send, 411, "An upload must declare its size (Content-Length).")
-        if not JANITOR.reserve(size):
+        # off the event loop: making room may walk the cache folder, seconds for a large one on a cold disk, and
+        # every other request would wait that long
+        if not await anyio.to_thread.run_sync(JANITOR.reserve, size):
             self.guard.stats["uploads_refused"] += 1
             return await _refuse(send, 503, "The Space's disk is full right now; please try again in a minute.")
         try:
