@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +32,13 @@ ARCHITECTURES = {
         {"beta_schedule": "linear", "variance_type": "fixed_small", "clip_sample": True},
     ),
 }
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for an app the bench starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def machine() -> str:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
 import time
 
 import numpy as np
 
 import common  # noqa: F401 - offline environment, the repo on the import path
-from common import ROOT, write_json
+from common import ROOT, free_port, write_json
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
@@ -50,9 +49,7 @@ def main():
     import app
 
     demo = app.build_demo()
-    with socket.socket() as sock:  # a free port
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     app.launch(demo, warm=False, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         with sync_playwright() as pw:

@@ -14,19 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import common
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main():
@@ -36,7 +29,7 @@ def main():
     args = p.parse_args()
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
+    port = common.free_port()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
     server = subprocess.Popen([sys.executable, "app.py"], cwd=common.ROOT, env=env, stdout=subprocess.DEVNULL)
     hogs = []

@@ -30,7 +30,6 @@ import argparse
 import hashlib
 import io
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -38,7 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import ROOT, TMP  # offline environment, the repo on the import path
+from common import ROOT, TMP, free_port  # offline environment, the repo on the import path
 
 
 def user_address(k: int) -> str:
@@ -495,9 +494,7 @@ def main():
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     cache = tempfile.mkdtemp(prefix="ddpm-load-cache-")  # the server's gradio cache, measured on its own
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = serve(port, cache, warm=args.fair)
     url = f"http://127.0.0.1:{port}/"
     try:
