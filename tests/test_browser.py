@@ -136,6 +136,46 @@ def test_schedules_tab_and_chinese(page):
     page.screenshot(path=str(ARTIFACTS / "schedules-error-zh.png"))
 
 
+#: Each schedule plot's legend: its names and the colour of each name's symbol.
+LEGENDS = """() => [0, 1, 2, 3, 4, 5].map((k) => {
+  const root = document.getElementById('schedules-plot-' + k);
+  const names = [...root.querySelectorAll('.role-legend-label text')].map((e) => e.textContent);
+  const colours = [...root.querySelectorAll('.role-legend-symbol path')].map((e) => e.getAttribute('stroke'));
+  return {names, colours}; })"""
+
+
+def test_a_third_ticked_schedule_gets_its_own_legend_entry_and_colour(browser, served):
+    """gradio's plot fixed its legend and colours when first drawn: a ticked third schedule was drawn with no legend
+    entry, and unticking one left its name in the legend."""
+    from ui.tabs.schedules import SCHEDULE_COLOURS
+
+    page = open_page(browser, served[1])
+    page.get_by_role("tab", name="Noise schedules").click()
+
+    def legends_show(names: list[str]) -> list[dict]:
+        want = json.dumps(names, separators=(",", ":"))  # as JSON.stringify writes it
+        page.wait_for_function(
+            f"() => ({LEGENDS})().every((l) => JSON.stringify(l.names) === {want!r})", timeout=60_000
+        )
+        return page.evaluate(LEGENDS)
+
+    legends_show(["linear", "cosine"])
+    page.locator("#schedules-chosen label", has_text="sigmoid").click()
+    for legend in legends_show(["linear", "cosine", "sigmoid"]):
+        assert [c.lower() for c in legend["colours"]] == [SCHEDULE_COLOURS[n] for n in legend["names"]], legend
+    page.locator("#schedules-chosen label", has_text="cosine").click()
+    for legend in legends_show(["linear", "sigmoid"]):
+        assert [c.lower() for c in legend["colours"]] == [SCHEDULE_COLOURS[n] for n in legend["names"]], legend
+    # two ticks in quick succession: the last draw has both
+    page.locator("#schedules-chosen label", has_text="cosine").click()
+    page.locator("#schedules-chosen label", has_text="scaled_linear").click()
+    page.wait_for_function(f"() => ({LEGENDS})().every((l) => l.names.length === 4)", timeout=60_000)
+    for legend in page.evaluate(LEGENDS):
+        assert sorted(legend["names"]) == ["cosine", "linear", "scaled_linear", "sigmoid"], legend
+        assert [c.lower() for c in legend["colours"]] == [SCHEDULE_COLOURS[n] for n in legend["names"]], legend
+    page.close()
+
+
 #: A plot's chart, title and legend, as boxes on the page (the chart's own area: Vega's root frame).
 PLOT_BOXES = """(id) => { const box = (e) => e && e.getBoundingClientRect().toJSON();
   const root = document.getElementById(id);

@@ -4,6 +4,7 @@ the data as CSV. Endpoint ``/schedules``."""
 from __future__ import annotations
 
 import functools
+import itertools
 
 import gradio as gr
 import numpy as np
@@ -59,6 +60,32 @@ PLOTTED = {
     "sqrt_one_minus_alpha_bar": "√(1−ᾱ_t)",
     "log_snr": "log SNR",
 }
+#: What each of the six plots draws, in order.
+PLOT_KEYS = [*PLOTTED, "log10_posterior_variance"]
+
+
+DEFAULT_SCHEDULES = ["linear", "cosine"]
+#: One colour per schedule, the same whichever are ticked (Tableau 10's first five).
+SCHEDULE_COLOURS = dict(zip(SCHEDULE_CHOICES, ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"], strict=True))
+
+
+def colour_map(selected: list[str]) -> dict[str, str]:
+    return {name: SCHEDULE_COLOURS[name] for name in selected}
+
+
+#: Numbers each draw of the plots (see :func:`plot_colours`).
+_DRAWS = itertools.count()
+
+
+@user_errors
+def plot_colours(selected, lang="en"):
+    """The plots' colours for the ticked schedules, sent after their data. gradio's plot fixes its legend and colour
+    scale when it draws and afterwards only swaps the data: a third ticked schedule was drawn with no legend entry.
+    A changed colour map makes it draw anew from the data it holds by then. The map gets a key no series has, new
+    each time, so that it always changes: two quick ticks could otherwise send the same map twice, the first drawing
+    the data between them."""
+    colours = {**colour_map(chosen_schedules(selected)), "_draw": str(next(_DRAWS))}
+    return [gr.update(color_map=colours)] * len(PLOT_KEYS)
 
 
 def chosen_schedules(selected) -> list[str]:
@@ -93,8 +120,7 @@ def schedule_plots(selected, T, lang="en"):
     csv = out_path(f"ddpm-schedules-T{T}.csv")
     table.to_csv(csv, index=False, float_format="%.10g")
     shown = table[table["t"].isin(plotted_timesteps(T))]  # the CSV keeps every t; the plots need fewer
-    keys = [*PLOTTED, "log10_posterior_variance"]
-    plots = [shown[["t", key, "schedule"]].rename(columns={key: "value"}).dropna() for key in keys]
+    plots = [shown[["t", key, "schedule"]].rename(columns={key: "value"}).dropna() for key in PLOT_KEYS]
     return (*plots, str(csv))
 
 
@@ -113,7 +139,7 @@ def build(ctx) -> None:
             chosen = add(
                 StrictCheckboxGroup(
                     SCHEDULE_CHOICES,
-                    value=["linear", "cosine"],
+                    value=DEFAULT_SCHEDULES,
                     label=t_("chosen"),
                     scale=3,
                     elem_id="schedules-chosen",
@@ -135,6 +161,7 @@ def build(ctx) -> None:
                         y="value",
                         color="schedule",
                         color_title=t_("legend"),
+                        color_map=colour_map(DEFAULT_SCHEDULES),
                         title=titles[k],
                         height=260,
                         y_title=[*PLOTTED.values(), "log₁₀ β̃_t"][k],  # the last title is long for an axis
@@ -154,5 +181,7 @@ def build(ctx) -> None:
     T_plot.release(api_name="schedules", **sched_io)
     chosen.change(T_slider_minimum, [chosen, T_plot], T_plot, api_visibility="private").then(
         check_schedules, [chosen, ctx.lang], None, api_visibility="private"
-    ).success(api_visibility="private", **sched_io)
+    ).success(api_visibility="private", **sched_io).success(
+        plot_colours, [chosen, ctx.lang], plots, api_visibility="private"
+    )
     ctx.demo.load(api_visibility="private", **sched_io)
